@@ -1,0 +1,58 @@
+# ProfileStream: `make demo` and `make test` set everything up on first use (a .venv, the Flink
+# connector jars, Java if the machine has none) and skip that work on later runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PS := $(VENV)/bin/profilestream
+INSTALLED := $(VENV)/.installed
+
+# demo knobs: DATASET=path FORMAT=taobao|rees46 EVENTS=n USERS=n; PG_DSN / KAFKA_BOOTSTRAP use external services
+DEMO_ARGS := $(if $(DATASET),--dataset "$(DATASET)" --format "$(FORMAT)") $(if $(EVENTS),--events $(EVENTS)) $(if $(USERS),--users $(USERS))
+
+.PHONY: help setup demo test test-unit bench lint typecheck proto check-proto lock stop clean
+
+help:
+	@echo "make demo    run the main job on the embedded default (PostgreSQL, Kafka-protocol broker, Flink MiniCluster)"
+	@echo "make test    run the test suite (what CI runs)"
+	@echo "make bench   end-to-end events/s against the plain-Python ceiling"
+	@echo "make lint    ruff + mypy;  make proto  regenerate schemas/*_pb2.py(i) from the .proto"
+	@echo "make stop    stop the embedded PostgreSQL that 'make demo' leaves running for psql"
+
+$(INSTALLED): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ProfileStream needs Python 3.11 (apache-flink 2.3.0 wheels); set PYTHON=/path/to/python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+setup: $(INSTALLED)
+	@$(PS) setup
+
+demo: setup
+	$(PS) demo $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest -m "not flink and not integration"
+
+bench: setup
+	$(PY) -m bench.e2e
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+proto: $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -I schemas --python_out=schemas --pyi_out=schemas schemas/profilestream/events/v1/user_event.proto
+
+stop:
+	@test -x $(PS) && $(PS) services stop || true
+
+clean:
+	rm -rf .cache .profilestream

@@ -1,0 +1,123 @@
+"""The job's one typed configuration object, validated at start-up.
+
+Values come from CLI flags, then environment variables (`PROFILESTREAM_*`, plus the conventional
+`KAFKA_BOOTSTRAP` and `PG_DSN`), then defaults. Every validation error names the setting and the
+fix. No pyflink import here: the CLI validates before a JVM starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flink_jobs.runtime import PROJECT_ROOT
+from udfs.profile import DAY_MS, ProfileParams
+
+DEFAULT_TOPIC = "user-events"
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "bootstrap-v1"
+DEFAULT_STATE_DIR = PROJECT_ROOT / ".profilestream"
+
+
+class ConfigError(ValueError):
+    """An invalid setting. str() is one line naming the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    kafka_bootstrap: str
+    pg_dsn: str
+    topic: str = DEFAULT_TOPIC
+    group_id: str = "profilestream"
+    model_dir: Path = DEFAULT_MODEL_DIR
+    state_dir: Path = DEFAULT_STATE_DIR
+    job_name: str = "profilestream-profiles"
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 10_000
+    max_out_of_orderness_ms: int = 5_000
+    idleness_ms: int = 30_000
+    # Explicit end of a bounded run: partition -> offset to stop before. None = run forever.
+    stopping_offsets: dict[int, int] | None = None
+    restore_from: str | None = None  # a retained checkpoint or savepoint path
+    jdbc_flush_rows: int = 500
+    jdbc_flush_interval_ms: int = 200
+    restart_attempts: int = 3
+    profile: ProfileParams = field(default_factory=ProfileParams)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[^,\s]+:\d+(,[^,\s]+:\d+)*", self.kafka_bootstrap or ""):
+            raise ConfigError(
+                f"KAFKA_BOOTSTRAP={self.kafka_bootstrap!r} is not host:port[,host:port]: set "
+                "--bootstrap or KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
+            )
+        parts = urlsplit(self.pg_dsn or "")
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ConfigError(
+                f"PG_DSN={redact_dsn(self.pg_dsn)!r} is not a postgresql://user@host:port/db URL"
+                " with a host (the JDBC sink needs TCP): set --pg-dsn or PG_DSN"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", self.topic):
+            raise ConfigError(f"topic={self.topic!r} is not a valid Kafka topic name: set --topic")
+        checks = (
+            ("parallelism", self.parallelism, 1),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms, 100),
+            ("max_out_of_orderness_ms", self.max_out_of_orderness_ms, 0),
+            ("idleness_ms", self.idleness_ms, 1),
+            ("jdbc_flush_rows", self.jdbc_flush_rows, 1),
+            ("jdbc_flush_interval_ms", self.jdbc_flush_interval_ms, 1),
+            ("restart_attempts", self.restart_attempts, 0),
+        )
+        for name, value, minimum in checks:
+            if value < minimum:
+                raise ConfigError(f"{name}={value} must be at least {minimum}")
+        if self.stopping_offsets is not None and any(
+            p < 0 or o < 0 for p, o in self.stopping_offsets.items()
+        ):
+            raise ConfigError("stopping offsets must be partition:offset with both >= 0")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state_dir / "checkpoints" / self.job_name
+
+    @property
+    def jdbc_url(self) -> str:
+        parts = urlsplit(self.pg_dsn)
+        port = parts.port or 5432
+        return f"jdbc:postgresql://{parts.hostname}:{port}{parts.path or '/postgres'}"
+
+    @property
+    def pg_user(self) -> str:
+        return urlsplit(self.pg_dsn).username or "postgres"
+
+    @property
+    def pg_password(self) -> str:
+        return urlsplit(self.pg_dsn).password or ""
+
+
+def redact_dsn(dsn: str | None) -> str:
+    """The DSN with its password replaced, for messages and logs."""
+    if not dsn:
+        return ""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def parse_offsets(text: str) -> dict[int, int]:
+    """`0:120,1:98` -> {0: 120, 1: 98}."""
+    try:
+        pairs = (item.split(":") for item in text.split(",") if item.strip())
+        return {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        raise ConfigError(
+            f"stopping offsets {text!r}: use partition:offset[,partition:offset], e.g. 0:120,1:98"
+        ) from None
+
+
+def env_default(name: str, fallback: str | None = None) -> str | None:
+    return os.environ.get(name, fallback)
+
+
+def half_life_from_env() -> int:
+    value = os.environ.get("PROFILESTREAM_ACTIVITY_HALF_LIFE_MS")
+    return int(value) if value else DAY_MS

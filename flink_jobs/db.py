@@ -1,0 +1,145 @@
+"""PostgreSQL access for the CLI: connecting with actionable errors, and schema migrations.
+
+Migrations are numbered plain-SQL files in schemas/sql/migrations (`NNNN_name.sql`), applied in
+order, each in its own transaction, and recorded in `schema_migrations` with a checksum. Applying
+is idempotent; a database that has a migration this code does not know is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from flink_jobs.config import redact_dsn
+from flink_jobs.runtime import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = PROJECT_ROOT / "schemas" / "sql" / "migrations"
+
+
+class DatabaseError(RuntimeError):
+    """PostgreSQL is unreachable or its schema does not fit; the message says what to fix."""
+
+
+def connect(dsn: str, *, timeout_s: int = 5) -> Any:
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=timeout_s)
+    except psycopg2.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at PG_DSN={redact_dsn(dsn)}: {first} -- fix --pg-dsn /"
+            " PG_DSN, or leave it unset for the embedded PostgreSQL"
+        ) from None
+    except psycopg2.ProgrammingError as exc:
+        raise DatabaseError(f"PG_DSN={redact_dsn(dsn)} is not a valid DSN: {exc}") from None
+    conn.autocommit = True
+    return conn
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = re.fullmatch(r"(\d{4})_([a-z0-9_]+)\.sql", path.name)
+        if not match:
+            raise DatabaseError(f"{path.name}: migration files are named NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise DatabaseError(f"migrations in {directory} must be numbered 1..n without gaps")
+    return found
+
+
+def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Apply pending migrations; return the ones applied (empty when up to date)."""
+    known = migrations(directory)
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur.execute("SELECT version, checksum FROM schema_migrations ORDER BY version")
+            applied = dict(cur.fetchall())
+        newest_known = known[-1].version if known else 0
+        if applied and max(applied) > newest_known:
+            raise DatabaseError(
+                f"the database is at schema version {max(applied)}, newer than this code knows "
+                f"({newest_known}): upgrade ProfileStream before migrating or running the job"
+            )
+        for m in known:
+            if m.version in applied and applied[m.version] != m.checksum:
+                raise DatabaseError(
+                    f"migration {m.path.name} changed after it was applied (checksum differs): "
+                    "add a new migration instead of editing an applied one"
+                )
+        done = []
+        for m in known:
+            if m.version in applied:
+                continue
+            conn.autocommit = False
+            with conn.cursor() as cur:
+                cur.execute(m.sql)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (m.version, m.name, m.checksum),
+                )
+            conn.commit()
+            conn.autocommit = True
+            log.info("applied migration %s", m.path.name)
+            done.append(m)
+        return done
+    finally:
+        conn.close()
+
+
+def schema_version(dsn: str) -> int:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def require_schema(dsn: str) -> None:
+    """The job only runs against a migrated database; say how to migrate otherwise."""
+    have = schema_version(dsn)
+    want = len(migrations())
+    if have < want:
+        raise DatabaseError(
+            f"the database at PG_DSN={redact_dsn(dsn)} is at schema version {have}, the job needs"
+            f" {want}: run `profilestream db migrate --pg-dsn ...` first"
+        )
+    if have > want:
+        raise DatabaseError(
+            f"the database is at schema version {have}, newer than this code ({want}): upgrade"
+        )

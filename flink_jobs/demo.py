@@ -1,0 +1,205 @@
+"""`profilestream demo`: the whole pipeline on the embedded default, with progress and a summary.
+
+Starts an embedded PostgreSQL (left running afterwards so you can open it with psql; `make stop`
+stops it) and a local Kafka-protocol broker (stopped at the end), applies the schema, produces a
+sample, runs the job on a local MiniCluster until it has consumed exactly what was produced, and
+prints what landed in PostgreSQL. PG_DSN / KAFKA_BOOTSTRAP switch to external services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from flink_jobs import db
+from flink_jobs.config import DEFAULT_STATE_DIR, JobConfig, redact_dsn
+from flink_jobs.job import preflight, run_job
+from flink_jobs.producer import EventPublisher, ensure_topic, publish_all
+from flink_jobs.runtime import install_connector_jars, install_java
+from flink_jobs.services import EmbeddedPostgres, LocalBroker, which_psql
+from udfs.sources import SyntheticSpec, read_events
+
+DEMO_DIR = DEFAULT_STATE_DIR / "demo"
+
+
+def embedded_postgres() -> EmbeddedPostgres:
+    return EmbeddedPostgres(DEMO_DIR / "pgdata")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    dataset: Path | None = None
+    fmt: str = "synthetic"
+    events: int = 50_000
+    users: int = 5_000
+    seed: int = 42
+    partitions: int = 2
+    checkpoint_interval_ms: int = 5_000
+
+
+def pg_counts(dsn: str) -> tuple[int, int, int]:
+    """(profiles, events folded into them, dead letters) as PostgreSQL sees them now."""
+    conn = db.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), coalesce(sum(event_count), 0) FROM user_profiles")
+            profiles, events = cur.fetchone()
+            cur.execute("SELECT count(*) FROM dead_letter_events")
+            (dead,) = cur.fetchone()
+        return int(profiles), int(events), int(dead)
+    finally:
+        conn.close()
+
+
+def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    t0 = time.monotonic()
+    say("ProfileStream demo: Protobuf events -> Kafka -> PyFlink (RocksDB, thread mode) -> "
+        "LightGBM -> PostgreSQL")
+    java = install_java()
+    install_connector_jars()
+    say(f"  Java {java.major} ({java.origin}: {java.home}); connector jars verified")
+
+    with contextlib.ExitStack() as stack:
+        pg_dsn = os.environ.get("PG_DSN")
+        pg: EmbeddedPostgres | None = None
+        if pg_dsn:
+            say(f"  PostgreSQL: external, PG_DSN={redact_dsn(pg_dsn)}")
+        else:
+            pg = embedded_postgres()
+            pg_dsn = pg.start()
+            pg.recreate_database()
+            say(f"  PostgreSQL: embedded, {pg_dsn} (fresh database)")
+        applied = db.migrate(pg_dsn)
+        say(f"  schema: {len(applied)} migration(s) applied")
+
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        if bootstrap:
+            topic = f"profilestream-demo-{int(time.time())}"
+            say(f"  Kafka: external, KAFKA_BOOTSTRAP={bootstrap}, fresh topic {topic}")
+        else:
+            broker = LocalBroker(DEMO_DIR / "broker.log")
+            bootstrap = broker.start()
+            stack.callback(broker.stop)
+            topic = "user-events"
+            say(f"  Kafka: embedded Tansu broker on {bootstrap} (in memory)")
+        partitions = ensure_topic(bootstrap, topic, opts.partitions)
+
+        # Produce the sample.
+        errors: list[tuple[int, str]] = []
+        source = read_events(
+            opts.fmt, opts.dataset,
+            spec=SyntheticSpec(events=opts.events, users=opts.users, seed=opts.seed),
+            on_error=lambda line, msg: errors.append((line, msg)),
+        )
+        label = opts.fmt if opts.dataset is None else f"{opts.fmt} {opts.dataset}"
+        t_produce = time.monotonic()
+        publisher = EventPublisher(bootstrap, topic)
+        total = opts.events if opts.fmt == "synthetic" else None
+        for _ in tqdm(publish_all(publisher, source), total=total, unit="ev",
+                      desc=f"  producing ({label})", file=out, mininterval=0.5):
+            pass
+        report = publisher.flush()
+        produce_s = time.monotonic() - t_produce
+        say(f"  produced {report.delivered} events in {produce_s:.1f} s; end offsets "
+            + ", ".join(f"p{p}={o}" for p, o in sorted(report.end_offsets.items()))
+            + (f"; {len(errors)} unreadable rows skipped" if errors else "")
+            + (f"; {report.rejected} invalid events refused" if report.rejected else ""))
+
+        config = JobConfig(
+            kafka_bootstrap=bootstrap,
+            pg_dsn=pg_dsn,
+            topic=topic,
+            job_name="profilestream-demo",
+            state_dir=DEMO_DIR,
+            checkpoint_interval_ms=opts.checkpoint_interval_ms,
+            stopping_offsets=report.stopping_offsets(partitions),
+        )
+        preflight(config)
+        say("  starting the job on a local Flink MiniCluster (about 10 s to the first event) ...")
+        bar = tqdm(total=report.delivered, unit="ev", desc="  events in PostgreSQL", file=out,
+                   mininterval=0.5)
+        first_row_at: list[float] = []
+
+        def tick() -> None:
+            _, folded, dead = pg_counts(pg_dsn)
+            done = folded + dead
+            if done and not first_row_at:
+                first_row_at.append(time.monotonic())
+            bar.update(done - bar.n)
+
+        t_job = time.monotonic()
+        result = run_job(config, on_tick=tick)
+        bar.close()
+        job_s = time.monotonic() - t_job
+        summary = summarize(pg_dsn, report.delivered, job_s,
+                            (time.monotonic() - first_row_at[0]) if first_row_at else None)
+        summary.update(job_id=result.job_id, status=result.status, produced=report.delivered,
+                       total_s=time.monotonic() - t0)
+        print_summary(summary, pg, pg_dsn, say)
+        return summary
+
+
+def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> dict[str, Any]:
+    profiles, folded, dead = pg_counts(dsn)
+    conn = db.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT user_id, round(score::numeric, 4), event_count, purchases, spend, "
+                "model_version FROM user_profiles ORDER BY score DESC, user_id LIMIT 10"
+            )
+            top = cur.fetchall()
+            cur.execute("SELECT reason, count(*) FROM dead_letter_events GROUP BY 1 ORDER BY 2 "
+                        "DESC")
+            reasons = cur.fetchall()
+    finally:
+        conn.close()
+    return {
+        "events_read": folded + dead,
+        "events_folded": folded,
+        "dead_letters": dead,
+        "dead_letter_reasons": reasons,
+        "profiles": profiles,
+        "top": top,
+        "job_s": job_s,
+        "events_per_s": (folded + dead) / job_s if job_s else 0.0,
+        "steady_s": steady_s,
+    }
+
+
+def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str,
+                  say: Any) -> None:
+    say("")
+    say("Summary")
+    say(f"  events read          {s['events_read']:>10,} (of {s['produced']:,} produced)")
+    say(f"  dead letters         {s['dead_letters']:>10,}"
+        + ("  " + ", ".join(f"{r}: {n}" for r, n in s["dead_letter_reasons"])
+           if s["dead_letter_reasons"] else ""))
+    say(f"  profiles written     {s['profiles']:>10,}")
+    say(f"  job wall time        {s['job_s']:>10.1f} s  ({s['events_per_s']:,.0f} events/s "
+        "including MiniCluster start-up)")
+    if s["steady_s"]:
+        say(f"  after the first row  {s['steady_s']:>10.1f} s  "
+            f"({s['events_read'] / s['steady_s']:,.0f} events/s)")
+    say("")
+    say("  ten highest-scoring users (purchase propensity):")
+    say(f"    {'user_id':<16} {'score':>7} {'events':>7} {'buys':>5} {'spend':>12}  model")
+    for user, score, events, buys, spend, model in s["top"]:
+        say(f"    {user:<16} {score:>7} {events:>7} {buys:>5} {spend:>12}  {model}")
+    say("")
+    if pg is not None:
+        say("  Open the database (the embedded server keeps running; `make stop` stops it):")
+        say(f"    {which_psql(pg)} {dsn}")
+    else:
+        say(f"  Open the database:  psql '{redact_dsn(dsn)}'")
+    say("    e.g.  SELECT * FROM user_profiles ORDER BY score DESC LIMIT 20;")

@@ -1,0 +1,105 @@
+"""Running the profile job: pre-flight checks with one-line errors, submission, progress, and the
+root cause (not a Java stack trace) when it fails."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flink_jobs.config import JobConfig
+from flink_jobs.db import require_schema
+from flink_jobs.producer import KafkaUnavailable, check_broker
+from flink_jobs.runtime import Java, SetupError, connector_jars, find_java
+from udfs.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    status: str
+    wall_s: float
+
+
+def preflight(config: JobConfig) -> Java:
+    """Everything that can be checked before a JVM starts; each failure is one actionable line."""
+    java = find_java()
+    connector_jars(verify=True)
+    Scorer(config.model_dir).close()  # raises ModelError on a missing or mismatched model
+    topics = check_broker(config.kafka_bootstrap)
+    if config.topic not in topics:
+        raise KafkaUnavailable(
+            f"topic {config.topic!r} does not exist on {config.kafka_bootstrap} (topics: "
+            f"{sorted(topics)[:10]}): create it (`profilestream produce` does) or fix --topic"
+        )
+    require_schema(config.pg_dsn)
+    return java
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost 'Caused by' line of a Java exception, else the exception's first line."""
+    text = str(exc)
+    causes = re.findall(r"Caused by: ([^\n]+)", text)
+    if causes:
+        return causes[-1].strip()
+    first = text.strip().splitlines()
+    return first[0] if first else type(exc).__name__
+
+
+def run_job(
+    config: JobConfig,
+    java: Java | None = None,
+    on_tick: Callable[[], None] | None = None,
+    tick_s: float = 0.5,
+) -> JobResult:
+    """Build the production pipeline (Kafka -> profiles -> PostgreSQL) and run it until it ends
+    (bounded by stopping offsets) or is interrupted (Ctrl-C cancels the job; the last
+    checkpoint is retained for a restore)."""
+    from flink_jobs.pipeline import JdbcSinks, build_pipeline, create_environment, kafka_source
+
+    java = java or find_java()
+    start = time.monotonic()
+    env = create_environment(config, java)
+    sinks = JdbcSinks(env, config)
+    build_pipeline(env, kafka_source(env, config), sinks, config)
+    sinks.attach()
+    client = env.execute_async(config.job_name)
+    job_id = str(client.get_job_id())
+    log.info("submitted job %s", job_id)
+    # The local MiniCluster shuts down once the job ends, so wait on the result future (taken
+    # now) instead of polling the job status.
+    outcome = client.get_job_execution_result()
+    status = "FINISHED"
+    try:
+        while not outcome.done():
+            if on_tick:
+                on_tick()
+            time.sleep(tick_s)
+        try:
+            outcome.result()
+        except Exception as exc:  # py4j wraps the Java failure; keep only its root cause
+            raise JobFailed(f"job {job_id} failed: {root_cause(exc)}") from None
+    except KeyboardInterrupt:
+        client.cancel().result()
+        status = "CANCELED"
+    if on_tick:
+        on_tick()
+    return JobResult(job_id=job_id, status=status, wall_s=time.monotonic() - start)
+
+
+def setup_error_types() -> tuple[type[Exception], ...]:
+    from flink_jobs.config import ConfigError
+    from flink_jobs.db import DatabaseError
+    from flink_jobs.services import ServiceError
+    from udfs.scoring import ModelError
+
+    return (ConfigError, DatabaseError, KafkaUnavailable, ModelError, SetupError, ServiceError,
+            JobFailed)

@@ -1,0 +1,166 @@
+"""The producer API for teams that publish `UserEvent`s, built on confluent-kafka (librdkafka).
+
+    with EventPublisher("broker:9092", "user-events") as pub:
+        pub.publish(event)              # validated against the contract, keyed by user_id
+    print(pub.report.end_offsets)      # {partition: next offset} from delivery reports
+
+Messages are keyed by user_id with the Java client's murmur2 partitioner, so one user's events
+stay in order in one partition, and carry event_time as the Kafka record timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from udfs.events import validate_message
+
+log = logging.getLogger(__name__)
+_QUIET = logging.getLogger("profilestream.librdkafka")
+_QUIET.setLevel(logging.CRITICAL)  # librdkafka's connection chatter; errors surface as exceptions
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker cannot be reached or refused the request; the message says what to fix."""
+
+
+def _client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "logger": _QUIET, **extra}
+
+
+def check_broker(bootstrap: str, timeout_s: float = 8.0) -> dict[str, int]:
+    """Fail fast when the broker is unreachable; return {topic: partition count}."""
+    admin = AdminClient(_client_config(bootstrap, **{"socket.connection.setup.timeout.ms": 5000}))
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at KAFKA_BOOTSTRAP={bootstrap} within {timeout_s:.0f} s "
+            f"({exc.args[0].str() if exc.args else exc}): start the broker or fix --bootstrap / "
+            "KAFKA_BOOTSTRAP (leave it unset for the embedded broker)"
+        ) from None
+    return {name: len(t.partitions) for name, t in meta.topics.items()}
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 2) -> int:
+    """Create `topic` if needed; return its partition count."""
+    existing = check_broker(bootstrap)
+    if topic in existing:
+        return existing[topic]
+    admin = AdminClient(_client_config(bootstrap))
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                            replication_factor=1)])
+    try:
+        futures[topic].result(timeout=15)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise KafkaUnavailable(f"cannot create topic {topic!r}: {exc}") from None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = check_broker(bootstrap).get(topic)
+        if found:
+            return found
+        time.sleep(0.1)
+    raise KafkaUnavailable(f"topic {topic!r} did not appear after creation")
+
+
+@dataclass
+class PublishReport:
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    rejected: int = 0  # invalid events refused before sending
+    end_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    errors: list[str] = field(default_factory=list)
+
+    def stopping_offsets(self, partitions: int) -> dict[int, int]:
+        """Offsets to stop a bounded consumer at: every partition, 0 where nothing was written."""
+        return {p: self.end_offsets.get(p, 0) for p in range(partitions)}
+
+
+class EventPublisher:
+    def __init__(self, bootstrap: str, topic: str, *, validate: bool = True,
+                 **producer_config: Any) -> None:
+        self.topic = topic
+        self.validate = validate
+        self.report = PublishReport()
+        config = _client_config(
+            bootstrap,
+            **{
+                "partitioner": "murmur2_random",
+                "linger.ms": 20,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 200_000,
+                "enable.idempotence": False,
+                "acks": "all",
+                "message.timeout.ms": 60_000,
+            },
+        )
+        config.update(producer_config)
+        self._producer = Producer(config)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.report.failed += 1
+            if len(self.report.errors) < 20:
+                self.report.errors.append(str(err))
+            return
+        self.report.delivered += 1
+        p, o = msg.partition(), msg.offset()
+        if o + 1 > self.report.end_offsets.get(p, 0):
+            self.report.end_offsets[p] = o + 1
+
+    def publish(self, event: pb.UserEvent) -> None:
+        """Validate (unless disabled) and send one event, keyed by its user_id."""
+        if self.validate:
+            validate_message(event, int(time.time() * 1000))
+        timestamp = event.event_time.seconds * 1000 + event.event_time.nanos // 1_000_000
+        self.publish_raw(event.user_id.encode("utf-8"), event.SerializeToString(), timestamp)
+
+    def publish_raw(self, key: bytes | None, value: bytes, timestamp_ms: int = 0) -> None:
+        """Send bytes as they are (for replays and tests); no validation."""
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if timestamp_ms > 0:
+            kwargs["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self._producer.produce(self.topic, value=value, key=key, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self.report.sent += 1
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 60) -> PublishReport:
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise KafkaUnavailable(f"{remaining} messages still undelivered after {timeout_s} s")
+        return self.report
+
+    def __enter__(self) -> EventPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+def publish_all(publisher: EventPublisher, events: Iterable[pb.UserEvent]) -> Iterator[int]:
+    """Publish events, yielding after each one (for progress bars); skips and counts invalid
+    ones."""
+    from udfs.events import InvalidEvent
+
+    for event in events:
+        try:
+            publisher.publish(event)
+        except InvalidEvent as exc:
+            publisher.report.rejected += 1
+            if len(publisher.report.errors) < 20:
+                publisher.report.errors.append(f"{event.event_id}: {exc}")
+        yield 1

@@ -1,0 +1,262 @@
+"""Decoding and validation of `UserEvent` messages: bytes in, a typed `Event` or a reason out.
+
+This is the contract check every consumer applies (the stream job, the trainer, the consistency
+checker), so they all accept and reject exactly the same messages. Rejections carry a
+machine-readable `Reason` and a human-readable detail; the job sends them to the dead-letter table.
+The rules are documented for producer teams in docs/event-contract.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from schemas.profilestream.events.v1 import user_event_pb2 as pb
+
+# Event types, mirrored from the contract as plain ints for the hot path.
+VIEW = pb.EVENT_TYPE_VIEW
+ADD_TO_CART = pb.EVENT_TYPE_ADD_TO_CART
+REMOVE_FROM_CART = pb.EVENT_TYPE_REMOVE_FROM_CART
+FAVORITE = pb.EVENT_TYPE_FAVORITE
+PURCHASE = pb.EVENT_TYPE_PURCHASE
+SEARCH = pb.EVENT_TYPE_SEARCH
+EVENT_TYPES: tuple[int, ...] = (VIEW, ADD_TO_CART, REMOVE_FROM_CART, FAVORITE, PURCHASE, SEARCH)
+EVENT_TYPE_NAMES: dict[int, str] = {
+    VIEW: "view",
+    ADD_TO_CART: "add_to_cart",
+    REMOVE_FROM_CART: "remove_from_cart",
+    FAVORITE: "favorite",
+    PURCHASE: "purchase",
+    SEARCH: "search",
+}
+_ITEM_EVENTS = frozenset({VIEW, ADD_TO_CART, REMOVE_FROM_CART, FAVORITE, PURCHASE})
+_CHANNELS = frozenset(pb.Channel.values())
+
+# Contract limits (docs/event-contract.md).
+MAX_USER_ID_BYTES = 256
+MAX_EVENT_ID_BYTES = 128
+MAX_FIELD_BYTES = 1024
+MAX_MESSAGE_BYTES = 16 * 1024
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000  # event_time may be at most one day ahead of the wall clock
+MAX_PRICE_MICROS = 10**9 * 10**6  # one billion currency units
+MAX_QUANTITY = 10_000
+MICROS = 1_000_000
+
+
+class Reason(enum.StrEnum):
+    """Machine-readable dead-letter reasons. Values are stable: BI queries and alerts use them."""
+
+    DECODE_ERROR = "decode_error"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    MISSING_EVENT_ID = "missing_event_id"
+    EVENT_ID_TOO_LONG = "event_id_too_long"
+    MISSING_USER_ID = "missing_user_id"
+    USER_ID_TOO_LONG = "user_id_too_long"
+    USER_ID_INVALID_CHARS = "user_id_invalid_chars"
+    MISSING_EVENT_TYPE = "missing_event_type"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    MISSING_EVENT_TIME = "missing_event_time"
+    EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
+    MISSING_ITEM_ID = "missing_item_id"
+    MISSING_SEARCH_QUERY = "missing_search_query"
+    FIELD_TOO_LONG = "field_too_long"
+    INVALID_PRICE = "invalid_price"
+    MISSING_CURRENCY = "missing_currency"
+    INVALID_CURRENCY = "invalid_currency"
+    INVALID_QUANTITY = "invalid_quantity"
+
+
+class InvalidEvent(ValueError):
+    """A message that breaks the contract. `reason` is stable; `detail` says what exactly."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Event(NamedTuple):
+    """A validated event. A tuple so it pickles cheaply between Flink operators."""
+
+    event_id: str
+    user_id: str
+    event_type: int
+    event_time_ms: int
+    item_id: str | None
+    category_id: str | None
+    brand: str | None
+    price_micros: int | None
+    currency: str | None
+    quantity: int  # 1 when the message has none
+    session_id: str | None
+    search_query: str | None
+    channel: int
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+
+
+def _optional_text(msg: pb.UserEvent, field: str) -> str | None:
+    if not msg.HasField(field):
+        return None
+    value: str = getattr(msg, field)
+    if len(value.encode("utf-8")) > MAX_FIELD_BYTES:
+        raise InvalidEvent(Reason.FIELD_TOO_LONG, f"{field} is over {MAX_FIELD_BYTES} bytes")
+    return value
+
+
+def decode_event(raw: bytes, now_ms: int) -> Event:
+    """Parse and validate one Kafka message value. Raises `InvalidEvent`, never anything else.
+
+    `now_ms` is the wall clock (ms since the epoch) used for the future-timestamp rule.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent(Reason.MESSAGE_TOO_LARGE, f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    msg = pb.UserEvent()
+    try:
+        msg.ParseFromString(raw)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise InvalidEvent(Reason.DECODE_ERROR, f"not a UserEvent: {exc}") from None
+    return validate_message(msg, now_ms)
+
+
+def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
+    """Check a parsed `UserEvent` against the contract and convert it to an `Event`."""
+    event_id = msg.event_id
+    if not event_id:
+        raise InvalidEvent(Reason.MISSING_EVENT_ID, "event_id is empty")
+    if len(event_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
+        raise InvalidEvent(Reason.EVENT_ID_TOO_LONG, f"event_id is over {MAX_EVENT_ID_BYTES} bytes")
+
+    user_id = msg.user_id
+    if not user_id or user_id.isspace():
+        raise InvalidEvent(Reason.MISSING_USER_ID, "user_id is empty")
+    if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+        raise InvalidEvent(Reason.USER_ID_TOO_LONG, f"user_id is over {MAX_USER_ID_BYTES} bytes")
+    if _has_control_chars(user_id):
+        raise InvalidEvent(Reason.USER_ID_INVALID_CHARS, "user_id holds control characters")
+
+    event_type = msg.event_type
+    if event_type == pb.EVENT_TYPE_UNSPECIFIED:
+        raise InvalidEvent(Reason.MISSING_EVENT_TYPE, "event_type is EVENT_TYPE_UNSPECIFIED")
+    if event_type not in EVENT_TYPE_NAMES:
+        raise InvalidEvent(Reason.UNKNOWN_EVENT_TYPE, f"event_type {event_type} is not in v1")
+    channel = msg.channel
+    if channel not in _CHANNELS:
+        raise InvalidEvent(Reason.UNKNOWN_CHANNEL, f"channel {channel} is not in v1")
+
+    if not msg.HasField("event_time"):
+        raise InvalidEvent(Reason.MISSING_EVENT_TIME, "event_time is not set")
+    ts = msg.event_time
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidEvent(Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time.nanos {ts.nanos} invalid")
+    event_time_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+    if event_time_ms < MIN_EVENT_TIME_MS:
+        raise InvalidEvent(Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time {ts.seconds}s is before 2000")
+    if event_time_ms > now_ms + MAX_FUTURE_SKEW_MS:
+        raise InvalidEvent(
+            Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time {ts.seconds}s is over a day in the future"
+        )
+
+    item_id = _optional_text(msg, "item_id")
+    if event_type in _ITEM_EVENTS and not item_id:
+        raise InvalidEvent(Reason.MISSING_ITEM_ID, f"{EVENT_TYPE_NAMES[event_type]} needs item_id")
+    search_query = _optional_text(msg, "search_query")
+    if event_type == SEARCH and not search_query:
+        raise InvalidEvent(Reason.MISSING_SEARCH_QUERY, "search needs search_query")
+
+    price_micros: int | None = None
+    currency: str | None = None
+    if msg.HasField("price_micros"):
+        price_micros = msg.price_micros
+        if not 0 <= price_micros <= MAX_PRICE_MICROS:
+            raise InvalidEvent(Reason.INVALID_PRICE, f"price_micros {price_micros} out of range")
+        if not msg.HasField("currency") or not msg.currency:
+            raise InvalidEvent(Reason.MISSING_CURRENCY, "price_micros is set without currency")
+    if msg.HasField("currency"):
+        currency = msg.currency
+        if not (len(currency) == 3 and currency.isascii() and currency.isalpha()
+                and currency.isupper()):
+            raise InvalidEvent(Reason.INVALID_CURRENCY, f"currency {currency!r} is not ISO 4217")
+
+    quantity = 1
+    if msg.HasField("quantity"):
+        quantity = msg.quantity
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidEvent(Reason.INVALID_QUANTITY, f"quantity {quantity} not in 1..10000")
+
+    return Event(
+        event_id=event_id,
+        user_id=user_id,
+        event_type=event_type,
+        event_time_ms=event_time_ms,
+        item_id=item_id,
+        category_id=_optional_text(msg, "category_id"),
+        brand=_optional_text(msg, "brand"),
+        price_micros=price_micros,
+        currency=currency,
+        quantity=quantity,
+        session_id=_optional_text(msg, "session_id"),
+        search_query=search_query,
+        channel=channel,
+    )
+
+
+def make_message(
+    *,
+    event_id: str,
+    user_id: str,
+    event_type: int,
+    event_time_ms: int,
+    item_id: str | None = None,
+    category_id: str | None = None,
+    brand: str | None = None,
+    price_micros: int | None = None,
+    currency: str | None = None,
+    quantity: int | None = None,
+    session_id: str | None = None,
+    search_query: str | None = None,
+    channel: int = pb.CHANNEL_UNSPECIFIED,
+) -> pb.UserEvent:
+    """Build a `UserEvent` message from plain values (absent optionals stay unset)."""
+    msg = pb.UserEvent(event_id=event_id, user_id=user_id, event_type=event_type, channel=channel)
+    msg.event_time.seconds, millis = divmod(event_time_ms, 1000)
+    msg.event_time.nanos = millis * 1_000_000
+    for field, value in (
+        ("item_id", item_id),
+        ("category_id", category_id),
+        ("brand", brand),
+        ("price_micros", price_micros),
+        ("currency", currency),
+        ("quantity", quantity),
+        ("session_id", session_id),
+        ("search_query", search_query),
+    ):
+        if value is not None:
+            setattr(msg, field, value)
+    return msg
+
+
+def price_to_micros(text: str) -> int:
+    """Convert a decimal price string ("35.79") to exact micros, rejecting NaN/inf/over-precise."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"price {text!r} is not a decimal number") from None
+    if not value.is_finite():
+        raise ValueError(f"price {text!r} is not finite")
+    micros = value * MICROS
+    if micros != micros.to_integral_value():
+        raise ValueError(f"price {text!r} has more than 6 decimal places")
+    result = int(micros)
+    if not math.isfinite(float(result)):
+        raise ValueError(f"price {text!r} is out of range")
+    return result
