@@ -19,15 +19,24 @@ from flink_jobs.config import (
 
 
 def _add_kafka(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"),
-                   help="Kafka bootstrap servers host:port (env KAFKA_BOOTSTRAP)")
-    p.add_argument("--topic", default=os.environ.get("PROFILESTREAM_TOPIC", DEFAULT_TOPIC),
-                   help=f"events topic (env PROFILESTREAM_TOPIC, default {DEFAULT_TOPIC})")
+    p.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP"),
+        help="Kafka bootstrap servers host:port (env KAFKA_BOOTSTRAP)",
+    )
+    p.add_argument(
+        "--topic",
+        default=os.environ.get("PROFILESTREAM_TOPIC", DEFAULT_TOPIC),
+        help=f"events topic (env PROFILESTREAM_TOPIC, default {DEFAULT_TOPIC})",
+    )
 
 
 def _add_pg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pg-dsn", default=os.environ.get("PG_DSN"),
-                   help="postgresql://user:password@host:port/db (env PG_DSN)")
+    p.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("PG_DSN"),
+        help="postgresql://user:password@host:port/db (env PG_DSN)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,34 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default")
     demo.add_argument("--dataset", type=Path, help="a Taobao or REES46 CSV instead of synthetic")
-    demo.add_argument("--format", dest="fmt", choices=["taobao", "rees46"],
-                      help="format of --dataset")
+    demo.add_argument(
+        "--format", dest="fmt", choices=["taobao", "rees46"], help="format of --dataset"
+    )
     demo.add_argument("--events", type=int, default=50_000, help="synthetic events (50000)")
     demo.add_argument("--users", type=int, default=5_000, help="synthetic users (5000)")
     demo.add_argument("--seed", type=int, default=42)
 
     produce = sub.add_parser("produce", help="publish UserEvents to Kafka from a CSV or synthetic")
     _add_kafka(produce)
-    produce.add_argument("--format", dest="fmt", choices=["synthetic", "taobao", "rees46"],
-                         default="synthetic")
+    produce.add_argument(
+        "--format", dest="fmt", choices=["synthetic", "taobao", "rees46"], default="synthetic"
+    )
     produce.add_argument("--file", type=Path, help="CSV file for taobao/rees46")
     produce.add_argument("--events", type=int, default=10_000, help="synthetic events")
     produce.add_argument("--users", type=int, default=1_000, help="synthetic users")
     produce.add_argument("--seed", type=int, default=42)
-    produce.add_argument("--partitions", type=int, default=2,
-                         help="partitions when the topic is created (2)")
+    produce.add_argument(
+        "--partitions", type=int, default=2, help="partitions when the topic is created (2)"
+    )
 
     run = sub.add_parser("run", help="run the profile job (local MiniCluster)")
     _add_kafka(run)
     _add_pg(run)
-    run.add_argument("--model-dir", type=Path,
-                     default=Path(os.environ.get("PROFILESTREAM_MODEL_DIR", DEFAULT_MODEL_DIR)))
-    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                     help="checkpoints and RocksDB working files (.profilestream)")
+    run.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(os.environ.get("PROFILESTREAM_MODEL_DIR", DEFAULT_MODEL_DIR)),
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="checkpoints and RocksDB working files (.profilestream)",
+    )
     run.add_argument("--parallelism", type=int, default=1)
     run.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
-    run.add_argument("--stopping-offsets",
-                     help="stop at these offsets, e.g. 0:120,1:98 (default: run until Ctrl-C)")
+    run.add_argument(
+        "--stopping-offsets",
+        help="stop at these offsets, e.g. 0:120,1:98 (default: run until Ctrl-C)",
+    )
     run.add_argument("--restore-from", help="a retained checkpoint or savepoint to resume from")
 
     dbp = sub.add_parser("db", help="database schema")
@@ -125,9 +146,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
         raise ConfigError(f"--format {args.fmt} needs --file PATH")
     partitions = ensure_topic(bootstrap, args.topic, args.partitions)
     bad_rows: list[tuple[int, str]] = []
-    source = read_events(args.fmt, args.file,
-                         spec=SyntheticSpec(events=args.events, users=args.users, seed=args.seed),
-                         on_error=lambda line, msg: bad_rows.append((line, msg)))
+    source = read_events(
+        args.fmt,
+        args.file,
+        spec=SyntheticSpec(events=args.events, users=args.users, seed=args.seed),
+        on_error=lambda line, msg: bad_rows.append((line, msg)),
+    )
     publisher = EventPublisher(bootstrap, args.topic)
     total = args.events if args.fmt == "synthetic" else None
     for _ in tqdm(publish_all(publisher, source), total=total, unit="ev", desc="producing"):
@@ -135,13 +159,17 @@ def cmd_produce(args: argparse.Namespace) -> int:
     report = publisher.flush()
     for line, msg in bad_rows[:20]:
         print(f"  skipped line {line}: {msg}", file=sys.stderr)
-    print(f"delivered {report.delivered} events to {args.topic}"
-          f" ({report.failed} failed, {report.rejected} invalid refused, {len(bad_rows)} "
-          "unreadable rows skipped)")
+    print(
+        f"delivered {report.delivered} events to {args.topic}"
+        f" ({report.failed} failed, {report.rejected} invalid refused, {len(bad_rows)} "
+        "unreadable rows skipped)"
+    )
     offsets = report.stopping_offsets(partitions)
     print("end offsets: " + ", ".join(f"partition {p}: {o}" for p, o in offsets.items()))
-    print("to process exactly these: profilestream run --stopping-offsets "
-          + ",".join(f"{p}:{o}" for p, o in offsets.items()))
+    print(
+        "to process exactly these: profilestream run --stopping-offsets "
+        + ",".join(f"{p}:{o}" for p, o in offsets.items())
+    )
     return 0 if report.failed == 0 else 1
 
 
@@ -160,8 +188,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         restore_from=args.restore_from,
     )
     java = preflight(config)
-    print(f"running {config.job_name}: {config.topic}@{config.kafka_bootstrap} -> "
-          f"{config.jdbc_url} (Ctrl-C cancels; checkpoints in {config.checkpoint_dir})")
+    print(
+        f"running {config.job_name}: {config.topic}@{config.kafka_bootstrap} -> "
+        f"{config.jdbc_url} (Ctrl-C cancels; checkpoints in {config.checkpoint_dir})"
+    )
     result = run_job(config, java)
     print(f"job {result.job_id} {result.status} after {result.wall_s:.1f} s")
     return 0 if result.status in ("FINISHED", "CANCELED") else 1
@@ -173,8 +203,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     dsn = _require(args.pg_dsn, "PG_DSN", "--pg-dsn")
     applied = db.migrate(dsn)
     version = db.schema_version(dsn)
-    print(f"schema at version {version}; applied now: "
-          + (", ".join(m.path.name for m in applied) or "nothing (up to date)"))
+    print(
+        f"schema at version {version}; applied now: "
+        + (", ".join(m.path.name for m in applied) or "nothing (up to date)")
+    )
     return 0
 
 
@@ -190,8 +222,14 @@ def cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"setup": cmd_setup, "demo": cmd_demo, "produce": cmd_produce, "run": cmd_run,
-            "db": cmd_db, "services": cmd_services}
+COMMANDS = {
+    "setup": cmd_setup,
+    "demo": cmd_demo,
+    "produce": cmd_produce,
+    "run": cmd_run,
+    "db": cmd_db,
+    "services": cmd_services,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

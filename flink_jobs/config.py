@@ -14,11 +14,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flink_jobs.runtime import PROJECT_ROOT
-from udfs.profile import DAY_MS, ProfileParams
+from udfs.profile import ProfileParams
 
 DEFAULT_TOPIC = "user-events"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "bootstrap-v1"
-DEFAULT_STATE_DIR = PROJECT_ROOT / ".profilestream"
+DEFAULT_STATE_DIR = Path(os.environ.get("PROFILESTREAM_STATE_DIR", PROJECT_ROOT / ".profilestream"))
 
 
 class ConfigError(ValueError):
@@ -100,7 +100,8 @@ def redact_dsn(dsn: str | None) -> str:
     """The DSN with its password replaced, for messages and logs."""
     if not dsn:
         return ""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    dsn = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", dsn)  # URL form; greedy up to the host
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)  # key=value form
 
 
 def parse_offsets(text: str) -> dict[int, int]:
@@ -112,12 +113,3 @@ def parse_offsets(text: str) -> dict[int, int]:
         raise ConfigError(
             f"stopping offsets {text!r}: use partition:offset[,partition:offset], e.g. 0:120,1:98"
         ) from None
-
-
-def env_default(name: str, fallback: str | None = None) -> str | None:
-    return os.environ.get(name, fallback)
-
-
-def half_life_from_env() -> int:
-    value = os.environ.get("PROFILESTREAM_ACTIVITY_HALF_LIFE_MS")
-    return int(value) if value else DAY_MS

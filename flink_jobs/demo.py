@@ -63,8 +63,10 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         print(text, file=out, flush=True)
 
     t0 = time.monotonic()
-    say("ProfileStream demo: Protobuf events -> Kafka -> PyFlink (RocksDB, thread mode) -> "
-        "LightGBM -> PostgreSQL")
+    say(
+        "ProfileStream demo: Protobuf events -> Kafka -> PyFlink (RocksDB, thread mode) -> "
+        "LightGBM -> PostgreSQL"
+    )
     java = install_java()
     install_connector_jars()
     say(f"  Java {java.major} ({java.origin}: {java.home}); connector jars verified")
@@ -97,7 +99,8 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         # Produce the sample.
         errors: list[tuple[int, str]] = []
         source = read_events(
-            opts.fmt, opts.dataset,
+            opts.fmt,
+            opts.dataset,
             spec=SyntheticSpec(events=opts.events, users=opts.users, seed=opts.seed),
             on_error=lambda line, msg: errors.append((line, msg)),
         )
@@ -105,15 +108,23 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         t_produce = time.monotonic()
         publisher = EventPublisher(bootstrap, topic)
         total = opts.events if opts.fmt == "synthetic" else None
-        for _ in tqdm(publish_all(publisher, source), total=total, unit="ev",
-                      desc=f"  producing ({label})", file=out, mininterval=0.5):
+        for _ in tqdm(
+            publish_all(publisher, source),
+            total=total,
+            unit="ev",
+            desc=f"  producing ({label})",
+            file=out,
+            mininterval=0.5,
+        ):
             pass
         report = publisher.flush()
         produce_s = time.monotonic() - t_produce
-        say(f"  produced {report.delivered} events in {produce_s:.1f} s; end offsets "
+        say(
+            f"  produced {report.delivered} events in {produce_s:.1f} s; end offsets "
             + ", ".join(f"p{p}={o}" for p, o in sorted(report.end_offsets.items()))
             + (f"; {len(errors)} unreadable rows skipped" if errors else "")
-            + (f"; {report.rejected} invalid events refused" if report.rejected else ""))
+            + (f"; {report.rejected} invalid events refused" if report.rejected else "")
+        )
 
         config = JobConfig(
             kafka_bootstrap=bootstrap,
@@ -126,8 +137,13 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         )
         preflight(config)
         say("  starting the job on a local Flink MiniCluster (about 10 s to the first event) ...")
-        bar = tqdm(total=report.delivered, unit="ev", desc="  events in PostgreSQL", file=out,
-                   mininterval=0.5)
+        bar = tqdm(
+            total=report.delivered,
+            unit="ev",
+            desc="  events in PostgreSQL",
+            file=out,
+            mininterval=0.5,
+        )
         first_row_at: list[float] = []
 
         def tick() -> None:
@@ -141,10 +157,18 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         result = run_job(config, on_tick=tick)
         bar.close()
         job_s = time.monotonic() - t_job
-        summary = summarize(pg_dsn, report.delivered, job_s,
-                            (time.monotonic() - first_row_at[0]) if first_row_at else None)
-        summary.update(job_id=result.job_id, status=result.status, produced=report.delivered,
-                       total_s=time.monotonic() - t0)
+        summary = summarize(
+            pg_dsn,
+            report.delivered,
+            job_s,
+            (time.monotonic() - first_row_at[0]) if first_row_at else None,
+        )
+        summary.update(
+            job_id=result.job_id,
+            status=result.status,
+            produced=report.delivered,
+            total_s=time.monotonic() - t0,
+        )
         print_summary(summary, pg, pg_dsn, say)
         return summary
 
@@ -159,8 +183,9 @@ def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> 
                 "model_version FROM user_profiles ORDER BY score DESC, user_id LIMIT 10"
             )
             top = cur.fetchall()
-            cur.execute("SELECT reason, count(*) FROM dead_letter_events GROUP BY 1 ORDER BY 2 "
-                        "DESC")
+            cur.execute(
+                "SELECT reason, count(*) FROM dead_letter_events GROUP BY 1 ORDER BY 2 DESC"
+            )
             reasons = cur.fetchall()
     finally:
         conn.close()
@@ -177,20 +202,28 @@ def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> 
     }
 
 
-def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str,
-                  say: Any) -> None:
+def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str, say: Any) -> None:
     say("")
     say("Summary")
     say(f"  events read          {s['events_read']:>10,} (of {s['produced']:,} produced)")
-    say(f"  dead letters         {s['dead_letters']:>10,}"
-        + ("  " + ", ".join(f"{r}: {n}" for r, n in s["dead_letter_reasons"])
-           if s["dead_letter_reasons"] else ""))
+    say(
+        f"  dead letters         {s['dead_letters']:>10,}"
+        + (
+            "  " + ", ".join(f"{r}: {n}" for r, n in s["dead_letter_reasons"])
+            if s["dead_letter_reasons"]
+            else ""
+        )
+    )
     say(f"  profiles written     {s['profiles']:>10,}")
-    say(f"  job wall time        {s['job_s']:>10.1f} s  ({s['events_per_s']:,.0f} events/s "
-        "including MiniCluster start-up)")
+    say(
+        f"  job wall time        {s['job_s']:>10.1f} s  ({s['events_per_s']:,.0f} events/s "
+        "including MiniCluster start-up)"
+    )
     if s["steady_s"]:
-        say(f"  after the first row  {s['steady_s']:>10.1f} s  "
-            f"({s['events_read'] / s['steady_s']:,.0f} events/s)")
+        say(
+            f"  after the first row  {s['steady_s']:>10.1f} s  "
+            f"({s['events_read'] / s['steady_s']:,.0f} events/s)"
+        )
     say("")
     say("  ten highest-scoring users (purchase propensity):")
     say(f"    {'user_id':<16} {'score':>7} {'events':>7} {'buys':>5} {'spend':>12}  model")

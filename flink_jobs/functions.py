@@ -58,8 +58,10 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
             event = decode_event(raw, now_ms)
         except InvalidEvent as exc:
             self.invalid.inc()
-            yield DEAD_LETTERS, Row(*dead_letter_row(raw, exc.reason.value, exc.detail,
-                                                     self.topic, now_ms))
+            yield (
+                DEAD_LETTERS,
+                Row(*dead_letter_row(raw, exc.reason.value, exc.detail, self.topic, now_ms)),
+            )
             return
         self.valid.inc()
         yield event

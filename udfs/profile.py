@@ -29,8 +29,11 @@ class ProfileParams:
     activity_half_life_ms: int = DAY_MS  # half-life of the decayed activity score
 
     def __post_init__(self) -> None:
-        if not (len(self.reporting_currency) == 3 and self.reporting_currency.isalpha()
-                and self.reporting_currency.isupper()):
+        if not (
+            len(self.reporting_currency) == 3
+            and self.reporting_currency.isalpha()
+            and self.reporting_currency.isupper()
+        ):
             raise ValueError(
                 f"reporting_currency={self.reporting_currency!r}: use an ISO 4217 code like USD"
             )
@@ -40,12 +43,12 @@ class ProfileParams:
 
 @dataclass(slots=True)
 class Profile:
-    """One shopper's state. `version` counts applied events and orders profile rows in PostgreSQL."""
+    """One shopper's state. `version` counts applied events; it orders rows in PostgreSQL."""
 
     version: int = 0
     first_event_ms: int = 0
     last_event_ms: int = 0
-    # counts[i] is the number of events of type EVENT_TYPES[i] (view, cart, remove, fav, buy, search)
+    # counts[i]: events of type EVENT_TYPES[i] (view, cart, remove, fav, buy, search)
     counts: list[int] = field(default_factory=lambda: [0] * len(EVENT_TYPES))
     spend_micros: int = 0  # purchases priced in the reporting currency: sum(price * quantity)
     other_purchases: int = 0  # purchases without a price or in another currency
@@ -74,13 +77,12 @@ def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Profil
         profile.last_event_ms = t
         profile.activity = 1.0
     else:
-        if t < profile.first_event_ms:
-            profile.first_event_ms = t
+        profile.first_event_ms = min(profile.first_event_ms, t)
         half_life = params.activity_half_life_ms
         if t >= profile.last_event_ms:
-            profile.activity = profile.activity * 2.0 ** (
-                -(t - profile.last_event_ms) / half_life
-            ) + 1.0
+            profile.activity = (
+                profile.activity * 2.0 ** (-(t - profile.last_event_ms) / half_life) + 1.0
+            )
             profile.last_event_ms = t
         else:
             profile.activity += 2.0 ** (-(profile.last_event_ms - t) / half_life)

@@ -43,8 +43,9 @@ DEAD_LETTER_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("seen_at_ms", "bigint"),
 )
 
-ProfileRow = tuple[str, int, int, int, int, int, int, int, int, int, int, int, int, float, int,
-                   float, str]
+ProfileRow = tuple[
+    str, int, int, int, int, int, int, int, int, int, int, int, int, float, int, float, str
+]
 
 
 def profile_row(user_id: str, profile: Profile, score: float, model_version: str) -> ProfileRow:

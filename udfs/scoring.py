@@ -12,6 +12,7 @@ its per-call overhead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 from collections.abc import Sequence
@@ -64,7 +65,7 @@ class Scorer:
 
     def __init__(self, model_dir: Path | str, expected_features: Sequence[str] = FEATURE_NAMES):
         import lightgbm as lgb
-        from lightgbm.basic import _LIB, _safe_call
+        from lightgbm.basic import _LIB, _safe_call  # type: ignore[attr-defined]
 
         self.info = read_metadata(Path(model_dir))
         expected = tuple(expected_features)
@@ -110,7 +111,7 @@ class Scorer:
 
     def score(self, features: Sequence[float]) -> float:
         """Probability for one feature row (bit-identical to `Booster.predict`)."""
-        self._row[:] = features
+        self._row[:] = features  # type: ignore[call-overload]
         ret = self._predict(self._fast, self._row_ref, self._out_len_ref, self._out_ref)
         if ret != 0:
             self._safe_call(ret)
@@ -122,7 +123,5 @@ class Scorer:
             self._fast = ctypes.c_void_p()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

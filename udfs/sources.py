@@ -87,8 +87,17 @@ def read_rees46(path: Path | str, *, on_error: ErrorSink = _ignore) -> Iterator[
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
-        expected = ["event_time", "event_type", "product_id", "category_id", "category_code",
-                    "brand", "price", "user_id", "user_session"]
+        expected = [
+            "event_time",
+            "event_type",
+            "product_id",
+            "category_id",
+            "category_code",
+            "brand",
+            "price",
+            "user_id",
+            "user_session",
+        ]
         if header != expected:
             on_error(1, f"header {header} is not the REES46 header {expected}")
             return
@@ -189,8 +198,11 @@ def synthetic_events(spec: SyntheticSpec) -> list[pb.UserEvent]:
                 if cart and r < 0.05 + 0.5 * intent:
                     item, cat, price = cart.pop(rng.randrange(len(cart)))
                     kind = ev.PURCHASE
-                    kw = {"price_micros": price, "currency": "USD",
-                          "quantity": 1 + int(rng.random() < 0.15)}
+                    kw = {
+                        "price_micros": price,
+                        "currency": "USD",
+                        "quantity": 1 + int(rng.random() < 0.15),
+                    }
                 elif r < 0.08 + 0.35 * intent:
                     kind = ev.ADD_TO_CART
                     cart.append((item, cat, price))
@@ -226,7 +238,10 @@ def synthetic_events(spec: SyntheticSpec) -> list[pb.UserEvent]:
 
 
 def read_events(
-    fmt: str, path: Path | str | None = None, *, spec: SyntheticSpec | None = None,
+    fmt: str,
+    path: Path | str | None = None,
+    *,
+    spec: SyntheticSpec | None = None,
     on_error: ErrorSink = _ignore,
 ) -> Iterator[pb.UserEvent]:
     """One entry point for every source format."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: real services (embedded PostgreSQL, the Tansu broker) started once per session,
+a fresh migrated database per test, and helpers to build events."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from flink_jobs import db
+from flink_jobs.services import EmbeddedPostgres, LocalBroker
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", database="postgres")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"t_{next(_counter)}_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(pg_server.dsn("postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    dsn = pg_server.dsn(name)
+    db.migrate(dsn)
+    yield dsn
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka") / "broker.log")
+    yield broker.start()
+    broker.stop()
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present (the shared data folder is optional)")
+    return path
