@@ -47,9 +47,9 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
         self.topic = topic
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        group = runtime_context.get_metrics_group()
-        self.valid = group.counter("events_valid")
-        self.invalid = group.counter("events_dead_lettered")
+        # Valid events are counted by Flink's own numRecordsOut; a per-event Python counter call
+        # cost about 10 % of throughput in thread mode.
+        self.invalid = runtime_context.get_metrics_group().counter("events_dead_lettered")
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         now_ms = int(time.time() * 1000)
@@ -63,7 +63,6 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
                 Row(*dead_letter_row(raw, exc.reason.value, exc.detail, self.topic, now_ms)),
             )
             return
-        self.valid.inc()
         yield event
 
 
@@ -90,7 +89,6 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
         )
         self.scorer = Scorer(self.model_dir)
         self.model_version = self.scorer.version
-        self.updates = runtime_context.get_metrics_group().counter("profile_updates")
 
     def close(self) -> None:
         self.scorer.close()
@@ -103,5 +101,4 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
         score = self.scorer.score(feature_vector(profile))
         row = Row(*profile_row(value.user_id, profile, score, self.model_version))
         row.set_row_kind(RowKind.INSERT if profile.version == 1 else RowKind.UPDATE_AFTER)
-        self.updates.inc()
         yield row

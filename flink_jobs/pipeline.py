@@ -227,16 +227,14 @@ class JdbcSinks:
         table = self.t_env.from_changelog_stream(stream, builder.primary_key(key).build(), mode)
         self.statements.add_insert(sink, table)
 
+    # Changelog mode "all" (rows arrive as INSERT / UPDATE_AFTER): the planner then needs no
+    # ChangelogNormalize, which would keep a second copy of every profile in keyed state.
     def profiles(self, stream: DataStream) -> None:
-        self._insert(stream, PROFILE_COLUMNS, "user_id", "profiles_sink", ChangelogMode.upsert())
+        self._insert(stream, PROFILE_COLUMNS, "user_id", "profiles_sink", ChangelogMode.all())
 
     def dead_letters(self, stream: DataStream) -> None:
         self._insert(
-            stream,
-            DEAD_LETTER_COLUMNS,
-            "dead_letter_id",
-            "dead_letters_sink",
-            ChangelogMode.upsert(),
+            stream, DEAD_LETTER_COLUMNS, "dead_letter_id", "dead_letters_sink", ChangelogMode.all()
         )
 
     def attach(self) -> None:
