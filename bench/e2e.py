@@ -132,7 +132,7 @@ def run(events: int, users: int, parallelism: int, seed: int) -> dict[str, Any]:
     finally:
         broker.stop()
         pg.stop()
-    job = {
+    job: dict[str, Any] = {
         "status": result.status,
         "wall_s": job_s,
         "steady_s": steady_s,
