@@ -51,6 +51,12 @@ lint: $(INSTALLED)
 proto: $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -I schemas --python_out=schemas --pyi_out=schemas schemas/profilestream/events/v1/user_event.proto
 
+lock:
+	rm -rf .cache/lockvenv && $(PYTHON) -m venv .cache/lockvenv
+	.cache/lockvenv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ head -n 3 requirements.lock; .cache/lockvenv/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .cache/lockvenv
+
 stop:
 	@test -x $(PS) && $(PS) services stop || true
 
