@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    for name in ("flink_jobs", "udfs", "models"):  # dependencies may raise the root level later
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
     from flink_jobs.job import setup_error_types
 
     try:
