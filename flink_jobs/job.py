@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,19 +79,32 @@ def run_job(
     # The local MiniCluster shuts down once the job ends, so wait on the result future (taken
     # now) instead of polling the job status.
     outcome = client.get_job_execution_result()
-    status = "FINISHED"
+    # Ctrl-C / SIGTERM must not interrupt a py4j call half-way (that corrupts the gateway
+    # connection): note the signal, leave the loop, then cancel the job cleanly.
+    stop_requested: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is threading.main_thread():
+        for sig in previous:
+            signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
     try:
-        while not outcome.done():
+        while not stop_requested and not outcome.done():
             if on_tick:
                 on_tick()
             time.sleep(tick_s)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if stop_requested:
+        log.warning("stop requested: cancelling job %s (checkpoints are retained)", job_id)
+        client.cancel().result()
+        status = "CANCELED"
+    else:
         try:
             outcome.result()
         except Exception as exc:  # py4j wraps the Java failure; keep only its root cause
             raise JobFailed(f"job {job_id} failed: {root_cause(exc)}") from None
-    except KeyboardInterrupt:
-        client.cancel().result()
-        status = "CANCELED"
+        status = "FINISHED"
     if on_tick:
         on_tick()
     return JobResult(job_id=job_id, status=status, wall_s=time.monotonic() - start)
