@@ -136,32 +136,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from flink_jobs.producer import EventPublisher, ensure_topic, publish_all
-    from udfs.sources import SyntheticSpec, read_events
+    from flink_jobs.producer import ensure_topic, produce_dataset
+    from udfs.sources import SyntheticSpec
 
     bootstrap = _require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap")
     if args.fmt != "synthetic" and not args.file:
         raise ConfigError(f"--format {args.fmt} needs --file PATH")
     partitions = ensure_topic(bootstrap, args.topic, args.partitions)
-    bad_rows: list[tuple[int, str]] = []
-    source = read_events(
-        args.fmt,
-        args.file,
-        spec=SyntheticSpec(events=args.events, users=args.users, seed=args.seed),
-        on_error=lambda line, msg: bad_rows.append((line, msg)),
-    )
-    publisher = EventPublisher(bootstrap, args.topic)
-    total = args.events if args.fmt == "synthetic" else None
-    for _ in tqdm(publish_all(publisher, source), total=total, unit="ev", desc="producing"):
-        pass
-    report = publisher.flush()
-    for line, msg in bad_rows[:20]:
+    spec = SyntheticSpec(events=args.events, users=args.users, seed=args.seed)
+    result = produce_dataset(bootstrap, args.topic, args.fmt, args.file, spec)
+    report = result.report
+    for line, msg in result.bad_rows[:20]:
         print(f"  skipped line {line}: {msg}", file=sys.stderr)
     print(
         f"delivered {report.delivered} events to {args.topic}"
-        f" ({report.failed} failed, {report.rejected} invalid refused, {len(bad_rows)} "
+        f" ({report.failed} failed, {report.rejected} invalid refused, {len(result.bad_rows)} "
         "unreadable rows skipped)"
     )
     offsets = report.stopping_offsets(partitions)

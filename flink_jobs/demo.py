@@ -21,10 +21,10 @@ from tqdm import tqdm
 from flink_jobs import db
 from flink_jobs.config import DEFAULT_STATE_DIR, JobConfig, redact_dsn
 from flink_jobs.job import preflight, run_job
-from flink_jobs.producer import EventPublisher, ensure_topic, publish_all
+from flink_jobs.producer import ensure_topic, produce_dataset
 from flink_jobs.runtime import install_connector_jars, install_java
 from flink_jobs.services import EmbeddedPostgres, LocalBroker, which_psql
-from udfs.sources import SyntheticSpec, read_events
+from udfs.sources import SyntheticSpec
 
 DEMO_DIR = DEFAULT_STATE_DIR / "demo"
 
@@ -97,32 +97,16 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         partitions = ensure_topic(bootstrap, topic, opts.partitions)
 
         # Produce the sample.
-        errors: list[tuple[int, str]] = []
-        source = read_events(
-            opts.fmt,
-            opts.dataset,
-            spec=SyntheticSpec(events=opts.events, users=opts.users, seed=opts.seed),
-            on_error=lambda line, msg: errors.append((line, msg)),
-        )
         label = opts.fmt if opts.dataset is None else f"{opts.fmt} {opts.dataset}"
-        t_produce = time.monotonic()
-        publisher = EventPublisher(bootstrap, topic)
-        total = opts.events if opts.fmt == "synthetic" else None
-        for _ in tqdm(
-            publish_all(publisher, source),
-            total=total,
-            unit="ev",
-            desc=f"  producing ({label})",
-            file=out,
-            mininterval=0.5,
-        ):
-            pass
-        report = publisher.flush()
-        produce_s = time.monotonic() - t_produce
+        spec = SyntheticSpec(events=opts.events, users=opts.users, seed=opts.seed)
+        produced = produce_dataset(
+            bootstrap, topic, opts.fmt, opts.dataset, spec, desc=f"  producing ({label})", out=out
+        )
+        report = produced.report
         say(
-            f"  produced {report.delivered} events in {produce_s:.1f} s; end offsets "
+            f"  produced {report.delivered} events in {produced.seconds:.1f} s; end offsets "
             + ", ".join(f"p{p}={o}" for p, o in sorted(report.end_offsets.items()))
-            + (f"; {len(errors)} unreadable rows skipped" if errors else "")
+            + (f"; {len(produced.bad_rows)} unreadable rows skipped" if produced.bad_rows else "")
             + (f"; {report.rejected} invalid events refused" if report.rejected else "")
         )
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
 from udfs.events import validate_message
+from udfs.sources import SyntheticSpec
 
 log = logging.getLogger(__name__)
 _QUIET = logging.getLogger("profilestream.librdkafka")
@@ -153,19 +155,44 @@ class EventPublisher:
         self.flush()
 
 
-def publish_all(publisher: EventPublisher, events: Iterable[pb.UserEvent]) -> Iterator[int]:
-    """Publish events, yielding after each one (for progress bars); skips and counts invalid
-    ones."""
-    from udfs.events import InvalidEvent
+@dataclass
+class ProduceResult:
+    report: PublishReport
+    bad_rows: list[tuple[int, str]]  # (line number, why) of source rows that were skipped
+    seconds: float
 
-    for event in events:
+
+def produce_dataset(
+    bootstrap: str,
+    topic: str,
+    fmt: str,
+    path: Path | None,
+    spec: SyntheticSpec,
+    *,
+    desc: str = "producing",
+    out: IO[str] | None = None,
+) -> ProduceResult:
+    """Publish a CSV file or synthetic shoppers to `topic` with a progress bar. Unreadable rows
+    and invalid events are counted and skipped, never fatal."""
+    from tqdm import tqdm
+
+    from udfs.events import InvalidEvent
+    from udfs.sources import read_events
+
+    bad_rows: list[tuple[int, str]] = []
+    source = read_events(fmt, path, spec=spec, on_error=lambda n, why: bad_rows.append((n, why)))
+    publisher = EventPublisher(bootstrap, topic)
+    start = time.monotonic()
+    total = spec.events if fmt == "synthetic" else None
+    for event in tqdm(source, total=total, unit="ev", desc=desc, file=out, mininterval=0.5):
         try:
             publisher.publish(event)
         except InvalidEvent as exc:
             publisher.report.rejected += 1
             if len(publisher.report.errors) < 20:
                 publisher.report.errors.append(f"{event.event_id}: {exc}")
-        yield 1
+    report = publisher.flush()
+    return ProduceResult(report, bad_rows, time.monotonic() - start)
 
 
 def read_topic(
