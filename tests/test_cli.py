@@ -188,3 +188,28 @@ def test_demo_prints_summary_with_profiles(tmp_path: Path) -> None:
     conn.close()
     stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
     assert "stopped" in stop.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.flink
+def test_demo_uses_external_services_when_given(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
+    proc = run_cli(
+        "demo",
+        "--events",
+        "1500",
+        "--users",
+        "100",
+        env={"PG_DSN": pg_dsn, "KAFKA_BOOTSTRAP": kafka, "PROFILESTREAM_STATE_DIR": str(tmp_path)},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"PostgreSQL: external, PG_DSN={pg_dsn}" in proc.stdout
+    assert f"Kafka: external, KAFKA_BOOTSTRAP={kafka}, fresh topic profilestream-demo-" in (
+        proc.stdout
+    )
+    assert not (tmp_path / "demo" / "pgdata").exists()  # no embedded server was started
+    conn = psycopg2.connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), sum(event_count) FROM user_profiles")
+        assert cur.fetchone() == (100, 1500)
+    conn.close()
