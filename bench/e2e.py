@@ -34,10 +34,9 @@ from flink_jobs.job import preflight, run_job
 from flink_jobs.producer import EventPublisher, ensure_topic
 from flink_jobs.runtime import install_connector_jars, install_java
 from flink_jobs.services import EmbeddedPostgres, LocalBroker
+from udfs.engine import ProfileEngine
 from udfs.events import decode_event
-from udfs.features import feature_vector
-from udfs.profile import Profile, ProfileParams, apply_event, decode_profile, encode_profile
-from udfs.rows import profile_row
+from udfs.profile import ProfileParams
 from udfs.scoring import Scorer
 from udfs.sources import SyntheticSpec, synthetic_events
 
@@ -45,20 +44,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> dict[str, float]:
-    """The job's per-event work without Flink: decode, state read, update, state write, score,
-    build the output row."""
+    """The job's per-event work without Flink: decode, then the job's own engine step (state
+    bytes in, state bytes and output row out) with a dict as the state backend."""
     scorer = Scorer(model_dir)
+    engine = ProfileEngine(params, scorer.score, scorer.version)
     state: dict[str, bytes] = {}
     now_ms = int(time.time() * 1000)
     start_cpu, start = time.process_time(), time.perf_counter()
     for raw in raws:
         event = decode_event(raw, now_ms)
-        stored = state.get(event.user_id)
-        profile = decode_profile(stored) if stored is not None else Profile()
-        apply_event(profile, event, params)
-        state[event.user_id] = encode_profile(profile)
-        score = scorer.score(feature_vector(profile))
-        profile_row(event.user_id, profile, score, scorer.version)
+        step = engine.on_event(state.get(event.user_id), event, "bench", now_ms)
+        if step.state is not None:
+            state[event.user_id] = step.state
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {
         "wall_s": wall,

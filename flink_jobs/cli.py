@@ -61,9 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="publish UserEvents to Kafka from a CSV or synthetic")
     _add_kafka(produce)
     produce.add_argument(
-        "--format", dest="fmt", choices=["synthetic", "taobao", "rees46"], default="synthetic"
+        "--format",
+        dest="fmt",
+        choices=["synthetic", "taobao", "rees46", "proto"],
+        default="synthetic",
     )
-    produce.add_argument("--file", type=Path, help="CSV file for taobao/rees46")
+    produce.add_argument(
+        "--file", type=Path, help="CSV file (taobao/rees46) or file of encoded messages (proto)"
+    )
+    produce.add_argument(
+        "--save-proto", type=Path, help="also write what was sent to this file (format proto)"
+    )
     produce.add_argument("--events", type=int, default=10_000, help="synthetic events")
     produce.add_argument("--users", type=int, default=1_000, help="synthetic users")
     produce.add_argument("--seed", type=int, default=42)
@@ -92,6 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop at these offsets, e.g. 0:120,1:98 (default: run until Ctrl-C)",
     )
     run.add_argument("--restore-from", help="a retained checkpoint or savepoint to resume from")
+
+    formats = ["taobao", "rees46", "proto", "synthetic"]
+    model_default = Path(os.environ.get("PROFILESTREAM_MODEL_DIR", DEFAULT_MODEL_DIR))
+
+    def add_log(p: argparse.ArgumentParser, events: int, users: int) -> None:
+        p.add_argument("--events", type=Path, help="the event log (not for synthetic)")
+        p.add_argument("--format", dest="fmt", choices=formats, required=True)
+        p.add_argument("--synthetic-events", type=int, default=events)
+        p.add_argument("--synthetic-users", type=int, default=users)
+        p.add_argument("--seed", type=int, default=42)
+
+    train = sub.add_parser("train", help="train the purchase-propensity model on an event log")
+    add_log(train, 100_000, 5_000)
+    train.add_argument("--version", help="model version (default: <format>-<date>)")
+    train.add_argument(
+        "--out", type=Path, help="model directory (default: models/purchase_propensity/<version>)"
+    )
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a model on an event log")
+    evaluate.add_argument("--model", type=Path, default=model_default, help="a model directory")
+    add_log(evaluate, 100_000, 5_000)
+
+    verify = sub.add_parser("verify", help="compare PostgreSQL with an offline recomputation")
+    add_log(verify, 10_000, 1_000)
+    _add_pg(verify)
+    verify.add_argument("--model-dir", type=Path, default=model_default)
+    verify.add_argument(
+        "--topic",
+        default=os.environ.get("PROFILESTREAM_TOPIC", DEFAULT_TOPIC),
+        help="the topic the job read (dead letters record it)",
+    )
+    verify.add_argument("--examples", type=int, default=5, help="mismatches to print")
 
     dbp = sub.add_parser("db", help="database schema")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
@@ -144,7 +184,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         raise ConfigError(f"--format {args.fmt} needs --file PATH")
     partitions = ensure_topic(bootstrap, args.topic, args.partitions)
     spec = SyntheticSpec(events=args.events, users=args.users, seed=args.seed)
-    result = produce_dataset(bootstrap, args.topic, args.fmt, args.file, spec)
+    result = produce_dataset(
+        bootstrap, args.topic, args.fmt, args.file, spec, save_to=args.save_proto
+    )
     report = result.report
     for line, msg in result.bad_rows[:20]:
         print(f"  skipped line {line}: {msg}", file=sys.stderr)
@@ -186,6 +228,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.status in ("FINISHED", "CANCELED") else 1
 
 
+def _log_args(args: argparse.Namespace) -> tuple[Path | None, object]:
+    from udfs.sources import SyntheticSpec
+
+    if args.fmt == "synthetic":
+        spec = SyntheticSpec(
+            events=args.synthetic_events, users=args.synthetic_users, seed=args.seed
+        )
+        return None, spec
+    if args.events is None:
+        raise ConfigError(f"--format {args.fmt} needs --events FILE")
+    if not args.events.is_file():
+        raise ConfigError(f"--events {args.events}: no such file")
+    return args.events, None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from models.train import MODELS_DIR, run_training
+    from udfs.profile import ProfileParams
+
+    path, spec = _log_args(args)
+    version = args.version or f"{args.fmt}-{datetime.now(UTC).strftime('%Y%m%d')}"
+    out = args.out or MODELS_DIR / version
+    meta = run_training(args.fmt, path, out, version, ProfileParams(), spec=spec)
+    print(f"wrote {out}: model.txt, metadata.json, report.md and plots")
+    _print_metrics(meta["metrics_test"])
+    return 0
+
+
+def _print_metrics(results: dict[str, dict[str, float]]) -> None:
+    print(f"  {'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} {'log-loss':>9} {'Brier':>7} {'ECE':>7}")
+    for name, r in results.items():
+        print(
+            f"  {name:<22} {r['roc_auc']:>8.4f} {r['pr_auc']:>8.4f} {r['log_loss']:>9.4f} "
+            f"{r['brier']:>7.4f} {r['ece']:>7.4f}   ({r['examples']:,} snapshots, "
+            f"{r['positives']:,} positive)"
+        )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.train import evaluate, load_examples
+    from udfs.profile import ProfileParams
+    from udfs.scoring import read_metadata
+
+    info = read_metadata(args.model)  # fails early, naming the fix, on a bad directory
+    path, spec = _log_args(args)
+    ex, provenance = load_examples(args.fmt, path, ProfileParams(), spec=spec)
+    print(
+        f"model {info.name} {info.version} on {provenance['source']}: "
+        f"{provenance['events']:,} events, {provenance['time_range'][0]} .. "
+        f"{provenance['time_range'][1]}"
+    )
+    _print_metrics({info.version: evaluate(args.model, ex)})
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from flink_jobs.verify import print_report, verify
+    from udfs.profile import ProfileParams
+
+    dsn = _require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+    path, spec = _log_args(args)
+    report = verify(
+        args.fmt, path, dsn, args.model_dir, ProfileParams(), topic=args.topic, spec=spec
+    )
+    print_report(report, args.examples)
+    return 0 if report.ok else 1
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from flink_jobs import db
 
@@ -216,6 +328,9 @@ COMMANDS = {
     "demo": cmd_demo,
     "produce": cmd_produce,
     "run": cmd_run,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "verify": cmd_verify,
     "db": cmd_db,
     "services": cmd_services,
 }

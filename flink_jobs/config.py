@@ -17,7 +17,7 @@ from flink_jobs.runtime import PROJECT_ROOT
 from udfs.profile import ProfileParams
 
 DEFAULT_TOPIC = "user-events"
-DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "bootstrap-v1"
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v1"
 DEFAULT_STATE_DIR = Path(os.environ.get("PROFILESTREAM_STATE_DIR", PROJECT_ROOT / ".profilestream"))
 
 
@@ -85,7 +85,9 @@ class JobConfig:
     def jdbc_url(self) -> str:
         parts = urlsplit(self.pg_dsn)
         port = parts.port or 5432
-        return f"jdbc:postgresql://{parts.hostname}:{port}{parts.path or '/postgres'}"
+        # stringtype=unspecified lets PostgreSQL cast the JSON text column into jsonb.
+        path = parts.path or "/postgres"
+        return f"jdbc:postgresql://{parts.hostname}:{port}{path}?stringtype=unspecified"
 
     @property
     def pg_user(self) -> str:

@@ -1,6 +1,7 @@
 """Thin Flink adapters around the pure `udfs` code: decode/validate, and the keyed profile update.
 
-They load state, call the pure function, store state and emit; all logic lives in `udfs`.
+They move bytes between Flink's state, timers and outputs and `udfs.engine.ProfileEngine`; all
+logic lives in `udfs`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from typing import Any
 
 from pyflink.common import Row, RowKind
 from pyflink.common.typeinfo import Types
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
+from udfs.engine import ProfileEngine
 from udfs.events import Event, InvalidEvent, decode_event
-from udfs.features import feature_vector
-from udfs.profile import Profile, ProfileParams, apply_event, decode_profile, encode_profile
-from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row, profile_row
+from udfs.profile import ProfileParams
+from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
 from udfs.scoring import Scorer
 
 _FLINK_TYPES = {
@@ -27,8 +27,13 @@ _FLINK_TYPES = {
     "bigint": Types.LONG,
     "int": Types.INT,
     "double": Types.DOUBLE,
+    "boolean": Types.BOOLEAN,
+    "json": Types.STRING,
     "bytes": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),
 }
+MAX_WATERMARK = 2**63 - 1
+RECORD_SKEW_MS = 60_000  # record timestamp vs event_time beyond this is counted (contract breach)
+SCORE_SAMPLE_EVERY = 64  # time one scoring call in this many
 
 
 def row_type(columns: tuple[tuple[str, str], ...]) -> Any:
@@ -38,6 +43,7 @@ def row_type(columns: tuple[tuple[str, str], ...]) -> Any:
 PROFILE_ROW_TYPE = row_type(PROFILE_COLUMNS)
 DEAD_LETTER_ROW_TYPE = row_type(DEAD_LETTER_COLUMNS)
 DEAD_LETTERS = OutputTag("dead-letters", DEAD_LETTER_ROW_TYPE)
+LATE_EVENTS = OutputTag("late-events", DEAD_LETTER_ROW_TYPE)
 
 
 class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
@@ -49,7 +55,10 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         # Valid events are counted by Flink's own numRecordsOut; a per-event Python counter call
         # cost about 10 % of throughput in thread mode.
-        self.invalid = runtime_context.get_metrics_group().counter("events_dead_lettered")
+        group = runtime_context.get_metrics_group()
+        self.invalid = group.counter("events_dead_lettered")
+        # Watermarks come from Kafka record timestamps; the contract says they equal event_time.
+        self.skewed = group.counter("record_timestamp_skewed")
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         now_ms = int(time.time() * 1000)
@@ -63,42 +72,106 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
                 Row(*dead_letter_row(raw, exc.reason.value, exc.detail, self.topic, now_ms)),
             )
             return
+        record_ts = ctx.timestamp()
+        if record_ts is not None and abs(record_ts - event.event_time_ms) > RECORD_SKEW_MS:
+            self.skewed.inc()
         yield event
-
-
-class EventTimeAssigner(TimestampAssigner):  # type: ignore[misc]
-    def extract_timestamp(self, value: Event, record_timestamp: int) -> int:
-        return value.event_time_ms
 
 
 def user_key(event: Event) -> str:
     return event.user_id
 
 
+class _TimedScorer:
+    """Scores through `Scorer`, timing one call in SCORE_SAMPLE_EVERY into two Flink counters
+    (`scoring_sampled_ns` / `scoring_samples` is the in-job cost of one scoring call). Counters,
+    not a gauge: a Python gauge is read from a Java metrics thread, which blocks the task in
+    thread mode."""
+
+    def __init__(self, scorer: Scorer, group: Any) -> None:
+        self.scorer = scorer
+        self.calls = 0
+        self.sampled_ns = group.counter("scoring_sampled_ns")
+        self.samples = group.counter("scoring_samples")
+
+    def __call__(self, features: Any) -> float:
+        self.calls += 1
+        if self.calls % SCORE_SAMPLE_EVERY:
+            return self.scorer.score(features)
+        start = time.perf_counter_ns()
+        score = self.scorer.score(features)
+        self.sampled_ns.inc(time.perf_counter_ns() - start)
+        self.samples.inc()
+        return score
+
+
 class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
     """Keeps each user's whole profile in one ValueState (versioned bytes, see udfs.profile),
-    folds every event into it, scores it, and emits the profile row as an upsert."""
+    folds every event into it, scores it, and emits the profile row; an event-time timer per
+    user drives inactivity (at risk, dormant, expired: state deleted)."""
 
-    def __init__(self, model_dir: Path, params: ProfileParams) -> None:
+    def __init__(
+        self, model_dir: Path, params: ProfileParams, topic: str, max_out_of_orderness_ms: int
+    ) -> None:
         self.model_dir = str(model_dir)
         self.params = params
+        self.topic = topic
+        self.max_out_of_orderness_ms = max_out_of_orderness_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(
             ValueStateDescriptor("profile", Types.PICKLED_BYTE_ARRAY())
         )
+        group = runtime_context.get_metrics_group()
         self.scorer = Scorer(self.model_dir)
-        self.model_version = self.scorer.version
+        self.engine = ProfileEngine(
+            self.params, _TimedScorer(self.scorer, group), self.scorer.version
+        )
+        self.late = group.counter("events_late")
+        self.duplicates = group.counter("events_duplicate")
+        self.expired = group.counter("profiles_expired")
+        # Largest event time this subtask has folded: where event time really stands when a
+        # bounded input ends with Flink's final MAX watermark.
+        self.max_event_ms = 0
 
     def close(self) -> None:
         self.scorer.close()
 
-    def process_element(self, value: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
-        stored = self.state.value()
-        profile = decode_profile(stored) if stored is not None else Profile()
-        apply_event(profile, value, self.params)
-        self.state.update(encode_profile(profile))
-        score = self.scorer.score(feature_vector(profile))
-        row = Row(*profile_row(value.user_id, profile, score, self.model_version))
-        row.set_row_kind(RowKind.INSERT if profile.version == 1 else RowKind.UPDATE_AFTER)
-        yield row
+    def process_element(self, value: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        self.max_event_ms = max(self.max_event_ms, value.event_time_ms)
+        step = self.engine.on_event(self.state.value(), value, self.topic, int(time.time() * 1000))
+        if step.dead_letter is not None:
+            self.late.inc()
+            yield LATE_EVENTS, Row(*step.dead_letter)
+            return
+        if step.row is None:
+            self.duplicates.inc()
+            return
+        yield from self._apply(step, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        if ctx.timer_service().current_watermark() >= MAX_WATERMARK and (
+            timestamp > self.max_event_ms - self.max_out_of_orderness_ms - 1
+        ):
+            # End of a bounded input: Flink fires every timer, but event time only reached the
+            # watermark the data implies (newest event minus the allowed out-of-orderness).
+            return
+        step = self.engine.on_timer(self.state.value(), ctx.get_current_key(), timestamp)
+        if step.clear:
+            self.expired.inc()
+        yield from self._apply(step, ctx)
+
+    def _apply(self, step: Any, ctx: Any) -> Iterator[Row]:
+        if step.clear:
+            self.state.clear()
+        elif step.state is not None:
+            self.state.update(step.state)
+        timers = ctx.timer_service()
+        if step.timer_delete:
+            timers.delete_event_time_timer(step.timer_delete)
+        if step.timer_register:
+            timers.register_event_time_timer(step.timer_register)
+        if step.row is not None:
+            row = Row(*step.row)
+            row.set_row_kind(RowKind.UPDATE_AFTER)
+            yield row

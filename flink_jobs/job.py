@@ -61,6 +61,7 @@ def run_job(
     java: Java | None = None,
     on_tick: Callable[[], None] | None = None,
     tick_s: float = 0.5,
+    stop_when: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Build the production pipeline (Kafka -> profiles -> PostgreSQL) and run it until it ends
     (bounded by stopping offsets) or is interrupted (Ctrl-C cancels the job; the last
@@ -90,13 +91,17 @@ def run_job(
         while not stop_requested and not outcome.done():
             if on_tick:
                 on_tick()
+            if stop_when is not None and stop_when():
+                stop_requested.append(0)
+                break
             time.sleep(tick_s)
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if stop_requested:
-        log.warning("stop requested: cancelling job %s (checkpoints are retained)", job_id)
+        if stop_requested[0]:  # a signal, not stop_when
+            log.warning("stop requested: cancelling job %s (checkpoints are retained)", job_id)
         client.cancel().result()
         status = "CANCELED"
     else:
@@ -114,6 +119,7 @@ def setup_error_types() -> tuple[type[Exception], ...]:
     from flink_jobs.config import ConfigError
     from flink_jobs.db import DatabaseError
     from flink_jobs.services import ServiceError
+    from models.errors import TrainingError
     from udfs.scoring import ModelError
 
     return (
@@ -124,4 +130,5 @@ def setup_error_types() -> tuple[type[Exception], ...]:
         SetupError,
         ServiceError,
         JobFailed,
+        TrainingError,
     )

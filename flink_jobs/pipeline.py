@@ -2,10 +2,10 @@
 so tests can inject their own; `create_environment`, `kafka_source` and `JdbcSinks` build the
 production pieces.
 
-    Kafka bytes -> DecodeAndValidate --(dead letters)--> sinks.dead_letters
-                        | valid Event
-                        v event-time timestamps + watermarks
-                  key_by(user_id) -> UpdateProfile (RocksDB ValueState, LightGBM) -> sinks.profiles
+    Kafka bytes (watermarks per partition from record timestamps = event time)
+      -> DecodeAndValidate --(contract violations)--------------> sinks.dead_letters
+      -> key_by(user_id) -> UpdateProfile --(late events)-------> sinks.dead_letters
+                            (RocksDB ValueState, event-time timers, LightGBM) -> sinks.profiles
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pyflink.table import ChangelogMode, Schema, StreamTableEnvironment
 from flink_jobs.config import JobConfig
 from flink_jobs.functions import (
     DEAD_LETTERS,
+    LATE_EVENTS,
+    PROFILE_ROW_TYPE,
     DecodeAndValidate,
-    EventTimeAssigner,
     UpdateProfile,
     user_key,
 )
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 # Stable operator uids: savepoints map state to these, so they never change.
 UID_SOURCE = "kafka-user-events"
 UID_DECODE = "decode-validate"
-UID_WATERMARKS = "event-time-watermarks"
 UID_PROFILE = "profile-update"
 
 
@@ -52,38 +52,37 @@ class Sinks(Protocol):
 def build_pipeline(
     env: StreamExecutionEnvironment, source: DataStream, sinks: Sinks, config: JobConfig
 ) -> None:
-    """Wire decode -> watermarks -> key_by(user) -> profile update -> sinks onto `source`
-    (a stream of raw `UserEvent` bytes)."""
+    """Wire decode -> key_by(user) -> profile update -> sinks onto `source`, a stream of raw
+    `UserEvent` bytes carrying event-time timestamps and watermarks (see `kafka_source`)."""
     decoded = (
         source.process(DecodeAndValidate(config.topic), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("decode and validate")
         .uid(UID_DECODE)
     )
-    sinks.dead_letters(decoded.get_side_output(DEAD_LETTERS))
-
-    watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(config.max_out_of_orderness_ms)
-        )
-        .with_idleness(Duration.of_millis(config.idleness_ms))
-        .with_timestamp_assigner(EventTimeAssigner())
-    )
-    timed = (
-        decoded.assign_timestamps_and_watermarks(watermarks).name("event time").uid(UID_WATERMARKS)
-    )
     profiles = (
-        timed.key_by(user_key, key_type=Types.STRING())
-        .process(UpdateProfile(config.model_dir, config.profile), output_type=_profile_type())
+        decoded.key_by(user_key, key_type=Types.STRING())
+        .process(
+            UpdateProfile(
+                config.model_dir, config.profile, config.topic, config.max_out_of_orderness_ms
+            ),
+            output_type=PROFILE_ROW_TYPE,
+        )
         .name("update profile and score")
         .uid(UID_PROFILE)
     )
     sinks.profiles(profiles)
+    sinks.dead_letters(
+        decoded.get_side_output(DEAD_LETTERS).union(profiles.get_side_output(LATE_EVENTS))
+    )
 
 
-def _profile_type() -> Any:
-    from flink_jobs.functions import PROFILE_ROW_TYPE
-
-    return PROFILE_ROW_TYPE
+def event_time_watermarks(config: JobConfig) -> WatermarkStrategy:
+    """Bounded out-of-orderness on the record timestamps, tracked per Kafka partition (the
+    contract makes the record timestamp the event time); idle partitions do not hold event time
+    back."""
+    return WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(config.max_out_of_orderness_ms)
+    ).with_idleness(Duration.of_millis(config.idleness_ms))
 
 
 def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironment:
@@ -140,7 +139,7 @@ def kafka_source(env: StreamExecutionEnvironment, config: JobConfig) -> DataStre
         builder = builder.set_bounded(_explicit_offsets(config.topic, config.stopping_offsets))
     return env.from_source(
         builder.build(),
-        WatermarkStrategy.no_watermarks(),
+        event_time_watermarks(config),
         "kafka: " + config.topic,
         type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
     ).uid(UID_SOURCE)
@@ -166,6 +165,8 @@ def _sql_type(kind: str) -> str:
         "bigint": "BIGINT",
         "int": "INT",
         "double": "DOUBLE",
+        "boolean": "BOOLEAN",
+        "json": "STRING",
         "bytes": "BYTES",
     }[kind]
 

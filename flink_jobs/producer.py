@@ -171,28 +171,68 @@ def produce_dataset(
     *,
     desc: str = "producing",
     out: IO[str] | None = None,
+    save_to: Path | None = None,
 ) -> ProduceResult:
-    """Publish a CSV file or synthetic shoppers to `topic` with a progress bar. Unreadable rows
-    and invalid events are counted and skipped, never fatal."""
+    """Publish a CSV file, a file of encoded messages ("proto") or synthetic shoppers to `topic`
+    with a progress bar. CSV rows that cannot be read and events that break the contract are
+    counted and skipped; a "proto" file is replayed byte for byte, invalid messages included
+    (the job dead-letters them). `save_to` writes what was sent as a "proto" file."""
     from tqdm import tqdm
 
     from udfs.events import InvalidEvent
-    from udfs.sources import read_events
+    from udfs.sources import read_delimited, read_events, write_delimited
 
     bad_rows: list[tuple[int, str]] = []
-    source = read_events(fmt, path, spec=spec, on_error=lambda n, why: bad_rows.append((n, why)))
     publisher = EventPublisher(bootstrap, topic)
+    sent: list[bytes] = []
     start = time.monotonic()
     total = spec.events if fmt == "synthetic" else None
-    for event in tqdm(source, total=total, unit="ev", desc=desc, file=out, mininterval=0.5):
-        try:
-            publisher.publish(event)
-        except InvalidEvent as exc:
-            publisher.report.rejected += 1
-            if len(publisher.report.errors) < 20:
-                publisher.report.errors.append(f"{event.event_id}: {exc}")
+    if fmt == "proto":
+        if path is None:
+            raise ValueError("format 'proto' needs a file")
+        last_ts = 0
+        for raw in tqdm(read_delimited(path), unit="msg", desc=desc, file=out, mininterval=0.5):
+            key, timestamp = _key_and_time(raw)
+            # Watermarks follow record timestamps: an invalid message keeps the last valid time
+            # rather than the broker's wall clock, which would drag event time forward.
+            last_ts = timestamp or last_ts
+            publisher.publish_raw(key, raw, last_ts)
+            sent.append(raw)
+    else:
+        source = read_events(
+            fmt, path, spec=spec, on_error=lambda n, why: bad_rows.append((n, why))
+        )
+        for event in tqdm(source, total=total, unit="ev", desc=desc, file=out, mininterval=0.5):
+            try:
+                publisher.publish(event)
+            except InvalidEvent as exc:
+                publisher.report.rejected += 1
+                if len(publisher.report.errors) < 20:
+                    publisher.report.errors.append(f"{event.event_id}: {exc}")
+                continue
+            if save_to is not None:
+                sent.append(event.SerializeToString())
     report = publisher.flush()
+    if save_to is not None:
+        write_delimited(save_to, sent)
     return ProduceResult(report, bad_rows, time.monotonic() - start)
+
+
+def _key_and_time(raw: bytes) -> tuple[bytes | None, int]:
+    """Kafka key and record timestamp of a message replayed as is: (user_id, event_time) when it
+    is valid; a parseable user_id and no timestamp when it is not."""
+    from udfs.events import InvalidEvent, decode_event
+
+    try:
+        event = decode_event(raw, int(time.time() * 1000))
+    except InvalidEvent:
+        msg = pb.UserEvent()
+        try:
+            msg.ParseFromString(raw)
+        except Exception:
+            return None, 0
+        return (msg.user_id.encode("utf-8", "replace") or None), 0
+    return event.user_id.encode("utf-8"), event.event_time_ms
 
 
 def read_topic(

@@ -119,7 +119,7 @@ def test_model_with_wrong_feature_contract(tmp_path: Path) -> None:
     model.mkdir()
     (model / "model.txt").write_text((DEFAULT_MODEL_DIR / "model.txt").read_text())
     meta = (DEFAULT_MODEL_DIR / "metadata.json").read_text()
-    (model / "metadata.json").write_text(meta.replace('"views"', '"page_views"'))
+    (model / "metadata.json").write_text(meta.replace('"cnt_view_1h"', '"page_views_1h"'))
     proc = run_cli(
         "run",
         "--bootstrap",
@@ -178,7 +178,7 @@ def test_demo_prints_summary_with_profiles(tmp_path: Path) -> None:
     assert re.search(r"events read\s+3,000 \(of 3,000 produced\)", out), out
     assert re.search(r"profiles written\s+200\b", out), out
     assert re.search(r"dead letters\s+0\b", out), out
-    assert "ten highest-scoring users" in out and "bootstrap-v1" in out
+    assert "ten highest-scoring users" in out and "taobao-v1" in out
     dsn = re.search(r"(postgresql://\S+)", out.split("Open the database")[1])
     assert dsn is not None
     conn = psycopg2.connect(dsn.group(1))

@@ -1,48 +1,107 @@
-"""The offline recomputation and comparison used by the end-to-end test (JVM-free)."""
+"""The offline recomputation (the job's engine without Flink) and the comparison (JVM-free)."""
 
 from __future__ import annotations
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from udfs import events as ev
 from udfs.consistency import Mismatch, compare_profiles, recompute
+from udfs.engine import ProfileEngine
 from udfs.events import make_message
-from udfs.profile import ProfileParams
-from udfs.rows import dead_letter_id
+from udfs.profile import DAY_MS, ProfileParams
+from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_id
 from udfs.scoring import Scorer
 
 T = 1_735_689_600_000
+NOW = T + 10**10
 
 
-def raw(user: str, kind: int = ev.VIEW, t: int = T) -> bytes:
+def raw(user: str, kind: int = ev.VIEW, t: int = T, eid: str | None = None) -> bytes:
     return make_message(
-        event_id=f"{user}{t}", user_id=user, event_type=kind, event_time_ms=t, item_id="i"
+        event_id=eid or f"{user}{t}{kind}",
+        user_id=user,
+        event_type=kind,
+        event_time_ms=t,
+        item_id="i",
     ).SerializeToString()
 
 
-def test_recompute_folds_valid_and_keeps_invalid() -> None:
+def engine() -> ProfileEngine:
     scorer = Scorer(DEFAULT_MODEL_DIR)
-    msgs = [raw("a"), raw("b"), b"\xff", raw("a", ev.PURCHASE, T + 5), raw("")]
-    out = recompute(msgs, ProfileParams(), scorer, T + 10**9)
-    assert (out.valid_events, out.invalid_messages) == (3, 2)
+    return ProfileEngine(ProfileParams(), scorer.score, scorer.version)
+
+
+def test_recompute_folds_valid_and_keeps_invalid_late_and_duplicate() -> None:
+    late = raw("a", t=T - 3_600_000)
+    msgs = [
+        raw("a"),
+        raw("b"),
+        b"\xff",
+        raw("a", ev.PURCHASE, T + 5),
+        raw(""),
+        late,
+        raw("b"),
+    ]  # the last is a duplicate delivery
+    out = recompute(msgs, engine(), now_ms=NOW)
+    assert (out.valid_events, out.invalid_messages, out.duplicates, out.late_events) == (5, 2, 1, 1)
     assert out.dead_letters == {
         dead_letter_id(b"\xff"): "decode_error",
         dead_letter_id(raw("")): "missing_user_id",
+        dead_letter_id(late): "late_event",
     }
-    a = out.profiles["a"]
-    assert a[0:4] == ("a", 2, 2, 1) and a[-1] == "bootstrap-v1"
+    (a,) = out.profiles["a"]
+    col = dict(zip(PROFILE_COLUMN_NAMES, a, strict=True))
+    assert (col["profile_version"], col["event_count"], col["purchases"], col["model_version"]) == (
+        2,
+        2,
+        1,
+        "taobao-v1",
+    )
+
+
+def test_final_watermark_fires_inactivity_and_racing_timers_accept_both_rows() -> None:
+    # "old" is silent for 20 days before the end of the log: at risk for certain. "edge" turns
+    # at risk at a midnight 20 minutes before the final watermark, within the tolerance: the
+    # job may or may not have fired that timer, so either row is accepted.
+    midnight = T + 30 * DAY_MS
+    end = midnight + 20 * 60_000
+    msgs = [
+        raw("old", t=end - 20 * DAY_MS),
+        raw("edge", t=midnight - 14 * DAY_MS - 5 * 3_600_000),
+        raw("x", t=end),
+    ]
+    out = recompute(msgs, engine(), now_ms=NOW, max_out_of_orderness_ms=0)
+    seg = PROFILE_COLUMN_NAMES.index("segment")
+    assert [r[seg] for r in out.profiles["old"]] == ["at_risk"]
+    assert [r[seg] for r in out.profiles["edge"]] == ["new", "at_risk"]
+    assert len(out.profiles["x"]) == 1
 
 
 def test_compare_finds_every_kind_of_difference() -> None:
-    scorer = Scorer(DEFAULT_MODEL_DIR)
-    expected = recompute([raw("a"), raw("b")], ProfileParams(), scorer, T + 10**9).profiles
-    actual: dict[str, tuple[object, ...]] = {"a": expected["a"], "c": expected["b"]}
+    expected = recompute([raw("a"), raw("b")], engine(), now_ms=NOW).profiles
+    actual: dict[str, tuple[object, ...]] = {"a": expected["a"][0], "c": expected["b"][0]}
     assert compare_profiles(expected, actual) == [
         Mismatch("b", "<row>", "present", "missing"),
         Mismatch("c", "<row>", "absent", "unexpected"),
     ]
-    changed = list(expected["a"])
-    changed[13] = float(changed[13]) * (1 + 1e-9)  # activity_score off in the 9th digit
+    changed = list(expected["a"][0])
+    i = PROFILE_COLUMN_NAMES.index("activity_score")
+    changed[i] = float(changed[i]) * (1 + 1e-6)
     assert [m.column for m in compare_profiles({"a": expected["a"]}, {"a": tuple(changed)})] == [
         "activity_score"
     ]
-    assert compare_profiles(expected, dict(expected)) == []
+    assert compare_profiles(expected, {u: rows[0] for u, rows in expected.items()}) == []
+
+
+def test_compare_reads_the_features_json_like_postgresql_returns_it() -> None:
+    import orjson
+
+    expected = recompute([raw("a")], engine(), now_ms=NOW).profiles
+    row = list(expected["a"][0])
+    i = PROFILE_COLUMN_NAMES.index("features")
+    as_dict = orjson.loads(row[i])
+    row[i] = as_dict  # psycopg2 returns jsonb as a dict
+    assert compare_profiles(expected, {"a": tuple(row)}) == []
+    as_dict["cnt_view_life"] = 2
+    assert [m.column for m in compare_profiles(expected, {"a": tuple(row)})] == [
+        "features.cnt_view_life"
+    ]

@@ -21,26 +21,26 @@ UPSERT = (
 )
 
 
-def row(version: int, score: float = 0.5) -> tuple[object, ...]:
-    return (
-        "alice",
-        version,
-        version,
-        version,
-        0,
-        0,
-        0,
-        0,
-        0,
-        1_500_000,
-        0,
-        1_735_689_600_000,
-        1_735_689_600_000 + version,
-        1.0,
-        1,
-        score,
-        "m1",
+def row(version: int, score: float = 0.5, epoch: int = 1_735_689_600_000) -> tuple[object, ...]:
+    values: dict[str, object] = {name: 0 for name in PROFILE_COLUMN_NAMES}
+    values.update(
+        user_id="alice",
+        profile_epoch_ms=epoch,
+        profile_version=version,
+        as_of_ms=epoch + version,
+        expired=False,
+        segment="new",
+        score=score,
+        model_version="m1",
+        spend_micros=1_500_000,
+        first_event_ms=epoch,
+        last_event_ms=epoch + version,
+        last_purchase_ms=None,
+        activity_score=1.0,
+        top_category="shoes",
+        features='{"cnt_view_life": 1}',
     )
+    return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
 
 
 def query(dsn: str, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -91,13 +91,28 @@ def test_upsert_never_moves_a_profile_backwards(pg_dsn: str) -> None:
     ]
     query(pg_dsn, UPSERT, row(6, score=0.3))
     assert query(pg_dsn, "SELECT profile_version, score FROM user_profiles") == [(6, 0.3)]
+    # A profile that expired and came back starts a new epoch: version 1 of it is newer.
+    query(pg_dsn, UPSERT, row(1, score=0.7, epoch=1_800_000_000_000))
+    assert query(pg_dsn, "SELECT profile_version, score FROM user_profiles") == [(1, 0.7)]
+    query(pg_dsn, UPSERT, row(9, score=0.1))  # the old epoch never comes back
+    assert query(pg_dsn, "SELECT profile_version, score FROM user_profiles") == [(1, 0.7)]
 
 
 def test_generated_columns_are_typed_for_bi(pg_dsn: str) -> None:
     query(pg_dsn, UPSERT, row(1))
-    ((first, spend),) = query(pg_dsn, "SELECT first_event_at::text, spend::text FROM user_profiles")
+    ((first, spend, features),) = query(
+        pg_dsn, "SELECT first_event_at::text, spend::text, features FROM user_profiles"
+    )
     assert first.startswith("2025-01-01 00:00:00")
     assert spend == "1.500000"
+    assert features == {"cnt_view_life": 1}
+
+
+def test_segments_are_constrained(pg_dsn: str) -> None:
+    bad = list(row(1))
+    bad[PROFILE_COLUMN_NAMES.index("segment")] = "whale"
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        query(pg_dsn, UPSERT, tuple(bad))
 
 
 def test_dead_letters_are_write_once(pg_dsn: str) -> None:

@@ -1,38 +1,39 @@
-"""End to end on real components: producer -> Tansu (Kafka protocol) -> the job on a Flink
-MiniCluster (thread mode, RocksDB, checkpoints) -> JDBC upsert -> embedded PostgreSQL.
-
-The expected result is an independent offline recomputation: the topic is read back with a
-plain Kafka consumer and folded with the same `udfs` code, without Flink.
+"""End to end on real components: `profilestream produce` -> Tansu (Kafka protocol) -> the job on
+a Flink MiniCluster (thread mode, RocksDB, checkpoints, timers) -> JDBC upsert -> embedded
+PostgreSQL, checked with `profilestream verify` (an independent offline recomputation by the
+same `udfs` code, no Flink) and directly against the dead-letter table.
 """
 
 from __future__ import annotations
 
 import random
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from flink_jobs.config import JobConfig
+from flink_jobs.config import JobConfig, parse_offsets
 from flink_jobs.job import preflight, run_job
-from flink_jobs.producer import EventPublisher, ensure_topic, read_topic
-from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from flink_jobs.producer import ensure_topic
+from tests.conftest import shared_file
 from udfs import events as ev
-from udfs.consistency import compare_profiles, recompute
-from udfs.events import Reason, make_message
-from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_id
-from udfs.scoring import Scorer
-from udfs.sources import SyntheticSpec, synthetic_events
+from udfs.events import Reason, make_message, validate_message
+from udfs.rows import dead_letter_id
+from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration]
 
+CLI = str(Path(sys.executable).parent / "profilestream")
 T = 1_735_700_000_000
 
 
 def malformed_messages() -> list[tuple[bytes, Reason | None]]:
-    """Bad messages of every kind, each unique; None = random bytes (reason decided by the
-    decoder, checked against the offline recomputation)."""
+    """Bad messages of every kind, each unique; None = random bytes (the decoder decides the
+    reason; verify checks it against the offline recomputation)."""
 
     def msg(i: int, **kw: object) -> bytes:
         fields: dict[str, object] = dict(
@@ -60,89 +61,144 @@ def malformed_messages() -> list[tuple[bytes, Reason | None]]:
             (msg(base + 5, event_type=0), Reason.MISSING_EVENT_TYPE),
             (msg(base + 6, event_type=99), Reason.UNKNOWN_EVENT_TYPE),
             (msg(base + 7, event_time_ms=631_152_000_000), Reason.EVENT_TIME_OUT_OF_RANGE),
-            (
-                msg(base + 8, event_time_ms=int(time.time() * 1000) + 7 * 86_400_000),
-                Reason.EVENT_TIME_OUT_OF_RANGE,
-            ),
-            (
-                msg(base + 9, event_type=ev.PURCHASE, price_micros=-5, currency="USD"),
-                Reason.INVALID_PRICE,
-            ),
+            (msg(base + 8, event_time_ms=int(time.time() * 1000) + 7 * 86_400_000),
+             Reason.EVENT_TIME_OUT_OF_RANGE),
+            (msg(base + 9, event_type=ev.PURCHASE, price_micros=-5, currency="USD"),
+             Reason.INVALID_PRICE),
             (msg(base + 10, price_micros=1_000_000), Reason.MISSING_CURRENCY),
-            (msg(base + 11, price_micros=1_000_000, currency="dollars"), Reason.INVALID_CURRENCY),
+            (msg(base + 11, price_micros=1_000_000, currency="dollars"),
+             Reason.INVALID_CURRENCY),
             (msg(base + 12, event_type=ev.ADD_TO_CART, quantity=0), Reason.INVALID_QUANTITY),
             (msg(base + 13, item_id=None), Reason.MISSING_ITEM_ID),
             (msg(base + 14, event_type=ev.SEARCH, item_id=None), Reason.MISSING_SEARCH_QUERY),
             (msg(base + 15, channel=42), Reason.UNKNOWN_CHANNEL),
-            (b"\x0a" * 20_000, Reason.MESSAGE_TOO_LARGE)
-            if i == 0
-            else (msg(base + 16, brand="b" * 5000), Reason.FIELD_TOO_LONG),
-        ]
+            (b"\x0a" * 20_000, Reason.MESSAGE_TOO_LARGE) if i == 0 else
+            (msg(base + 16, brand="b" * 5000), Reason.FIELD_TOO_LONG),
+        ]  # fmt: skip
     return out
 
 
-def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
-    topic = "e2e-user-events"
-    partitions = ensure_topic(kafka, topic, partitions=2)
-    good = synthetic_events(SyntheticSpec(events=4000, users=250, seed=11))
+def build_log(path: Path) -> tuple[list[tuple[bytes, Reason | None]], bytes, bytes]:
+    """Synthetic shoppers over 14 days, with malformed messages mixed in, one duplicate
+    delivery and one event later than the allowed lateness. Returns (bad, duplicate, late)."""
+    good = [m.SerializeToString() for m in synthetic_events(SyntheticSpec(4000, 250, seed=11))]
     bad = malformed_messages()
-    publisher = EventPublisher(kafka, topic)
+    messages: list[bytes] = []
     bad_iter = iter(bad)
-    for i, m in enumerate(good):
-        publisher.publish(m)
-        if i % 50 == 25:
-            raw, _ = next(bad_iter, (b"", None))
-            if raw:
-                publisher.publish_raw(f"k{i}".encode(), raw)
-    for raw, _ in bad_iter:
-        publisher.publish_raw(b"tail", raw)
-    publisher.publish_raw(b"dup", bad[1][0])  # the same bad bytes delivered twice: one row
-    report = publisher.flush()
-    assert report.delivered == len(good) + len(bad) + 1
+    for i, raw in enumerate(good):
+        messages.append(raw)
+        if i % 50 == 25 and (nxt := next(bad_iter, None)) is not None:
+            messages.append(nxt[0])
+    messages += [raw for raw, _ in bad_iter]
+    duplicate = good[1000]
+    messages.append(duplicate)  # a producer retry delivered the same event again
+    messages.append(bad[1][0])  # the same bad bytes twice: one dead-letter row
+    last = validate_message(_parse(good[-1]), 2**62)
+    late = make_message(
+        event_id="late-1",
+        user_id=last.user_id,
+        event_type=ev.VIEW,
+        event_time_ms=last.event_time_ms - 2 * 3_600_000,
+        item_id="late-item",
+    ).SerializeToString()
+    messages.append(late)
+    write_delimited(path, messages)
+    return bad, duplicate, late
 
+
+def _parse(raw: bytes) -> object:
+    from schemas.profilestream.events.v1 import user_event_pb2 as pb
+
+    msg = pb.UserEvent()
+    msg.ParseFromString(raw)
+    return msg
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def produce_file(kafka: str, topic: str, fmt: str, path: Path) -> dict[int, int]:
+    proc = cli(
+        "produce", "--bootstrap", kafka, "--topic", topic, "--format", fmt, "--file", str(path)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"--stopping-offsets (\S+)", proc.stdout)
+    assert match, proc.stdout
+    return parse_offsets(match.group(1))
+
+
+def run_bounded(
+    kafka: str, pg_dsn: str, topic: str, offsets: dict[int, int], tmp_path: Path
+) -> None:
     config = JobConfig(
         kafka_bootstrap=kafka,
         pg_dsn=pg_dsn,
         topic=topic,
-        job_name="e2e",
+        job_name=topic,
         state_dir=tmp_path,
         checkpoint_interval_ms=1000,
-        stopping_offsets=report.stopping_offsets(partitions),
+        stopping_offsets=offsets,
     )
-    java = preflight(config)
-    result = run_job(config, java)
+    result = run_job(config, preflight(config))
     assert result.status == "FINISHED"
 
-    # Independent recomputation from what the topic really holds, in partition order.
-    raws = [value for _, _, value in read_topic(kafka, topic, report.end_offsets)]
-    assert len(raws) == report.delivered
-    scorer = Scorer(config.model_dir)
-    expected = recompute(raws, config.profile, scorer, int(time.time() * 1000))
-    assert expected.valid_events == len(good)
-    assert len(expected.profiles) == 250
+
+def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
+    topic = "e2e-user-events"
+    ensure_topic(kafka, topic, partitions=2)
+    log = tmp_path / "events.pb"
+    bad, duplicate, late = build_log(log)
+    offsets = produce_file(kafka, topic, "proto", log)
+    assert sum(offsets.values()) == 4000 + len(bad) + 3
+    run_bounded(kafka, pg_dsn, topic, offsets, tmp_path)
+
+    proc = cli(
+        "verify", "--events", str(log), "--format", "proto", "--pg-dsn", pg_dsn, "--topic", topic
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mismatches: 0 in 0 profiles; dead-letter problems: 0" in proc.stdout
+    # 4,000 + the duplicate delivery + the late event
+    assert "4,002 valid events" in proc.stdout and "1 duplicates, 1 late events" in proc.stdout
+    assert "profiles: 250 expected, 250 in PostgreSQL" in proc.stdout
 
     conn = psycopg2.connect(pg_dsn)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {', '.join(PROFILE_COLUMN_NAMES)} FROM user_profiles")
-        actual = {r[0]: tuple(r) for r in cur.fetchall()}
         cur.execute("SELECT dead_letter_id, reason, raw, source_topic FROM dead_letter_events")
         dead = {r[0]: (r[1], bytes(r[2]), r[3]) for r in cur.fetchall()}
+        cur.execute("SELECT segment, count(*) FROM user_profiles GROUP BY 1")
+        segments = dict(cur.fetchall())
+        cur.execute("SELECT count(*) FROM user_profiles WHERE user_id LIKE 'victim%'")
+        (victims,) = cur.fetchone()
     conn.close()
-
-    mismatches = compare_profiles(expected.profiles, actual)
-    assert mismatches == [], f"{len(mismatches)} mismatches, e.g. {mismatches[:5]}"
-    assert {r[PROFILE_COLUMN_NAMES.index("model_version")] for r in actual.values()} == {
-        "bootstrap-v1"
-    }
-
     # Every malformed message is in the dead-letter table, once, with its reason and bytes.
-    assert {k: v[0] for k, v in dead.items()} == expected.dead_letters
-    assert len(dead) == len(bad)
+    assert len(dead) == len(bad) + 1
     for raw, reason in bad:
         got_reason, got_raw, got_topic = dead[dead_letter_id(raw)]
         assert got_raw == raw and got_topic == topic
         if reason is not None:
             assert got_reason == reason.value
-    # None of the victims' bad events leaked into a profile.
-    assert not any(u.startswith("victim") for u in actual)
-    assert pb.UserEvent  # the contract module is the one the job used
+    assert dead[dead_letter_id(late)][0] == "late_event"
+    assert dead_letter_id(duplicate) not in dead
+    assert victims == 0
+    # 14 days of shoppers: several segments, including inactivity driven by event-time timers.
+    assert segments.get("at_risk", 0) > 0 and len(segments) >= 4, segments
+
+
+@pytest.mark.data
+def test_real_rees46_sample_through_the_job_verifies(
+    kafka: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    path = shared_file("rees46_2019-Oct_head.csv")
+    topic = "e2e-rees46"
+    ensure_topic(kafka, topic, partitions=2)
+    offsets = produce_file(kafka, topic, "rees46", path)
+    run_bounded(kafka, pg_dsn, topic, offsets, tmp_path)
+    proc = cli(
+        "verify", "--events", str(path), "--format", "rees46", "--pg-dsn", pg_dsn, "--topic", topic
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "profiles: 4,504 expected, 4,504 in PostgreSQL" in proc.stdout
+    assert "mismatches: 0 in 0 profiles" in proc.stdout

@@ -18,18 +18,21 @@ from udfs.scoring import ModelError, Scorer, read_metadata
 def test_committed_model_metadata_names_the_code_features() -> None:
     info = read_metadata(DEFAULT_MODEL_DIR)
     assert info.feature_names == FEATURE_NAMES
-    assert info.version == "bootstrap-v1"
+    assert info.version == "taobao-v1"
+    assert info.metadata["data"]["file"] == "taobao_userbehavior_head.csv"
     booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
     assert tuple(booster.feature_name()) == FEATURE_NAMES
 
 
 def test_fast_scoring_equals_lightgbm_predict() -> None:
     scorer = Scorer(DEFAULT_MODEL_DIR)
+    booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
     rng = np.random.default_rng(0)
-    scale = np.array([200, 20, 5, 10, 10, 20, 2000, 30, 60, 300, 2, 2], dtype=float)
-    x = rng.random((3000, len(FEATURE_NAMES))) * scale
-    x[::7, 4] = 0.0  # exact zeros too
-    expected = scorer.booster.predict(x)
+    x = rng.lognormal(mean=1.0, sigma=1.5, size=(5000, len(FEATURE_NAMES)))
+    x[::7, 4] = 0.0  # exact zeros
+    x[::5, 10] = np.nan  # missing values
+    x[1::11, :] = rng.random((len(x[1::11]), len(FEATURE_NAMES)))
+    expected = booster.predict(x)
     got = np.array([scorer.score(list(row)) for row in x])
     assert np.max(np.abs(got - expected)) <= 1e-9
     assert len(set(np.round(got, 6))) > 100  # a real model, not a constant
@@ -58,7 +61,11 @@ def test_feature_contract_mismatch_is_refused(tmp_path: Path) -> None:
 
 def test_metadata_and_booster_must_agree(tmp_path: Path) -> None:
     model = _copy_model(tmp_path)
-    text = (model / "model.txt").read_text().replace("feature_names=views", "feature_names=vues")
+    text = (
+        (model / "model.txt")
+        .read_text()
+        .replace("feature_names=cnt_view_1h", "feature_names=cnt_vue_1h")
+    )
     (model / "model.txt").write_text(text)
     with pytest.raises(ModelError, match="inconsistent"):
         Scorer(model)

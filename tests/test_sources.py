@@ -107,3 +107,16 @@ def test_shared_rees46_sample_reads_completely() -> None:
     msgs = list(read_rees46(path))
     assert len(msgs) == 17_434
     assert sum(m.event_type == ev.PURCHASE for m in msgs) == 214
+
+
+def test_delimited_files_keep_every_message_byte_for_byte(tmp_path: Path) -> None:
+    from udfs.sources import message_bytes, read_delimited, write_delimited
+
+    messages = [b"", b"\x00", b"x" * 300, bytes(range(256)) * 70]
+    path = tmp_path / "log.pb"
+    assert write_delimited(path, messages) == 4
+    assert list(read_delimited(path)) == messages
+    assert list(message_bytes("proto", path)) == messages
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="runs past the end"):
+        list(read_delimited(path))

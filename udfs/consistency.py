@@ -1,8 +1,11 @@
 """Offline recomputation of what the job should have written, and comparison with what it did.
 
-Given the raw messages of the events topic in partition order, `recompute` applies the same
-decode/validate, profile update and scoring code as the stream job and returns the expected
-profile rows and dead letters. `compare_profiles` lists the differences.
+`recompute` drives the job's own `ProfileEngine` over the raw messages (in the order one Kafka
+partition delivers a user's events) with a dict for state and a table for timers, then fires the
+inactivity timers the stream's final watermark would have fired. That watermark is known only
+approximately offline (it depends on how partitions interleave), so for a user whose next
+transition falls within `watermark_tolerance_ms` below it, both the row before and the row after
+that transition are accepted.
 """
 
 from __future__ import annotations
@@ -11,27 +14,41 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
+from udfs.engine import ProfileEngine
 from udfs.events import InvalidEvent, decode_event
-from udfs.features import feature_vector
-from udfs.profile import Profile, ProfileParams, apply_event
-from udfs.rows import PROFILE_COLUMN_NAMES, ProfileRow, dead_letter_id, profile_row
-from udfs.scoring import Scorer
+from udfs.rows import PROFILE_COLUMN_NAMES, ProfileRow, dead_letter_id
+
+HOUR_MS = 3_600_000
 
 
 @dataclass
 class Expected:
-    profiles: dict[str, ProfileRow] = field(default_factory=dict)
+    # user_id -> acceptable final rows (usually one; two when a timer races the watermark)
+    profiles: dict[str, list[ProfileRow]] = field(default_factory=dict)
     dead_letters: dict[str, str] = field(default_factory=dict)  # dead_letter_id -> reason
     valid_events: int = 0
     invalid_messages: int = 0
+    duplicates: int = 0
+    late_events: int = 0
+    final_watermark_ms: int = 0
 
 
 def recompute(
-    raw_messages: Iterable[bytes], params: ProfileParams, scorer: Scorer, now_ms: int
+    raw_messages: Iterable[bytes],
+    engine: ProfileEngine,
+    *,
+    now_ms: int,
+    topic: str = "",
+    max_out_of_orderness_ms: int = 5_000,
+    watermark_tolerance_ms: int = HOUR_MS,
 ) -> Expected:
-    """Fold messages (in the order one partition delivers them) into expected rows."""
     out = Expected()
-    profiles: dict[str, Profile] = {}
+    states: dict[str, bytes] = {}
+    timers: dict[str, int] = {}
+    rows: dict[str, ProfileRow] = {}
+    max_time = 0
     for raw in raw_messages:
         try:
             event = decode_event(raw, now_ms)
@@ -40,14 +57,54 @@ def recompute(
             out.dead_letters.setdefault(dead_letter_id(raw), exc.reason.value)
             continue
         out.valid_events += 1
-        profile = profiles.get(event.user_id)
-        if profile is None:
-            profile = profiles[event.user_id] = Profile()
-        apply_event(profile, event, params)
-    for user_id, profile in profiles.items():
-        score = scorer.score(feature_vector(profile))
-        out.profiles[user_id] = profile_row(user_id, profile, score, scorer.version)
+        max_time = max(max_time, event.event_time_ms)
+        step = engine.on_event(states.get(event.user_id), event, topic, now_ms)
+        if step.outcome == "duplicate":
+            out.duplicates += 1
+        if step.dead_letter is not None:
+            out.late_events += 1
+            out.dead_letters.setdefault(step.dead_letter[0], step.dead_letter[1])
+        if step.state is not None:
+            states[event.user_id] = step.state
+        if step.timer_register:
+            timers[event.user_id] = step.timer_register
+        if step.row is not None:
+            rows[event.user_id] = step.row
+
+    # The watermark a bounded run ends with (before Flink's final MAX, which fires nothing here).
+    final = max_time - max_out_of_orderness_ms - 1 if max_time else 0
+    out.final_watermark_ms = final
+    settled = _fire_timers(
+        engine, dict(states), dict(timers), dict(rows), final - watermark_tolerance_ms
+    )
+    racing = _fire_timers(engine, states, timers, rows, final)
+    for user_id in rows:
+        candidates = [settled[user_id]]
+        if racing[user_id] != settled[user_id]:
+            candidates.append(racing[user_id])
+        out.profiles[user_id] = candidates
     return out
+
+
+def _fire_timers(
+    engine: ProfileEngine,
+    states: dict[str, bytes],
+    timers: dict[str, int],
+    rows: dict[str, ProfileRow],
+    watermark: int,
+) -> dict[str, ProfileRow]:
+    for user_id in list(timers):
+        while user_id in timers and timers[user_id] <= watermark:
+            step = engine.on_timer(states.get(user_id), user_id, timers.pop(user_id))
+            if step.row is not None:
+                rows[user_id] = step.row
+            if step.clear:
+                states.pop(user_id, None)
+            elif step.state is not None:
+                states[user_id] = step.state
+            if step.timer_register:
+                timers[user_id] = step.timer_register
+    return rows
 
 
 @dataclass(frozen=True)
@@ -59,24 +116,57 @@ class Mismatch:
 
 
 def _same(a: object, b: object) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not (isinstance(a, bool) or isinstance(b, bool))
+    ):
+        a, b = float(a), float(b)
     if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     return a == b
 
 
+def _json_diff(user_id: str, want: object, have: object) -> list[Mismatch]:
+    w = orjson.loads(want) if isinstance(want, str | bytes) else want
+    h = orjson.loads(have) if isinstance(have, str | bytes) else have
+    if not isinstance(w, dict) or not isinstance(h, dict):
+        return [] if w == h else [Mismatch(user_id, "features", w, h)]
+    return [
+        Mismatch(user_id, f"features.{key}", w.get(key), h.get(key))
+        for key in sorted(w.keys() | h.keys())
+        if not _same(w.get(key), h.get(key))
+    ]
+
+
+def _row_diff(user_id: str, want: ProfileRow, have: tuple[object, ...]) -> list[Mismatch]:
+    out = []
+    for name, w, h in zip(PROFILE_COLUMN_NAMES, want, have, strict=True):
+        if name == "features":
+            out.extend(_json_diff(user_id, w, h))
+        elif not _same(w, h):
+            out.append(Mismatch(user_id, name, w, h))
+    return out
+
+
 def compare_profiles(
-    expected: Mapping[str, ProfileRow], actual: Mapping[str, tuple[object, ...]]
+    expected: Mapping[str, list[ProfileRow]], actual: Mapping[str, tuple[object, ...]]
 ) -> list[Mismatch]:
     """Every difference between expected and actual rows (keyed by user_id, PROFILE_COLUMNS
-    order); a missing or unexpected row is one mismatch on the column `<row>`."""
+    order). A row matches when it equals one of its candidates; otherwise the differences from
+    the first candidate are reported. A missing or unexpected row is one mismatch on `<row>`."""
     out: list[Mismatch] = []
-    for user_id, row in expected.items():
+    for user_id, candidates in expected.items():
         got = actual.get(user_id)
         if got is None:
             out.append(Mismatch(user_id, "<row>", "present", "missing"))
             continue
-        for name, want, have in zip(PROFILE_COLUMN_NAMES, row, got, strict=True):
-            if not _same(want, have):
-                out.append(Mismatch(user_id, name, want, have))
+        diffs = [_row_diff(user_id, c, got) for c in candidates]
+        if all(diffs):
+            out.extend(diffs[0])
     out.extend(Mismatch(u, "<row>", "absent", "unexpected") for u in actual if u not in expected)
     return out

@@ -69,6 +69,9 @@ class Reason(enum.StrEnum):
     MISSING_CURRENCY = "missing_currency"
     INVALID_CURRENCY = "invalid_currency"
     INVALID_QUANTITY = "invalid_quantity"
+    # Valid, but older than the user's newest event by more than the allowed lateness: not
+    # folded into the profile (set by the profile step, not by decoding).
+    LATE_EVENT = "late_event"
 
 
 class InvalidEvent(ValueError):
@@ -96,6 +99,7 @@ class Event(NamedTuple):
     session_id: str | None
     search_query: str | None
     channel: int
+    raw: bytes = b""  # the message as received (kept for a late-event dead letter)
 
 
 def _has_control_chars(text: str) -> bool:
@@ -123,7 +127,7 @@ def decode_event(raw: bytes, now_ms: int) -> Event:
         msg.ParseFromString(raw)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise InvalidEvent(Reason.DECODE_ERROR, f"not a UserEvent: {exc}") from None
-    return validate_message(msg, now_ms)
+    return validate_message(msg, now_ms)._replace(raw=raw)
 
 
 def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:

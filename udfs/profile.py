@@ -1,59 +1,216 @@
-"""The shopper profile: its fields, the pure update `apply_event`, and its versioned byte encoding.
+"""The shopper profile: its state, the pure update `apply_event`, inactivity transitions, and its
+versioned byte encoding.
 
 The stream job keeps one encoded profile per user in a Flink ValueState (RocksDB); the trainer and
-the consistency checker replay events through the same `apply_event`. Nothing here knows Flink.
+the consistency checker replay events through the same functions. Nothing here knows Flink.
 
-Time is event time throughout: `last_event_ms` is the largest event time seen, never wall clock.
+Time semantics (docs/features.md states them for users):
+- Event time throughout. A profile's clock is `last_ms`, the largest event time folded in.
+- An event older than `last_ms - allowed_lateness_ms` is *late*: it is not folded (the job keeps
+  it as a dead letter with reason `late_event`). Every feature is a function of the *set* of
+  folded events, so any arrival order within the lateness bound gives the same profile (floating
+  sums up to rounding).
+- A repeated `event_id` among the user's last `dedup_memory` events is a *duplicate* (a producer
+  retry) and changes nothing.
+- Silence is measured by event-time timers in the job: `at_risk` after 14 days, `dormant` after
+  30, and after 90 days the state is deleted and the PostgreSQL row marked expired.
+
+Decayed quantities are stored *forward-scaled*: an event at time t adds 2^((t - ref_ms) / h), and
+the value as of `now` is the stored sum times 2^(-(now - ref_ms) / h). Moving the clock then costs
+nothing, late events need no special case, and rankings and shares (which do not depend on the
+common factor) are read directly. `ref_ms` moves forward (a rebase) before the factors grow large.
+Every float in the state is rounded to float32 when it changes, so the state is exactly what its
+encoding stores: folding with or without a round trip through bytes gives identical profiles.
 """
 
 from __future__ import annotations
 
+import bisect
+import enum
+import hashlib
 import math
 import struct
 import zlib
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from udfs.events import EVENT_TYPES, PURCHASE, Event
+import msgpack
 
-HOUR_MS = 3_600_000
+from udfs.events import ADD_TO_CART, EVENT_TYPES, PURCHASE, VIEW, Event
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-MAX_TRACKED_CATEGORIES = 128
+N_TYPES = len(EVENT_TYPES)
+
+# Bucketed ring counters: (bucket width, buckets kept). Windows are bucket-aligned: "1 h" is the
+# current 10-minute bucket and the 5 before it (50-60 minutes), "24 h" the current 2-hour bucket
+# and the 11 before it (22-24 h), "7 d"/"30 d" the current UTC day and the 6/29 before it.
+RING_SHORT = (10 * MINUTE_MS, 6)
+RING_MID = (2 * HOUR_MS, 12)
+RING_DAY = (DAY_MS, 30)
+
+DECAY_TYPES = (VIEW, ADD_TO_CART, PURCHASE)
+DECAY_HALF_LIVES_MS = (HOUR_MS, DAY_MS, 7 * DAY_MS)
+PREFERENCE_HALF_LIFE_MS = 7 * DAY_MS
+HOUR_HIST_HALF_LIFE_MS = 30 * DAY_MS
+REBASE_AFTER_MS = 48 * HOUR_MS  # 48 half-lives of the shortest half-life: far from f32 overflow
+MAX_ITEM_CHARS = 64  # ids kept in lists are cut to this many characters
+EXACT_DISTINCT = 16  # distinct categories are exact up to here, then HyperLogLog
+HLL_REGISTERS = 128
+NAME_MARGIN = 3  # names are kept for the top K plus a few, so ties cannot leave a top key nameless
+
+
+class Inactivity(enum.IntEnum):
+    ACTIVE = 0
+    AT_RISK = 1
+    DORMANT = 2
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    LATE = "late"
 
 
 @dataclass(frozen=True, slots=True)
 class ProfileParams:
     """Settings of the profile maths. The job and every offline replay must use the same ones."""
 
-    reporting_currency: str = "USD"  # spend sums purchases priced in this currency
-    activity_half_life_ms: int = DAY_MS  # half-life of the decayed activity score
+    reporting_currency: str = "USD"  # spend and prices count events priced in this currency
+    activity_half_life_ms: int = DAY_MS
+    allowed_lateness_ms: int = 10 * MINUTE_MS
+    session_gap_ms: int = 30 * MINUTE_MS
+    abandonment_window_ms: int = DAY_MS
+    at_risk_after_ms: int = 14 * DAY_MS
+    dormant_after_ms: int = 30 * DAY_MS
+    expire_after_ms: int = 90 * DAY_MS
+    dedup_memory: int = 24
+    recent_items: int = 20
+    preference_slots: int = 16
+    top_k: int = 5
+    pending_carts: int = 8
 
     def __post_init__(self) -> None:
-        if not (
-            len(self.reporting_currency) == 3
-            and self.reporting_currency.isalpha()
-            and self.reporting_currency.isupper()
-        ):
+        cur = self.reporting_currency
+        if not (len(cur) == 3 and cur.isalpha() and cur.isupper()):
+            raise ValueError(f"reporting_currency={cur!r}: use an ISO 4217 code like USD")
+        if self.activity_half_life_ms < HOUR_MS:
+            raise ValueError("activity_half_life_ms must be at least one hour")
+        if not 0 <= self.allowed_lateness_ms < min(self.session_gap_ms, HOUR_MS - RING_SHORT[0]):
             raise ValueError(
-                f"reporting_currency={self.reporting_currency!r}: use an ISO 4217 code like USD"
+                "allowed_lateness_ms must be >= 0 and below both session_gap_ms and 50 minutes "
+                "(the finest ring keeps one hour)"
             )
-        if self.activity_half_life_ms <= 0:
-            raise ValueError("activity_half_life_ms must be positive")
+        if not 0 < self.at_risk_after_ms < self.dormant_after_ms < self.expire_after_ms:
+            raise ValueError("inactivity thresholds must grow: at_risk < dormant < expire")
+        for name in ("dedup_memory", "recent_items", "preference_slots", "top_k", "pending_carts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.top_k > self.preference_slots:
+            raise ValueError("top_k cannot exceed preference_slots")
+
+
+_F32 = struct.Struct("<f")
+
+
+def _f32(x: float) -> float:
+    return float(_F32.unpack(_F32.pack(x))[0])
+
+
+def _hash32(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class Preferences:
+    """Bounded top-K by decayed affinity (forward-scaled, see the module docstring).
+
+    `slots` maps a 32-bit key hash to its affinity; beyond `preference_slots` keys, Space-Saving
+    replaces the smallest (so with more distinct keys than slots the result is approximate and
+    can depend on arrival order). Names are kept only near the top: a key rises only through an
+    event of that key, which carries its name (the common decay never reorders keys).
+    """
+
+    slots: dict[int, float] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    total: float = 0.0  # affinity of every keyed event, tracked or not
+
+    def add(self, key: str, weight: float, params: ProfileParams) -> None:
+        h = _hash32(key)
+        self.total = _f32(self.total + weight)
+        if h not in self.slots and len(self.slots) >= params.preference_slots:
+            # Space-Saving: the newcomer replaces the smallest key and inherits its affinity
+            # (an overestimate), so a rising key is not evicted before it can accumulate.
+            smallest = min(self.slots.items(), key=lambda kv: (kv[1], kv[0]))
+            del self.slots[smallest[0]]
+            self.names.pop(smallest[0], None)
+            self.slots[h] = _f32(smallest[1] + weight)
+        else:
+            self.slots[h] = _f32(self.slots.get(h, 0.0) + weight)
+        named = self.top(params.top_k + NAME_MARGIN)
+        if h in named:
+            self.names[h] = key[:MAX_ITEM_CHARS]
+        if self.names.keys() - named:
+            self.names = {k: v for k, v in self.names.items() if k in named}
+
+    def top(self, k: int) -> list[int]:
+        return [h for h, _ in sorted(self.slots.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+    def scale(self, factor: float) -> None:
+        self.total = _f32(self.total * factor)
+        self.slots = {h: _f32(v * factor) for h, v in self.slots.items()}
 
 
 @dataclass(slots=True)
 class Profile:
-    """One shopper's state. `version` counts applied events; it orders rows in PostgreSQL."""
+    """One shopper's state. Feature definitions are in docs/features.md."""
 
-    version: int = 0
-    first_event_ms: int = 0
-    last_event_ms: int = 0
-    # counts[i]: events of type EVENT_TYPES[i] (view, cart, remove, fav, buy, search)
-    counts: list[int] = field(default_factory=lambda: [0] * len(EVENT_TYPES))
-    spend_micros: int = 0  # purchases priced in the reporting currency: sum(price * quantity)
+    epoch_ms: int = 0  # event time of the first event of this state's life (fixed)
+    version: int = 0  # updates: folded events plus inactivity transitions; orders PG rows
+    first_ms: int = 0
+    last_ms: int = 0
+    counts: list[int] = field(default_factory=lambda: [0] * N_TYPES)
+    spend_micros: int = 0
+    priced_purchases: int = 0  # purchases priced in the reporting currency
     other_purchases: int = 0  # purchases without a price or in another currency
-    activity: float = 0.0  # exponentially decayed event count, as of last_event_ms
-    category_hashes: set[int] = field(default_factory=set)  # crc32 of category ids, capped
+    last_purchase_ms: int = 0  # 0 = never
+    # rings: bucket index -> counts by type (+ spend micros in the daily ring)
+    ring_short: dict[int, list[int]] = field(default_factory=dict)
+    ring_mid: dict[int, list[int]] = field(default_factory=dict)
+    ring_day: dict[int, list[int]] = field(default_factory=dict)
+    retired_active_days: int = 0  # active days that fell out of the daily ring
+    ref_ms: int = 0  # reference time of the forward-scaled values below
+    activity: float = 0.0  # all events, activity_half_life_ms
+    decay: list[float] = field(default_factory=lambda: [0.0] * 9)  # DECAY_TYPES x HALF_LIVES
+    hour_hist: list[float] = field(default_factory=lambda: [0.0] * 24)
+    categories: Preferences = field(default_factory=Preferences)
+    brands: Preferences = field(default_factory=Preferences)
+    distinct_exact: list[int] = field(default_factory=list)  # sorted 32-bit hashes, or
+    distinct_hll: bytes = b""  # ... HyperLogLog registers once past EXACT_DISTINCT
+    recent_viewed: list[tuple[int, str]] = field(default_factory=list)  # (t, item), distinct
+    recent_carted: list[tuple[int, str]] = field(default_factory=list)
+    pending_carts: list[tuple[int, str]] = field(default_factory=list)  # (cart time, item)
+    recent_purchases: list[tuple[int, str]] = field(default_factory=list)  # (time, item)
+    abandoned_carts: int = 0
+    converted_carts: int = 0
+    sessions: list[list[int]] = field(default_factory=list)  # open sessions [start, end, events]
+    sessions_closed: int = 0
+    sessions_closed_events: int = 0
+    sessions_closed_ms: int = 0
+    view_price_sum: int = 0  # micros, reporting currency
+    view_price_n: int = 0
+    buy_price_sum: int = 0
+    buy_price_n: int = 0
+    recent_ids: list[int] = field(default_factory=list)  # 64-bit event id hashes, oldest first
+    inactivity: int = Inactivity.ACTIVE
+    timer_ms: int = 0  # the inactivity timer the job has registered (0 = none)
 
     @property
     def event_count(self) -> int:
@@ -61,109 +218,460 @@ class Profile:
 
     @property
     def distinct_categories(self) -> int:
-        """Distinct categories seen: exact up to MAX_TRACKED_CATEGORIES, then capped there."""
-        return len(self.category_hashes)
+        if not self.distinct_hll:
+            return len(self.distinct_exact)
+        return _hll_estimate(self.distinct_hll)
+
+    def decayed(self, value: float, half_life_ms: int, now_ms: int) -> float:
+        """A forward-scaled value as of `now_ms`."""
+        return value * float(2.0 ** (-(now_ms - self.ref_ms) / half_life_ms))
 
 
-def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Profile:
-    """Fold one valid event into `profile` (in place) and return it.
+def _hll_add(registers: bytearray, h64: int) -> None:
+    idx = h64 & (HLL_REGISTERS - 1)
+    rank = 58 - (h64 >> 7).bit_length()  # leading zeros in the other 57 bits, plus one
+    registers[idx] = max(registers[idx], rank)
 
-    Out-of-order events are handled: time only moves forward (`last_event_ms` is a maximum) and a
-    late event's activity contribution is decayed to the profile's current time.
-    """
+
+def _hll_estimate(registers: bytes) -> int:
+    m = HLL_REGISTERS
+    raw = 0.7213 / (1 + 1.079 / m) * m * m / sum(2.0**-r for r in registers)
+    zeros = registers.count(0)
+    if raw <= 2.5 * m and zeros:
+        raw = m * math.log(m / zeros)  # linear counting for small cardinalities
+    return round(raw)
+
+
+def window_counts(
+    ring: dict[int, list[int]],
+    now_ms: int,
+    spec: tuple[int, int],
+    width: int,
+    span: int | None = None,
+) -> list[int]:
+    """Per-field sums over the last `span` buckets (default: the whole ring) as of `now_ms`."""
+    bucket_ms, keep = spec
+    span = keep if span is None else span
+    head = now_ms // bucket_ms
+    out = [0] * width
+    for b, cell in ring.items():
+        if head - span < b <= head:
+            for i, v in enumerate(cell):
+                out[i] += v
+    return out
+
+
+def _ring_add(ring: dict[int, list[int]], bucket: int, ti: int, spend: int, width: int) -> None:
+    cell = ring.get(bucket)
+    if cell is None:
+        cell = ring[bucket] = [0] * width
+    cell[ti] += 1
+    if spend:
+        cell[N_TYPES] += spend
+
+
+def _ring_trim(ring: dict[int, list[int]], head: int, keep: int) -> int:
+    """Drop buckets that left the window; return how many were dropped."""
+    old = [b for b in ring if b <= head - keep]
+    for b in old:
+        del ring[b]
+    return len(old)
+
+
+def _insert_recent(items: list[tuple[int, str]], t: int, item: str, limit: int) -> None:
+    """Keep the `limit` most recent distinct items, ordered by (event time, item)."""
+    for i, (seen_t, seen) in enumerate(items):
+        if seen == item:
+            if seen_t >= t:
+                return
+            del items[i]
+            break
+    bisect.insort(items, (t, item))
+    if len(items) > limit:
+        del items[0]
+
+
+def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Outcome:
+    """Fold one valid event into `profile` (in place) unless it is a duplicate or late."""
+    id_hash = _hash64(event.event_id)
+    if id_hash in profile.recent_ids:
+        return Outcome.DUPLICATE
     t = event.event_time_ms
-    if profile.version == 0:
-        profile.first_event_ms = t
-        profile.last_event_ms = t
-        profile.activity = 1.0
-    else:
-        profile.first_event_ms = min(profile.first_event_ms, t)
-        half_life = params.activity_half_life_ms
-        if t >= profile.last_event_ms:
-            profile.activity = (
-                profile.activity * 2.0 ** (-(t - profile.last_event_ms) / half_life) + 1.0
-            )
-            profile.last_event_ms = t
-        else:
-            profile.activity += 2.0 ** (-(profile.last_event_ms - t) / half_life)
-    profile.version += 1
-    profile.counts[event.event_type - 1] += 1
+    if profile.event_count == 0:
+        profile.epoch_ms = profile.first_ms = profile.last_ms = profile.ref_ms = t
+    elif t < profile.last_ms - params.allowed_lateness_ms:
+        return Outcome.LATE
+    profile.recent_ids.append(id_hash)
+    if len(profile.recent_ids) > params.dedup_memory:
+        del profile.recent_ids[0]
+    _advance_clock(profile, t, params)
 
-    if event.event_type == PURCHASE:
-        if event.price_micros is not None and event.currency == params.reporting_currency:
-            profile.spend_micros += event.price_micros * event.quantity
+    profile.version += 1
+    profile.inactivity = Inactivity.ACTIVE
+    profile.first_ms = min(profile.first_ms, t)
+    kind = event.event_type
+    ti = kind - 1
+    profile.counts[ti] += 1
+
+    # Money, in the reporting currency: spend and unit prices of purchases, unit prices of views.
+    priced = event.price_micros is not None and event.currency == params.reporting_currency
+    spend = 0
+    if kind == PURCHASE:
+        profile.last_purchase_ms = max(profile.last_purchase_ms, t)
+        if priced and event.price_micros is not None:
+            spend = event.price_micros * event.quantity
+            profile.spend_micros += spend
+            profile.priced_purchases += 1
+            profile.buy_price_sum += event.price_micros
+            profile.buy_price_n += 1
         else:
             profile.other_purchases += 1
+    elif kind == VIEW and priced and event.price_micros is not None:
+        profile.view_price_sum += event.price_micros
+        profile.view_price_n += 1
 
-    cat = event.category_id
-    if cat and len(profile.category_hashes) < MAX_TRACKED_CATEGORIES:
-        profile.category_hashes.add(zlib.crc32(cat.encode("utf-8")))
-    return profile
+    _ring_add(profile.ring_short, t // RING_SHORT[0], ti, 0, N_TYPES)
+    _ring_add(profile.ring_mid, t // RING_MID[0], ti, 0, N_TYPES)
+    _ring_add(profile.ring_day, t // RING_DAY[0], ti, spend, N_TYPES + 1)
+
+    # Decayed values, forward-scaled from ref_ms.
+    rel = t - profile.ref_ms
+    profile.activity = _f32(profile.activity + 2.0 ** (rel / params.activity_half_life_ms))
+    if kind in DECAY_TYPES:
+        base = DECAY_TYPES.index(kind) * 3
+        for j, half_life in enumerate(DECAY_HALF_LIVES_MS):
+            profile.decay[base + j] = _f32(profile.decay[base + j] + 2.0 ** (rel / half_life))
+    hour = (t // HOUR_MS) % 24
+    profile.hour_hist[hour] = _f32(profile.hour_hist[hour] + 2.0 ** (rel / HOUR_HIST_HALF_LIFE_MS))
+    weight = 2.0 ** (rel / PREFERENCE_HALF_LIFE_MS)
+    if event.category_id:
+        profile.categories.add(event.category_id, weight, params)
+        _add_distinct(profile, event.category_id)
+    if event.brand:
+        profile.brands.add(event.brand, weight, params)
+
+    if event.item_id:
+        item = event.item_id[:MAX_ITEM_CHARS]
+        if kind == VIEW:
+            _insert_recent(profile.recent_viewed, t, item, params.recent_items)
+        elif kind == ADD_TO_CART:
+            _insert_recent(profile.recent_carted, t, item, params.recent_items)
+            _cart(profile, t, item, params)
+        elif kind == PURCHASE:
+            _purchase(profile, t, item, params)
+
+    _add_to_sessions(profile, t, params)
+    _settle(profile, params)
+    return Outcome.APPLIED
+
+
+def _advance_clock(profile: Profile, t: int, params: ProfileParams) -> None:
+    """Move the clock forward to `t`: trim the rings; rebase the scaled values when due."""
+    if t <= profile.last_ms:
+        return
+    profile.last_ms = t
+    _ring_trim(profile.ring_short, t // RING_SHORT[0], RING_SHORT[1])
+    _ring_trim(profile.ring_mid, t // RING_MID[0], RING_MID[1])
+    profile.retired_active_days += _ring_trim(profile.ring_day, t // RING_DAY[0], RING_DAY[1])
+    if t - profile.ref_ms > REBASE_AFTER_MS:
+        dt = t - profile.ref_ms
+        profile.ref_ms = t
+        profile.activity = _f32(profile.activity * 2.0 ** (-dt / params.activity_half_life_ms))
+        for j, half_life in enumerate(DECAY_HALF_LIVES_MS):
+            factor = 2.0 ** (-dt / half_life)
+            for base in (0, 3, 6):
+                profile.decay[base + j] = _f32(profile.decay[base + j] * factor)
+        factor = 2.0 ** (-dt / HOUR_HIST_HALF_LIFE_MS)
+        profile.hour_hist = array("f", [v * factor for v in profile.hour_hist]).tolist()
+        factor = 2.0 ** (-dt / PREFERENCE_HALF_LIFE_MS)
+        profile.categories.scale(factor)
+        profile.brands.scale(factor)
+
+
+def _add_distinct(profile: Profile, category: str) -> None:
+    """Exact (sorted 32-bit hashes) up to EXACT_DISTINCT categories, then HyperLogLog. Every
+    category enters the registers through its 32-bit hash, so the registers are a function of
+    the set of categories, whatever the order."""
+    h = _hash32(category)
+    if profile.distinct_hll:
+        registers = bytearray(profile.distinct_hll)
+        _hll_add(registers, _hash64(str(h)))
+        profile.distinct_hll = bytes(registers)
+        return
+    i = bisect.bisect_left(profile.distinct_exact, h)
+    if i < len(profile.distinct_exact) and profile.distinct_exact[i] == h:
+        return
+    profile.distinct_exact.insert(i, h)
+    if len(profile.distinct_exact) > EXACT_DISTINCT:
+        registers = bytearray(HLL_REGISTERS)
+        for member in profile.distinct_exact:
+            _hll_add(registers, _hash64(str(member)))
+        profile.distinct_hll = bytes(registers)
+        profile.distinct_exact = []
+
+
+def _cart(profile: Profile, t: int, item: str, params: ProfileParams) -> None:
+    # A purchase of the item seen earlier in arrival order (allowed-late cart) converts it.
+    for i, (tp, bought) in enumerate(profile.recent_purchases):
+        if bought == item and t <= tp <= t + params.abandonment_window_ms:
+            del profile.recent_purchases[i]
+            profile.converted_carts += 1
+            return
+    bisect.insort(profile.pending_carts, (t, item))
+    if len(profile.pending_carts) > params.pending_carts:
+        profile.pending_carts.pop(0)
+        profile.abandoned_carts += 1
+
+
+def _purchase(profile: Profile, t: int, item: str, params: ProfileParams) -> None:
+    for i, (tc, carted) in enumerate(profile.pending_carts):
+        if carted == item and tc <= t <= tc + params.abandonment_window_ms:
+            del profile.pending_carts[i]
+            profile.converted_carts += 1
+            return
+    # Kept for a cart of the same item that may still arrive within the lateness bound.
+    bisect.insort(profile.recent_purchases, (t, item))
+    if len(profile.recent_purchases) > params.pending_carts:
+        profile.recent_purchases.pop(0)
+
+
+def _add_to_sessions(profile: Profile, t: int, params: ProfileParams) -> None:
+    """Sessions are the runs of events with gaps of at most session_gap_ms; an event can join,
+    start, or bridge open sessions."""
+    gap = params.session_gap_ms
+    touching = [s for s in profile.sessions if s[0] - gap <= t <= s[1] + gap]
+    if not touching:
+        bisect.insort(profile.sessions, [t, t, 1])
+        return
+    merged = [min(t, touching[0][0]), max(t, touching[-1][1]), 1 + sum(s[2] for s in touching)]
+    profile.sessions = sorted([s for s in profile.sessions if s not in touching] + [merged])
+
+
+def _settle(profile: Profile, params: ProfileParams) -> None:
+    """Close what no allowed-late event can change any more: old sessions and carts."""
+    horizon = profile.last_ms - params.allowed_lateness_ms
+    while profile.sessions and profile.sessions[0][1] < horizon - params.session_gap_ms:
+        start, end, n = profile.sessions.pop(0)
+        profile.sessions_closed += 1
+        profile.sessions_closed_events += n
+        profile.sessions_closed_ms += end - start
+    window = params.abandonment_window_ms
+    while profile.pending_carts and profile.pending_carts[0][0] + window < horizon:
+        profile.pending_carts.pop(0)
+        profile.abandoned_carts += 1
+    while profile.recent_purchases and profile.recent_purchases[0][0] < horizon:
+        profile.recent_purchases.pop(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inactivity: event-time timers in the job call these (it registers `next_timer_ms`).
+# ---------------------------------------------------------------------------------------------
+class Transition(enum.Enum):
+    NONE = "none"
+    AT_RISK = "at_risk"
+    DORMANT = "dormant"
+    EXPIRE = "expire"
+
+
+def _day_ceil(ms: int) -> int:
+    return -(-ms // DAY_MS) * DAY_MS
+
+
+def next_timer_ms(profile: Profile, params: ProfileParams) -> int:
+    """When the next inactivity transition is due: the first UTC midnight after the silence
+    threshold of the next level (day-aligned, so a user has at most one new timer a day)."""
+    after = {
+        Inactivity.ACTIVE: params.at_risk_after_ms,
+        Inactivity.AT_RISK: params.dormant_after_ms,
+        Inactivity.DORMANT: params.expire_after_ms,
+    }[Inactivity(profile.inactivity)]
+    return _day_ceil(profile.last_ms + after)
+
+
+def inactivity_transition(profile: Profile, now_ms: int, params: ProfileParams) -> Transition:
+    """Apply the transition due at or before event time `now_ms`, if any: one level at a time
+    (active -> at risk -> dormant -> expired). EXPIRE changes nothing: the caller deletes the
+    state."""
+    if not profile.event_count or now_ms < next_timer_ms(profile, params):
+        return Transition.NONE
+    level = Inactivity(profile.inactivity)
+    if level == Inactivity.DORMANT:
+        return Transition.EXPIRE
+    profile.inactivity = level + 1
+    profile.version += 1
+    return Transition.AT_RISK if level == Inactivity.ACTIVE else Transition.DORMANT
+
+
+def catch_up(profile: Profile, now_ms: int, params: ProfileParams) -> bool:
+    """Apply every inactivity transition due at or before `now_ms`. Returns True when the
+    profile has expired (the caller deletes it).
+
+    The job calls this from its timer and, lazily, before folding an event, so the state after
+    an event does not depend on whether the watermark fired the timer first."""
+    while True:
+        transition = inactivity_transition(profile, now_ms, params)
+        if transition is Transition.EXPIRE:
+            return True
+        if transition is Transition.NONE:
+            return False
+
+
+def fold(profile: Profile | None, event: Event, params: ProfileParams) -> tuple[Profile, Outcome]:
+    """The job's per-event step: catch up on inactivity, start a new profile if the old one
+    expired, then apply the event. Returns the (possibly new) profile and the outcome."""
+    if profile is None or catch_up(profile, event.event_time_ms, params):
+        profile = Profile()
+    return profile, apply_event(profile, event, params)
 
 
 def replay(events: Iterable[Event], params: ProfileParams) -> dict[str, Profile]:
-    """Fold events (in the given order) into one profile per user: the offline recomputation."""
+    """Fold events (in the given order) into one profile per user, as the job does per event
+    (inactivity caught up lazily; transitions still due at the end are not applied)."""
     profiles: dict[str, Profile] = {}
     for event in events:
-        profile = profiles.get(event.user_id)
-        if profile is None:
-            profile = profiles[event.user_id] = Profile()
-        apply_event(profile, event, params)
+        profiles[event.user_id], _ = fold(profiles.get(event.user_id), event, params)
     return profiles
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoding. Layout v1 (little-endian), documented so other tools can read state dumps:
-#   u8 format version (=1) | u64 version | i64 first_event_ms | i64 last_event_ms
-#   | 6 x u32 counts | i64 spend_micros | u32 other_purchases | f64 activity
-#   | u16 n | n x u32 category hashes (ascending)
-# A new layout gets a new version byte; `decode_profile` keeps reading every older one.
+# Encoding. Format 2: byte 0x02, then a MessagePack array of the fields in `encode_profile`
+# order; times inside lists are stored relative to last_ms, ring buckets by their age, floats as
+# float32 (exact: the state only holds float32 values). Format 1 (issue 2's struct layout) is
+# still read and upgraded. A new layout gets a new version byte.
 # ---------------------------------------------------------------------------------------------
 FORMAT_V1 = 1
+FORMAT_V2 = 2
 _HEADER_V1 = struct.Struct("<BQqq6IqIdH")
-_HASHES = {n: struct.Struct(f"<{n}I") for n in range(MAX_TRACKED_CATEGORIES + 1)}
 
 
 class ProfileEncodingError(ValueError):
     pass
 
 
-def encode_profile(profile: Profile) -> bytes:
-    hashes = sorted(profile.category_hashes)
-    return _HEADER_V1.pack(
-        FORMAT_V1,
-        profile.version,
-        profile.first_event_ms,
-        profile.last_event_ms,
-        *profile.counts,
-        profile.spend_micros,
-        profile.other_purchases,
-        profile.activity,
-        len(hashes),
-    ) + _HASHES[len(hashes)].pack(*hashes)
+def _pref_out(p: Preferences) -> list[Any]:
+    return [
+        p.total,
+        [x for kv in sorted(p.slots.items()) for x in kv],
+        [x for kv in sorted(p.names.items()) for x in kv],
+    ]
+
+
+def _pref_in(raw: list[Any]) -> Preferences:
+    total, slots, names = raw
+    return Preferences(
+        slots={slots[i]: slots[i + 1] + 0.0 for i in range(0, len(slots), 2)},
+        names={names[i]: names[i + 1] for i in range(0, len(names), 2)},
+        total=total + 0.0,
+    )
+
+
+def _ring_out(ring: dict[int, list[int]], head: int) -> list[list[int]]:
+    return [[head - b, *cell] for b, cell in ring.items()]
+
+
+def _ring_in(raw: list[list[int]], head: int) -> dict[int, list[int]]:
+    return {head - r[0]: r[1:] for r in raw}
+
+
+def _flat_pairs(pairs: list[tuple[int, str]], last: int) -> list[Any]:
+    return [x for t, item in pairs for x in (last - t, item)]
+
+
+def _pairs(flat: list[Any], last: int) -> list[tuple[int, str]]:
+    return [(last - flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def encode_profile(p: Profile) -> bytes:
+    last = p.last_ms
+    body = [
+        p.epoch_ms, p.version, p.first_ms, last, p.counts, p.spend_micros,
+        p.priced_purchases, p.other_purchases, p.last_purchase_ms,
+        _ring_out(p.ring_short, last // RING_SHORT[0]),
+        _ring_out(p.ring_mid, last // RING_MID[0]),
+        _ring_out(p.ring_day, last // RING_DAY[0]), p.retired_active_days,
+        p.ref_ms, p.activity, p.decay, [v if v else 0 for v in p.hour_hist],
+        _pref_out(p.categories), _pref_out(p.brands), p.distinct_exact, p.distinct_hll,
+        _flat_pairs(p.recent_viewed, last), _flat_pairs(p.recent_carted, last),
+        _flat_pairs(p.pending_carts, last), _flat_pairs(p.recent_purchases, last),
+        p.abandoned_carts, p.converted_carts,
+        [x for s in p.sessions for x in (last - s[0], last - s[1], s[2])],
+        p.sessions_closed, p.sessions_closed_events, p.sessions_closed_ms,
+        p.view_price_sum, p.view_price_n, p.buy_price_sum, p.buy_price_n,
+        b"".join(h.to_bytes(8, "big") for h in p.recent_ids),
+        int(p.inactivity), p.timer_ms,
+    ]  # fmt: skip
+    packed: bytes = msgpack.packb(body, use_bin_type=True, use_single_float=True)
+    return bytes([FORMAT_V2]) + packed
 
 
 def decode_profile(data: bytes) -> Profile:
     if not data:
         raise ProfileEncodingError("empty profile bytes")
-    if data[0] != FORMAT_V1:
-        raise ProfileEncodingError(f"unknown profile format version {data[0]}")
+    if data[0] == FORMAT_V2:
+        return _decode_v2(data)
+    if data[0] == FORMAT_V1:
+        return _decode_v1(data)
+    raise ProfileEncodingError(f"unknown profile format version {data[0]}")
+
+
+def _decode_v2(data: bytes) -> Profile:
+    try:
+        (epoch, version, first, last, counts, spend, priced, other, last_purchase, r_short,
+         r_mid, r_day, retired, ref, activity, decay, hours, cats, brands, d_exact, d_hll,
+         viewed, carted, pending, purchases, abandoned, converted, sessions, s_closed, s_events,
+         s_ms, vps, vpn, bps, bpn, ids, inactivity, timer) = msgpack.unpackb(
+            data[1:], raw=False
+        )  # fmt: skip
+        profile = Profile(
+            epoch_ms=epoch, version=version, first_ms=first, last_ms=last, counts=counts,
+            spend_micros=spend, priced_purchases=priced, other_purchases=other,
+            last_purchase_ms=last_purchase,
+            ring_short=_ring_in(r_short, last // RING_SHORT[0]),
+            ring_mid=_ring_in(r_mid, last // RING_MID[0]),
+            ring_day=_ring_in(r_day, last // RING_DAY[0]),
+            retired_active_days=retired, ref_ms=ref, activity=activity + 0.0, decay=decay,
+            hour_hist=[v + 0.0 for v in hours], categories=_pref_in(cats),
+            brands=_pref_in(brands), distinct_exact=d_exact, distinct_hll=d_hll,
+            recent_viewed=_pairs(viewed, last), recent_carted=_pairs(carted, last),
+            pending_carts=_pairs(pending, last), recent_purchases=_pairs(purchases, last),
+            abandoned_carts=abandoned, converted_carts=converted,
+            sessions=[[last - sessions[i], last - sessions[i + 1], sessions[i + 2]]
+                      for i in range(0, len(sessions), 3)],
+            sessions_closed=s_closed, sessions_closed_events=s_events, sessions_closed_ms=s_ms,
+            view_price_sum=vps, view_price_n=vpn, buy_price_sum=bps, buy_price_n=bpn,
+            recent_ids=[int.from_bytes(ids[i : i + 8], "big") for i in range(0, len(ids), 8)],
+            inactivity=inactivity, timer_ms=timer,
+        )  # fmt: skip
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
+        raise ProfileEncodingError(f"corrupt v2 profile ({len(data)} bytes): {exc}") from None
+    if len(profile.counts) != N_TYPES or len(profile.decay) != 9 or len(profile.hour_hist) != 24:
+        raise ProfileEncodingError(f"corrupt v2 profile ({len(data)} bytes): wrong shapes")
+    return profile
+
+
+def _decode_v1(data: bytes) -> Profile:
+    """Issue 2's layout: lifetime counts, spend, first/last time, activity, category hashes.
+    Windows, preferences and the rest start empty after the upgrade."""
     try:
         (_, version, first, last, c0, c1, c2, c3, c4, c5, spend, other, activity, n) = (
             _HEADER_V1.unpack_from(data)
         )
-        hashes = _HASHES[n].unpack_from(data, _HEADER_V1.size)
-    except (struct.error, KeyError) as exc:
+    except struct.error as exc:
         raise ProfileEncodingError(f"corrupt v1 profile ({len(data)} bytes): {exc}") from None
     if len(data) != _HEADER_V1.size + 4 * n or not math.isfinite(activity):
         raise ProfileEncodingError(f"corrupt v1 profile ({len(data)} bytes)")
-    return Profile(
+    profile = Profile(
+        epoch_ms=first,
         version=version,
-        first_event_ms=first,
-        last_event_ms=last,
+        first_ms=first,
+        last_ms=last,
+        ref_ms=last,
         counts=[c0, c1, c2, c3, c4, c5],
         spend_micros=spend,
         other_purchases=other,
-        activity=activity,
-        category_hashes=set(hashes),
+        priced_purchases=max(0, c4 - other),
+        activity=_f32(activity),
     )
+    for h in struct.unpack_from(f"<{n}I", data, _HEADER_V1.size):
+        _add_distinct(profile, f"v1:{h}")
+    return profile

@@ -1,21 +1,31 @@
 """The rows the job writes to PostgreSQL, as plain tuples in column order.
 
 `PROFILE_COLUMNS` is the single list of (name, kind) that the Flink sink schema, the JDBC table
-declaration and the consistency checker are built from; the SQL migration must define the same
+declaration and the consistency checker are built from; the SQL migrations define the same
 columns (the end-to-end test reads them back).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+import math
+from typing import Any, Final
 
+import orjson
+
+from udfs.features import segment
 from udfs.profile import Profile
 
-# kind: "string" | "bigint" | "int" | "double" | "bytes"
+# kind: "string" | "bigint" | "int" | "double" | "boolean" | "bytes" | "json" (a JSON text)
 PROFILE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("user_id", "string"),
+    ("profile_epoch_ms", "bigint"),
     ("profile_version", "bigint"),
+    ("as_of_ms", "bigint"),
+    ("expired", "boolean"),
+    ("segment", "string"),
+    ("score", "double"),
+    ("model_version", "string"),
     ("event_count", "bigint"),
     ("views", "bigint"),
     ("carts", "bigint"),
@@ -23,14 +33,21 @@ PROFILE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("favorites", "bigint"),
     ("purchases", "bigint"),
     ("searches", "bigint"),
+    ("views_24h", "bigint"),
+    ("carts_24h", "bigint"),
+    ("purchases_30d", "bigint"),
     ("spend_micros", "bigint"),
+    ("spend_30d_micros", "bigint"),
     ("other_purchases", "bigint"),
+    ("abandoned_carts", "bigint"),
     ("first_event_ms", "bigint"),
     ("last_event_ms", "bigint"),
+    ("last_purchase_ms", "bigint"),
     ("activity_score", "double"),
     ("distinct_categories", "int"),
-    ("score", "double"),
-    ("model_version", "string"),
+    ("top_category", "string"),
+    ("sessions", "bigint"),
+    ("features", "json"),
 )
 PROFILE_COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in PROFILE_COLUMNS)
 
@@ -43,16 +60,35 @@ DEAD_LETTER_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("seen_at_ms", "bigint"),
 )
 
-ProfileRow = tuple[
-    str, int, int, int, int, int, int, int, int, int, int, int, int, float, int, float, str
-]
+ProfileRow = tuple[Any, ...]
 
 
-def profile_row(user_id: str, profile: Profile, score: float, model_version: str) -> ProfileRow:
+def _json_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def profile_row(
+    user_id: str,
+    profile: Profile,
+    features: dict[str, Any],
+    score: float,
+    model_version: str,
+    now_ms: int,
+    *,
+    expired: bool = False,
+) -> ProfileRow:
+    """The `user_profiles` row for `profile` with features computed as of `now_ms`."""
     views, carts, removes, favorites, purchases, searches = profile.counts
+    top = features["pref_top_categories"]
     return (
         user_id,
-        profile.version,
+        profile.epoch_ms,
+        profile.version + (1 if expired else 0),
+        now_ms,
+        expired,
+        segment(profile, features),
+        score,
+        model_version,
         views + carts + removes + favorites + purchases + searches,
         views,
         carts,
@@ -60,14 +96,21 @@ def profile_row(user_id: str, profile: Profile, score: float, model_version: str
         favorites,
         purchases,
         searches,
+        features["cnt_view_24h"],
+        features["cnt_cart_24h"],
+        features["cnt_purchase_30d"],
         profile.spend_micros,
+        features["rfm_spend_30d_micros"],
         profile.other_purchases,
-        profile.first_event_ms,
-        profile.last_event_ms,
-        profile.activity,
-        len(profile.category_hashes),
-        score,
-        model_version,
+        profile.abandoned_carts,
+        profile.first_ms,
+        profile.last_ms,
+        profile.last_purchase_ms or None,
+        features["act_score"],
+        profile.distinct_categories,
+        top[0][0] if top else None,
+        features["ses_count"],
+        orjson.dumps({k: _json_safe(v) for k, v in features.items()}).decode(),
     )
 
 

@@ -1,22 +1,28 @@
 """Purchase-propensity scoring with a LightGBM model directory and its feature contract.
 
 A model directory holds `model.txt` (LightGBM's native text format) and `metadata.json`
-(`name`, `version`, `feature_names` in order, provenance, metrics). `load_model` checks that the
-metadata, the booster and the code (`udfs.features.FEATURE_NAMES`) agree, and fails with one line
-naming the mismatch otherwise.
+(`name`, `version`, `feature_names` in order, provenance, metrics). `Scorer` checks that the
+metadata, the model file and the code (`udfs.features.FEATURE_NAMES`) agree, and fails with one
+line naming the mismatch otherwise.
 
-Single-row scoring goes through LightGBM's own C API (`LGBM_BoosterPredictForMatSingleRowFast`
-with a FastConfig made once), which returns exactly what `Booster.predict` returns at a fraction of
-its per-call overhead.
+Scoring calls LightGBM's own C library (`lib_lightgbm.so` from the lightgbm wheel) through ctypes:
+the model is loaded with `LGBM_BoosterCreateFromModelfile` and each row goes through
+`LGBM_BoosterPredictForMatSingleRowFast` with a FastConfig made once. The result is what
+`lightgbm.Booster.predict` returns (same library, same trees) at a fraction of its per-call
+cost. The `lightgbm` Python package is not imported: it imports scikit-learn and SciPy when they
+are installed, and SciPy's extension modules hang when loaded inside Flink's thread-mode
+interpreter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,7 @@ def read_metadata(model_dir: Path) -> ModelInfo:
         raise ModelError(
             f"no model at {model_dir} (needs model.txt and metadata.json): set --model-dir / "
             "PROFILESTREAM_MODEL_DIR to a model directory such as "
-            "models/purchase_propensity/bootstrap-v1"
+            "models/purchase_propensity/taobao-v1"
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -60,41 +66,95 @@ def read_metadata(model_dir: Path) -> ModelInfo:
         raise ModelError(f"{meta_path} is not valid model metadata: {exc!r}") from None
 
 
+@cache
+def _library() -> ctypes.CDLL:
+    spec = importlib.util.find_spec("lightgbm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the lightgbm package is not installed: run `make setup`")
+    base = Path(next(iter(spec.submodule_search_locations)))
+    for candidate in (
+        base / "lib" / "lib_lightgbm.so",
+        base / "lib_lightgbm.so",
+        base / "lib" / "lib_lightgbm.dylib",
+    ):
+        if candidate.is_file():
+            lib = ctypes.cdll.LoadLibrary(str(candidate))
+            lib.LGBM_GetLastError.restype = ctypes.c_char_p
+            return lib
+    raise ModelError(f"lib_lightgbm not found in {base}: reinstall lightgbm (`make setup`)")
+
+
+def _check(ret: int) -> None:
+    if ret != 0:
+        raise ModelError(_library().LGBM_GetLastError().decode("utf-8", "replace"))
+
+
+def _model_feature_names(lib: ctypes.CDLL, handle: ctypes.c_void_p) -> list[str]:
+    n = ctypes.c_int()
+    _check(lib.LGBM_BoosterGetNumFeature(handle, ctypes.byref(n)))
+    size = 256
+    while True:
+        buffers = [ctypes.create_string_buffer(size) for _ in range(n.value)]
+        pointers = (ctypes.c_char_p * n.value)(*[ctypes.cast(b, ctypes.c_char_p) for b in buffers])
+        out_len, needed = ctypes.c_int(), ctypes.c_size_t()
+        _check(
+            lib.LGBM_BoosterGetFeatureNames(
+                handle,
+                ctypes.c_int(n.value),
+                ctypes.byref(out_len),
+                ctypes.c_size_t(size),
+                ctypes.byref(needed),
+                pointers,
+            )
+        )
+        if needed.value <= size:
+            return [b.value.decode("utf-8") for b in buffers[: out_len.value]]
+        size = needed.value
+
+
 class Scorer:
     """A loaded model. Not thread-safe: make one per operator instance (Flink's `open()`)."""
 
     def __init__(self, model_dir: Path | str, expected_features: Sequence[str] = FEATURE_NAMES):
-        import lightgbm as lgb
-        from lightgbm.basic import _LIB, _safe_call  # type: ignore[attr-defined]
-
-        self.info = read_metadata(Path(model_dir))
+        model_dir = Path(model_dir)
+        self.info = read_metadata(model_dir)
         expected = tuple(expected_features)
         if self.info.feature_names != expected:
             raise ModelError(
                 f"model {self.info.version} at {model_dir} was trained on features "
                 f"{list(self.info.feature_names)} but this code computes {list(expected)}: "
-                "retrain the model or point --model-dir at one built for this code"
+                "retrain the model (`profilestream train`) or point --model-dir at one built "
+                "for this code"
             )
+        lib = self._lib = _library()
+        self._handle = ctypes.c_void_p()
+        self._fast = ctypes.c_void_p()
+        iterations = ctypes.c_int()
         try:
-            self.booster = lgb.Booster(model_file=str(Path(model_dir) / "model.txt"))
-        except lgb.basic.LightGBMError as exc:
+            _check(
+                lib.LGBM_BoosterCreateFromModelfile(
+                    str(model_dir / "model.txt").encode(),
+                    ctypes.byref(iterations),
+                    ctypes.byref(self._handle),
+                )
+            )
+        except ModelError as exc:
             raise ModelError(f"cannot load {model_dir}/model.txt: {exc}") from None
-        if tuple(self.booster.feature_name()) != expected:
+        names = _model_feature_names(lib, self._handle)
+        if tuple(names) != expected:
+            self.close()
             raise ModelError(
-                f"{model_dir}/model.txt names features {self.booster.feature_name()}, "
-                f"metadata.json names {list(expected)}: the directory is inconsistent"
+                f"{model_dir}/model.txt names features {names}, metadata.json names "
+                f"{list(expected)}: the directory is inconsistent"
             )
         self.version = self.info.version
         self._n = len(expected)
-        self._lib = _LIB
-        self._safe_call = _safe_call
-        self._fast = ctypes.c_void_p()
-        _safe_call(
-            _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-                self.booster._handle,
+        _check(
+            lib.LGBM_BoosterPredictForMatSingleRowFastInit(
+                self._handle,
                 ctypes.c_int(_C_API_PREDICT_NORMAL),
-                ctypes.c_int(0),  # start_iteration
-                ctypes.c_int(-1),  # all iterations
+                ctypes.c_int(0),
+                ctypes.c_int(-1),
                 ctypes.c_int(_C_API_DTYPE_FLOAT64),
                 ctypes.c_int32(self._n),
                 ctypes.c_char_p(b""),
@@ -104,23 +164,27 @@ class Scorer:
         self._row = (ctypes.c_double * self._n)()
         self._out_len = ctypes.c_int64()
         self._out = ctypes.c_double()
-        self._predict = _LIB.LGBM_BoosterPredictForMatSingleRowFast
+        self._predict = lib.LGBM_BoosterPredictForMatSingleRowFast
         self._row_ref = ctypes.byref(self._row)
         self._out_len_ref = ctypes.byref(self._out_len)
         self._out_ref = ctypes.byref(self._out)
 
     def score(self, features: Sequence[float]) -> float:
-        """Probability for one feature row (bit-identical to `Booster.predict`)."""
+        """Probability for one feature row (what `Booster.predict` returns; NaN = missing)."""
         self._row[:] = features  # type: ignore[call-overload]
         ret = self._predict(self._fast, self._row_ref, self._out_len_ref, self._out_ref)
         if ret != 0:
-            self._safe_call(ret)
-        return self._out.value
+            _check(ret)
+        value: float = self._out.value
+        return value
 
     def close(self) -> None:
         if self._fast:
             self._lib.LGBM_FastConfigFree(self._fast)
             self._fast = ctypes.c_void_p()
+        if self._handle:
+            self._lib.LGBM_BoosterFree(self._handle)
+            self._handle = ctypes.c_void_p()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

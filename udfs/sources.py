@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from schemas.profilestream.events.v1 import user_event_pb2 as pb
 from udfs import events as ev
 
 ErrorSink = Callable[[int, str], None]
-FORMATS = ("taobao", "rees46", "synthetic")
+FORMATS = ("taobao", "rees46", "synthetic", "proto")
 
 _TAOBAO_BEHAVIOR = {
     "pv": ev.VIEW,
@@ -258,3 +258,71 @@ def read_events(
         yield from read_rees46(path, on_error=on_error)
     else:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Files of encoded messages ("proto" format): each message prefixed by its length as a varint,
+# the standard length-delimited Protobuf stream (Java's writeDelimitedTo, protobuf-net's
+# SerializeWithLengthPrefix). Messages are kept byte for byte, valid or not.
+# ---------------------------------------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def write_delimited(path: Path | str, messages: Iterable[bytes]) -> int:
+    count = 0
+    with open(path, "wb") as fh:
+        for raw in messages:
+            fh.write(_varint(len(raw)))
+            fh.write(raw)
+            count += 1
+    return count
+
+
+def read_delimited(path: Path | str) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    pos, n = 0, len(data)
+    while pos < n:
+        size, shift = 0, 0
+        while True:
+            if pos >= n or shift > 63:
+                raise ValueError(f"{path}: truncated length prefix at byte {pos}")
+            byte = data[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + size > n:
+            raise ValueError(f"{path}: message at byte {pos} runs past the end of the file")
+        yield data[pos : pos + size]
+        pos += size
+
+
+def message_bytes(
+    fmt: str,
+    path: Path | str | None = None,
+    *,
+    spec: SyntheticSpec | None = None,
+    on_error: ErrorSink = _ignore,
+) -> Iterator[bytes]:
+    """The messages of a log as the job receives them: encoded `UserEvent`s, or for "proto" the
+    file's messages exactly as stored (invalid ones included)."""
+    if fmt == "proto":
+        if path is None:
+            raise ValueError("format 'proto' needs a file path")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"dataset {path} does not exist")
+        yield from read_delimited(path)
+        return
+    for msg in read_events(fmt, path, spec=spec, on_error=on_error):
+        yield msg.SerializeToString()
