@@ -21,6 +21,7 @@ import json
 import platform
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from flink_jobs.demo import pg_counts
 from flink_jobs.job import preflight, run_job
 from flink_jobs.producer import EventPublisher, ensure_topic
 from flink_jobs.runtime import install_connector_jars, install_java
-from flink_jobs.services import EmbeddedPostgres, LocalBroker
+from flink_jobs.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.engine import ProfileEngine
 from udfs.events import decode_event
 from udfs.profile import ProfileParams
@@ -77,6 +78,39 @@ def jvm_cpu_seconds() -> float:
     return total
 
 
+def scoring_metrics(port: int) -> tuple[int, int] | None:
+    """(sampled nanoseconds, samples) of in-job scoring, from Flink's REST API, or None."""
+
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return json.loads(response.read())
+
+    try:
+        jobs = [j for j in get("/jobs")["jobs"] if j["status"] == "RUNNING"]
+        if not jobs:
+            return None
+        job_id = jobs[0]["id"]
+        for vertex in get(f"/jobs/{job_id}")["vertices"]:
+            if "update profile" not in vertex["name"]:
+                continue
+            base = f"/jobs/{job_id}/vertices/{vertex['id']}/metrics"
+            names = [
+                m["id"]
+                for m in get(base)
+                if m["id"].endswith(("scoring_sampled_ns", "scoring_samples"))
+            ]
+            if len(names) < 2:
+                return None
+            values = {
+                m["id"].rsplit(".", 1)[1]: int(m["value"])
+                for m in get(base + "?get=" + ",".join(names))
+            }
+            return values["scoring_sampled_ns"], values["scoring_samples"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
 def run(events: int, users: int, parallelism: int, seed: int) -> dict[str, Any]:
     java = install_java()
     install_connector_jars()
@@ -106,13 +140,18 @@ def run(events: int, users: int, parallelism: int, seed: int) -> dict[str, Any]:
             parallelism=parallelism,
             checkpoint_interval_ms=10_000,
             stopping_offsets=report.stopping_offsets(partitions),
+            rest_port=free_port(),
         )
         preflight(config)
         first_row: list[float] = []
+        scoring: list[tuple[int, int]] = []
 
         def tick() -> None:
             if not first_row and pg_counts(pg_dsn)[0] > 0:
                 first_row.append(time.perf_counter())
+            assert config.rest_port is not None
+            if (sample := scoring_metrics(config.rest_port)) is not None:
+                scoring.append(sample)
 
         print("running the job ...", flush=True)
         cpu0 = jvm_cpu_seconds()
@@ -137,6 +176,8 @@ def run(events: int, users: int, parallelism: int, seed: int) -> dict[str, Any]:
         "events_per_s": events / job_s,
         "events_per_s_steady": events / steady_s,
         "events_per_jvm_cpu_s": events / jvm_cpu if jvm_cpu else 0.0,
+        "scoring_us_in_job": scoring[-1][0] / scoring[-1][1] / 1000 if scoring else None,
+        "scoring_samples": scoring[-1][1] if scoring else 0,
     }
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -175,6 +216,11 @@ def main() -> None:
         f"  job, per JVM CPU-second {job['events_per_jvm_cpu_s']:>10,.0f} events/s  "
         f"({job['jvm_cpu_s']:.1f} CPU-s)"
     )
+    if job["scoring_us_in_job"] is not None:
+        print(
+            f"  scoring inside the job  {job['scoring_us_in_job']:>10.1f} us per update  "
+            f"({job['scoring_samples']:,} sampled calls)"
+        )
     print(
         f"  plain-Python ceiling    {ceil['events_per_s']:>10,.0f} events/s  "
         f"({ceil['wall_s']:.1f} s, one core)"

@@ -44,6 +44,7 @@ class JobConfig:
     jdbc_flush_rows: int = 500
     jdbc_flush_interval_ms: int = 200
     restart_attempts: int = 3
+    rest_port: int | None = None  # serve Flink's REST API (metrics) on 127.0.0.1:<port>
     profile: ProfileParams = field(default_factory=ProfileParams)
 
     def __post_init__(self) -> None:

@@ -164,13 +164,19 @@ def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> 
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT user_id, round(score::numeric, 4), event_count, purchases, spend, "
-                "model_version FROM user_profiles ORDER BY score DESC, user_id LIMIT 10"
+                "segment, model_version FROM user_profiles WHERE NOT expired "
+                "ORDER BY score DESC, user_id LIMIT 10"
             )
             top = cur.fetchall()
             cur.execute(
                 "SELECT reason, count(*) FROM dead_letter_events GROUP BY 1 ORDER BY 2 DESC"
             )
             reasons = cur.fetchall()
+            cur.execute(
+                "SELECT segment, count(*) FROM user_profiles WHERE NOT expired "
+                "GROUP BY 1 ORDER BY 2 DESC"
+            )
+            segments = cur.fetchall()
     finally:
         conn.close()
     return {
@@ -179,6 +185,7 @@ def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> 
         "dead_letters": dead,
         "dead_letter_reasons": reasons,
         "profiles": profiles,
+        "segments": segments,
         "top": top,
         "job_s": job_s,
         "events_per_s": (folded + dead) / job_s if job_s else 0.0,
@@ -198,7 +205,10 @@ def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str, say:
             else ""
         )
     )
-    say(f"  profiles written     {s['profiles']:>10,}")
+    say(
+        f"  profiles written     {s['profiles']:>10,}  "
+        + ", ".join(f"{name}: {n:,}" for name, n in s["segments"])
+    )
     say(
         f"  job wall time        {s['job_s']:>10.1f} s  ({s['events_per_s']:,.0f} events/s "
         "including MiniCluster start-up)"
@@ -210,9 +220,12 @@ def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str, say:
         )
     say("")
     say("  ten highest-scoring users (purchase propensity):")
-    say(f"    {'user_id':<16} {'score':>7} {'events':>7} {'buys':>5} {'spend':>12}  model")
-    for user, score, events, buys, spend, model in s["top"]:
-        say(f"    {user:<16} {score:>7} {events:>7} {buys:>5} {spend:>12}  {model}")
+    say(
+        f"    {'user_id':<16} {'score':>7} {'events':>7} {'buys':>5} {'spend':>12}  "
+        f"{'segment':<15} model"
+    )
+    for user, score, events, buys, spend, segment, model in s["top"]:
+        say(f"    {user:<16} {score:>7} {events:>7} {buys:>5} {spend:>12}  {segment:<15} {model}")
     say("")
     if pg is not None:
         say("  Open the database (the embedded server keeps running; `make stop` stops it):")

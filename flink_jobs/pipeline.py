@@ -116,6 +116,14 @@ def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironm
     }
     if config.restore_from:
         settings["execution.state-recovery.path"] = config.restore_from
+    if config.rest_port is not None:
+        settings.update(
+            {
+                "rest.port": str(config.rest_port),
+                "rest.address": "127.0.0.1",
+                "rest.bind-address": "127.0.0.1",
+            }
+        )
     for key, value in settings.items():
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)

@@ -61,7 +61,7 @@ def build_examples(
     end = max((e.event_time_ms for e in events), default=0)
     start = min((e.event_time_ms for e in events), default=0)
     profiles: dict[str, Profile] = {}
-    rows: list[list[float]] = []
+    rows: list[tuple[float, ...]] = []
     labels: list[int] = []
     times_out: list[int] = []
     users: list[str] = []

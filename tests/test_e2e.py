@@ -79,9 +79,11 @@ def malformed_messages() -> list[tuple[bytes, Reason | None]]:
 
 
 def build_log(path: Path) -> tuple[list[tuple[bytes, Reason | None]], bytes, bytes]:
-    """Synthetic shoppers over 14 days, with malformed messages mixed in, one duplicate
+    """Synthetic shoppers over 28 days, with malformed messages mixed in, one duplicate
     delivery and one event later than the allowed lateness. Returns (bad, duplicate, late)."""
-    good = [m.SerializeToString() for m in synthetic_events(SyntheticSpec(4000, 250, seed=11))]
+    good = [
+        m.SerializeToString() for m in synthetic_events(SyntheticSpec(4000, 250, seed=11, days=28))
+    ]
     bad = malformed_messages()
     messages: list[bytes] = []
     bad_iter = iter(bad)
@@ -183,7 +185,7 @@ def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_pat
     assert dead[dead_letter_id(late)][0] == "late_event"
     assert dead_letter_id(duplicate) not in dead
     assert victims == 0
-    # 14 days of shoppers: several segments, including inactivity driven by event-time timers.
+    # 28 days of shoppers: several segments, including inactivity driven by event-time timers.
     assert segments.get("at_risk", 0) > 0 and len(segments) >= 4, segments
 
 

@@ -250,7 +250,9 @@ def _assert_same(a: Profile, b: Profile) -> None:
         vb = fb[key]
         if key in SKETCHED:  # bounded Space-Saving sketch: approximate past its slots
             continue
-        if isinstance(va, float) and not math.isnan(va):
+        if (isinstance(va, float) and not math.isnan(va)) or (
+            isinstance(va, list) and va and isinstance(va[0], float)
+        ):
             assert vb == pytest.approx(va, rel=1e-5, abs=1e-9), key
         elif isinstance(va, list) and va and isinstance(va[0], list):  # [name, share]
             assert [x[0] for x in va] == [x[0] for x in vb], key

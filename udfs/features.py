@@ -13,6 +13,7 @@ missing.
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Any
 
 from udfs.events import EVENT_TYPES
@@ -69,6 +70,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ten_active_days",
 )
 
+_CNT_KEYS = tuple(tuple(f"cnt_{k}_{w}" for w in (*WINDOWS, "life")) for k in TYPE_KEYS)
+_DCY_KEYS = tuple(f"dcy_{TYPE_KEYS[t - 1]}_{h}" for t in DECAY_TYPES for h in HALF_LIFE_KEYS)
+
 SEGMENTS = (
     "new",
     "active_browser",
@@ -84,13 +88,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else NAN
 
 
-def _shares(prefs: Preferences, names: bool, k: int) -> list[Any]:
-    top = prefs.top(k)
+def _shares(prefs: Preferences, top: list[int]) -> list[Any]:
     total = prefs.total
-    return [
-        [prefs.names.get(h, "") if names else h, round(prefs.slots[h] / total, 6) if total else 0]
-        for h in top
-    ]
+    return [[prefs.names.get(h, ""), round(prefs.slots[h] / total, 6) if total else 0] for h in top]
 
 
 def _entropy(prefs: Preferences) -> float:
@@ -107,18 +107,16 @@ def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> di
     f: dict[str, Any] = {}
     short = window_counts(profile.ring_short, now_ms, RING_SHORT, N_TYPES)
     mid = window_counts(profile.ring_mid, now_ms, RING_MID, N_TYPES)
-    week = window_counts(profile.ring_day, now_ms, RING_DAY, N_TYPES + 1, span=7)
-    month = window_counts(profile.ring_day, now_ms, RING_DAY, N_TYPES + 1)
-    for i, key in enumerate(TYPE_KEYS):
-        f[f"cnt_{key}_1h"] = short[i]
-        f[f"cnt_{key}_24h"] = mid[i]
-        f[f"cnt_{key}_7d"] = week[i]
-        f[f"cnt_{key}_30d"] = month[i]
-        f[f"cnt_{key}_life"] = profile.counts[i]
-    for ti, t in enumerate(DECAY_TYPES):
-        for j, (h, half_life) in enumerate(zip(HALF_LIFE_KEYS, DECAY_HALF_LIVES_MS, strict=True)):
-            value = profile.decayed(profile.decay[ti * 3 + j], half_life, now_ms)
-            f[f"dcy_{TYPE_KEYS[t - 1]}_{h}"] = value
+    week, month = _week_and_month(profile.ring_day, now_ms)
+    for i, (k1h, k24h, k7d, k30d, klife) in enumerate(_CNT_KEYS):
+        f[k1h] = short[i]
+        f[k24h] = mid[i]
+        f[k7d] = week[i]
+        f[k30d] = month[i]
+        f[klife] = profile.counts[i]
+    factors = [2.0 ** (-(now_ms - profile.ref_ms) / h) for h in DECAY_HALF_LIVES_MS]
+    for key, value, j in zip(_DCY_KEYS, profile.decay, (0, 1, 2) * 3, strict=True):
+        f[key] = value * factors[j]
     f["act_score"] = profile.decayed(profile.activity, params.activity_half_life_ms, now_ms)
 
     hour_ms = 3_600_000
@@ -141,12 +139,13 @@ def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> di
     )
 
     cats = profile.categories
-    top = cats.top(1)
+    top = cats.top(params.top_k)
     f["pref_top_category_share"] = _ratio(cats.slots[top[0]], cats.total) if top else NAN
     f["pref_category_entropy"] = _entropy(cats)
     f["pref_distinct_categories"] = profile.distinct_categories
-    f["pref_top_categories"] = _shares(cats, True, params.top_k)
-    f["pref_top_brands"] = _shares(profile.brands, True, params.top_k)
+    f["pref_top_categories"] = _shares(cats, top)
+    brands = profile.brands
+    f["pref_top_brands"] = _shares(brands, brands.top(params.top_k)) if brands.slots else []
 
     open_events = sum(s[2] for s in profile.sessions)
     open_ms = sum(s[1] - s[0] for s in profile.sessions)
@@ -164,8 +163,8 @@ def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> di
 
     hours = profile.hour_hist
     total_hours = sum(hours)
-    f["hab_peak_hour"] = max(range(24), key=lambda h: (hours[h], -h)) if total_hours else NAN
-    f["hab_hours"] = [round(v / total_hours, 4) if total_hours else 0 for v in hours]
+    f["hab_peak_hour"] = hours.index(max(hours)) if total_hours else NAN  # ties: earliest
+    f["hab_hours"] = [v / total_hours for v in hours] if total_hours else [0.0] * 24
 
     active_days = profile.retired_active_days + len(profile.ring_day)
     f["ten_days"] = (now_ms - profile.first_ms) / DAY_MS
@@ -180,9 +179,27 @@ def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> di
     return f
 
 
-def feature_vector(features: dict[str, Any]) -> list[float]:
-    """The model input: FEATURE_NAMES in order, as floats (NaN = missing)."""
-    return [float(features[name]) for name in FEATURE_NAMES]
+_MODEL_INPUTS = itemgetter(*FEATURE_NAMES)
+
+
+def feature_vector(features: dict[str, Any]) -> tuple[float, ...]:
+    """The model input: FEATURE_NAMES in order (ints or floats; NaN = missing)."""
+    values: tuple[float, ...] = _MODEL_INPUTS(features)
+    return values
+
+
+def _week_and_month(ring: dict[int, list[int]], now_ms: int) -> tuple[list[int], list[int]]:
+    head = now_ms // RING_DAY[0]
+    week = [0] * (N_TYPES + 1)
+    month = [0] * (N_TYPES + 1)
+    for bucket, cell in ring.items():
+        age = head - bucket
+        if 0 <= age < RING_DAY[1]:
+            for i, v in enumerate(cell):
+                month[i] += v
+                if age < 7:
+                    week[i] += v
+    return week, month
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class ProfileParams:
     recent_items: int = 20
     preference_slots: int = 16
     top_k: int = 5
-    pending_carts: int = 8
+    pending_carts: int = 16
 
     def __post_init__(self) -> None:
         cur = self.reporting_currency

@@ -8,7 +8,6 @@ columns (the end-to-end test reads them back).
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any, Final
 
 import orjson
@@ -63,10 +62,6 @@ DEAD_LETTER_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 ProfileRow = tuple[Any, ...]
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def profile_row(
     user_id: str,
     profile: Profile,
@@ -110,7 +105,7 @@ def profile_row(
         profile.distinct_categories,
         top[0][0] if top else None,
         features["ses_count"],
-        orjson.dumps({k: _json_safe(v) for k, v in features.items()}).decode(),
+        orjson.dumps(features).decode(),  # NaN and infinities become null
     )
 
 

@@ -67,7 +67,7 @@ def read_metadata(model_dir: Path) -> ModelInfo:
 
 
 @cache
-def _library() -> ctypes.CDLL:
+def _library() -> ctypes.PyDLL:
     spec = importlib.util.find_spec("lightgbm")
     if spec is None or not spec.submodule_search_locations:
         raise ModelError("the lightgbm package is not installed: run `make setup`")
@@ -78,7 +78,10 @@ def _library() -> ctypes.CDLL:
         base / "lib" / "lib_lightgbm.dylib",
     ):
         if candidate.is_file():
-            lib = ctypes.cdll.LoadLibrary(str(candidate))
+            # PyDLL keeps the GIL during calls. A prediction takes ~2 us; releasing the GIL
+            # around it (ctypes.CDLL) let the job's other Python thread take it and made each
+            # call wait, ~15 us per score inside the job.
+            lib = ctypes.PyDLL(str(candidate))
             lib.LGBM_GetLastError.restype = ctypes.c_char_p
             return lib
     raise ModelError(f"lib_lightgbm not found in {base}: reinstall lightgbm (`make setup`)")
@@ -89,7 +92,7 @@ def _check(ret: int) -> None:
         raise ModelError(_library().LGBM_GetLastError().decode("utf-8", "replace"))
 
 
-def _model_feature_names(lib: ctypes.CDLL, handle: ctypes.c_void_p) -> list[str]:
+def _model_feature_names(lib: ctypes.PyDLL, handle: ctypes.c_void_p) -> list[str]:
     n = ctypes.c_int()
     _check(lib.LGBM_BoosterGetNumFeature(handle, ctypes.byref(n)))
     size = 256

@@ -180,14 +180,16 @@ def synthetic_events(spec: SyntheticSpec) -> list[pb.UserEvent]:
         intent = rng.betavariate(1.2, 6.0)  # hidden purchase intent
         favs = rng.sample(range(spec.categories), k=min(3, spec.categories))
         channel = rng.choice(channels)
-        t = spec.start_ms + rng.randrange(horizon_ms)
-        session = 0
+        # Sessions of ~7 events at random times within the horizon, in time order.
+        depths: list[int] = []
+        while sum(depths) < budget:
+            depths.append(min(budget - sum(depths), 1 + int(rng.expovariate(1 / 6))))
+        starts = sorted(spec.start_ms + rng.randrange(horizon_ms) for _ in depths)
         cart: list[tuple[str, int, int]] = []  # (item, category, price_micros)
-        emitted = 0
-        while emitted < budget:
-            session += 1
+        t = starts[0]
+        for session, (depth, start) in enumerate(zip(depths, starts, strict=True), start=1):
             session_id = f"{user_id}-s{session}"
-            depth = min(budget - emitted, 1 + int(rng.expovariate(1 / 6)))
+            t = max(t, start)
             for _ in range(depth):
                 t += rng.randint(5_000, 180_000)
                 r = rng.random()
@@ -231,8 +233,6 @@ def synthetic_events(spec: SyntheticSpec) -> list[pb.UserEvent]:
                     **kw,  # type: ignore[arg-type]
                 )
                 out.append((t, seq, msg))
-                emitted += 1
-            t += int(rng.expovariate(1 / (horizon_ms / max(2.0, budget / 4))))
     out.sort(key=lambda r: (r[0], r[1]))
     return [msg for _, _, msg in out]
 
