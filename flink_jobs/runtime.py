@@ -66,7 +66,7 @@ def jar_dir() -> Path:
     return Path(os.environ.get("PROFILESTREAM_JAR_DIR", cache_dir() / "jars"))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -84,7 +84,7 @@ def connector_jars(verify: bool = False) -> list[Path]:
                 f"connector jar {path} is missing: run `make setup` (or `profilestream setup`), "
                 "or set PROFILESTREAM_JAR_DIR to a folder holding the Kafka/JDBC connector jars"
             )
-        if verify and _sha256(path) != digest:
+        if verify and sha256_file(path) != digest:
             raise SetupError(
                 f"connector jar {path} does not match its pinned sha256: delete it "
                 "and run `make setup` again"
@@ -138,7 +138,7 @@ def _download_wheel(dest: Path) -> Path:
             f"({proc.stderr.strip()[-300:]}): check network access to PyPI, or put "
             f"the jars in PROFILESTREAM_JAR_DIR"
         )
-    if _sha256(wheels[0]) != CONNECTOR_WHEEL_SHA256:
+    if sha256_file(wheels[0]) != CONNECTOR_WHEEL_SHA256:
         raise SetupError(f"{wheels[0].name} does not match its pinned sha256")
     return wheels[0]
 

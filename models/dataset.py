@@ -10,12 +10,10 @@ event time in (t, t + horizon]. Snapshots whose horizon runs past the end of the
 from __future__ import annotations
 
 import bisect
-import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,11 +84,3 @@ def build_examples(
         messages_rejected=0,
         time_range_ms=(start, end),
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

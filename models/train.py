@@ -268,7 +268,8 @@ def load_examples(
     """Read a log, replay it through the job's code and build snapshots; also the provenance."""
     from tqdm import tqdm
 
-    from models.dataset import build_examples, decode_all, file_sha256
+    from flink_jobs.runtime import sha256_file
+    from models.dataset import build_examples, decode_all
     from udfs.sources import message_bytes
 
     events, rejected = decode_all(message_bytes(fmt, path, spec=spec))
@@ -290,7 +291,7 @@ def load_examples(
         "positive_rate": float(ex.y.mean()) if len(ex.y) else 0.0,
     }
     if path is not None:
-        provenance["sha256"] = file_sha256(Path(path))
+        provenance["sha256"] = sha256_file(Path(path))
         provenance["file"] = Path(path).name
     return ex, provenance
 
