@@ -133,3 +133,103 @@ def test_bad_dsn_is_one_actionable_line() -> None:
         db.connect("postgresql://u:hunter2@127.0.0.1:1/db", timeout_s=2)
     message = str(info.value)
     assert "PG_DSN" in message and "hunter2" not in message and "\n" not in message
+
+
+def _with(version: int, **changes: object) -> tuple[object, ...]:
+    values = dict(zip(PROFILE_COLUMN_NAMES, row(version), strict=True))
+    values.update(changes)
+    return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
+
+
+def test_history_records_changes_not_every_update(pg_dsn: str) -> None:
+    query(pg_dsn, UPSERT, _with(1, score=0.30))  # new
+    query(pg_dsn, UPSERT, _with(2, score=0.32))  # small move: no row
+    query(pg_dsn, UPSERT, _with(3, score=0.34))  # 0.04 since the last history row: no row
+    query(pg_dsn, UPSERT, _with(4, score=0.36))  # 0.06: a 'score' row
+    query(pg_dsn, UPSERT, _with(5, score=0.36, segment="loyal_buyer"))  # segment change
+    query(pg_dsn, UPSERT, _with(4, score=0.99, segment="high_value"))  # stale replay: nothing
+    query(pg_dsn, UPSERT, _with(6, score=0.36, segment="dormant", expired=True))
+    rows = query(
+        pg_dsn,
+        "SELECT change, profile_version, segment, previous_segment, "
+        "round(score::numeric, 2)::text FROM user_profile_history ORDER BY history_id",
+    )
+    assert rows == [
+        ("new", 1, "new", None, "0.30"),
+        ("score", 4, "new", "new", "0.36"),
+        ("segment", 5, "loyal_buyer", "new", "0.36"),
+        ("expired", 6, "dormant", "loyal_buyer", "0.36"),
+    ]
+
+
+def test_history_step_is_configurable(pg_dsn: str) -> None:
+    query(
+        pg_dsn, "UPDATE profilestream_settings SET value = '0.5' WHERE key = 'history.score_step'"
+    )
+    query(pg_dsn, UPSERT, _with(1, score=0.1))
+    query(pg_dsn, UPSERT, _with(2, score=0.4))
+    query(pg_dsn, UPSERT, _with(3, score=0.7))
+    assert query(
+        pg_dsn, "SELECT change, profile_version FROM user_profile_history ORDER BY history_id"
+    ) == [("new", 1), ("score", 3)]
+
+
+def test_bi_views(pg_dsn: str) -> None:
+    for i, (segment, score, views, carts) in enumerate(
+        [("new", 0.05, 10, 1), ("new", 0.15, 20, 2), ("loyal_buyer", 0.95, 30, 3)]
+    ):
+        query(
+            pg_dsn,
+            UPSERT,
+            _with(
+                1,
+                user_id=f"u{i}",
+                segment=segment,
+                score=score,
+                views=views,
+                carts=carts,
+                purchases=1,
+            ),
+        )
+    query(pg_dsn, UPSERT, _with(1, user_id="gone", expired=True, segment="dormant"))
+    assert query(pg_dsn, "SELECT segment, profiles FROM bi_segment_sizes ORDER BY 1") == [
+        ("loyal_buyer", 1),
+        ("new", 2),
+    ]
+    assert query(pg_dsn, "SELECT bucket, profiles FROM bi_score_distribution ORDER BY 1") == [
+        (1, 1),
+        (2, 1),
+        (10, 1),
+    ]
+    ((views, carts, purchases, v2c, c2p, _, profiles),) = query(
+        pg_dsn, "SELECT * FROM bi_funnel_totals"
+    )
+    assert (views, carts, purchases, profiles) == (60, 6, 3, 3)
+    assert (v2c, c2p) == (pytest.approx(0.1), pytest.approx(0.5))
+
+
+def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
+    query(pg_dsn, UPSERT, row(1))
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SET ROLE bi_reader")
+        for table in (
+            "user_profiles",
+            "user_profile_history",
+            "bi_segment_sizes",
+            "bi_score_distribution",
+            "bi_funnel_totals",
+            "bi_segment_trend",
+        ):
+            cur.execute(f"SELECT count(*) FROM {table}")
+        for statement in (
+            "DELETE FROM user_profiles",
+            "UPDATE user_profiles SET score = 1",
+            "INSERT INTO user_profile_history (user_id) VALUES ('x')",
+            "SELECT * FROM dead_letter_events",
+            "CREATE TABLE mine (x int)",
+        ):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(statement)
+    conn.close()
