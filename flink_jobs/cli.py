@@ -133,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--examples", type=int, default=5, help="mismatches to print")
 
+    cluster = sub.add_parser("cluster", help="a Flink standalone cluster on this machine")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True)
+    cstart = csub.add_parser("start", help="start a JobManager and N TaskManagers")
+    cstart.add_argument("--taskmanagers", type=int, default=1)
+    cstart.add_argument("--rpc-port", type=int, default=6123)
+    for c in (cstart, csub.add_parser("status"), csub.add_parser("stop")):
+        c.add_argument("--rest-port", type=int, default=8081)
+
+    submit = sub.add_parser("submit", help="run the job on a Flink cluster (flink run)")
+    _add_kafka(submit)
+    _add_pg(submit)
+    submit.add_argument("--rest-port", type=int, default=8081, help="the cluster's REST port")
+    submit.add_argument("--model-dir", type=Path, default=model_default)
+    submit.add_argument("--parallelism", type=int)
+    submit.add_argument("--from-savepoint", help="a savepoint or retained checkpoint path")
+    submit.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
+
+    savepoint = sub.add_parser("savepoint", help="stop a job on the cluster with a savepoint")
+    savepoint.add_argument("job_id")
+    savepoint.add_argument("--rest-port", type=int, default=8081)
+
     dbp = sub.add_parser("db", help="database schema")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
     mig = dbsub.add_parser("migrate", help="apply pending SQL migrations (idempotent)")
@@ -298,6 +319,80 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from flink_jobs.cluster import LocalCluster
+
+    cluster = LocalCluster(
+        rest_port=args.rest_port, rpc_port=getattr(args, "rpc_port", None) or 6123
+    )
+    if args.cluster_command == "start":
+        overview = cluster.start(args.taskmanagers)
+        print(
+            f"Flink {overview['flink-version']} cluster up: {overview['taskmanagers']} "
+            f"TaskManager(s), {overview['slots-total']} slots, {cluster.url} "
+            f"(config and logs in {cluster.home})"
+        )
+    elif args.cluster_command == "status":
+        if not cluster.running():
+            print(f"no cluster answers on {cluster.url}")
+            return 1
+        status = cluster.status()
+        o = status["overview"]
+        print(
+            f"{o['taskmanagers']} TaskManager(s), {o['slots-available']}/{o['slots-total']} "
+            f"slots free, {o['jobs-running']} job(s) running"
+        )
+        for job in status["jobs"]:
+            print(f"  {job['jid']}  {job['state']:<10} {job['name']}")
+    else:
+        cluster.stop()
+        print("cluster stopped")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from flink_jobs.cluster import LocalCluster
+    from flink_jobs.db import require_schema
+    from flink_jobs.producer import check_broker
+
+    config = JobConfig(
+        kafka_bootstrap=_require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap"),
+        pg_dsn=_require(args.pg_dsn, "PG_DSN", "--pg-dsn"),
+        topic=args.topic,
+        model_dir=args.model_dir,
+        checkpoint_interval_ms=args.checkpoint_interval_ms,
+    )
+    check_broker(config.kafka_bootstrap)
+    require_schema(config.pg_dsn)
+    job_id = LocalCluster(rest_port=args.rest_port).submit(
+        [
+            "--bootstrap",
+            config.kafka_bootstrap,
+            "--pg-dsn",
+            config.pg_dsn,
+            "--topic",
+            config.topic,
+            "--model-dir",
+            str(config.model_dir),
+            "--checkpoint-interval-ms",
+            str(config.checkpoint_interval_ms),
+        ],
+        parallelism=args.parallelism,
+        from_savepoint=args.from_savepoint,
+    )
+    print(f"submitted job {job_id}")
+    return 0
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    from flink_jobs.cluster import LocalCluster, stop_with_savepoint
+
+    path = stop_with_savepoint(LocalCluster(rest_port=args.rest_port), args.job_id)
+    print(f"job {args.job_id} stopped; savepoint {path}")
+    print(f"resume with: profilestream submit --from-savepoint {path} ...")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from flink_jobs import db
 
@@ -331,6 +426,9 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "verify": cmd_verify,
+    "cluster": cmd_cluster,
+    "submit": cmd_submit,
+    "savepoint": cmd_savepoint,
     "db": cmd_db,
     "services": cmd_services,
 }

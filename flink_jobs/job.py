@@ -116,6 +116,7 @@ def run_job(
 
 
 def setup_error_types() -> tuple[type[Exception], ...]:
+    from flink_jobs.cluster import ClusterError
     from flink_jobs.config import ConfigError
     from flink_jobs.db import DatabaseError
     from flink_jobs.services import ServiceError
@@ -131,4 +132,5 @@ def setup_error_types() -> tuple[type[Exception], ...]:
         ServiceError,
         JobFailed,
         TrainingError,
+        ClusterError,
     )

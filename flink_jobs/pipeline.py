@@ -131,6 +131,24 @@ def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironm
     return env
 
 
+def cluster_environment(config: JobConfig) -> StreamExecutionEnvironment:
+    """The environment under `flink run`: the cluster's configuration (state backend, checkpoint
+    directory, restart strategy, Python executable) applies; the job adds its own settings."""
+    conf = Configuration()
+    for key, value in {
+        "execution.checkpointing.interval": f"{config.checkpoint_interval_ms} ms",
+        "execution.checkpointing.incremental": "true",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "python.execution-mode": "thread",
+        "pipeline.name": config.job_name,
+        "table.exec.uid.generation": "ALWAYS",
+        # Shipped with the job (flink run's -j takes a single jar).
+        "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
+    }.items():
+        conf.set_string(key, value)
+    return StreamExecutionEnvironment.get_execution_environment(conf)
+
+
 def kafka_source(env: StreamExecutionEnvironment, config: JobConfig) -> DataStream:
     """Raw message bytes from the events topic, from the earliest offset (or the restored
     position), bounded by explicit stopping offsets when the config has them."""

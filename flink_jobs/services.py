@@ -131,7 +131,8 @@ class EmbeddedPostgres:
                     ],
                     timeout=120,
                 )
-            port = free_port()
+            # Same port as before when it is free, so clients' DSNs stay valid across restarts.
+            port = self.port if self.port is not None and not port_open(self.port) else free_port()
             self.port_file.write_text(str(port))
             options = f"-h {LOOPBACK} -p {port} -k '' -c fsync=off -c max_connections=50"
             self._run(

@@ -34,9 +34,13 @@ def pg_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
     dsn = pg_server.dsn(name)
     db.migrate(dsn)
     yield dsn
+    pg_server.start()  # a test may have stopped it on purpose
+    admin = psycopg2.connect(pg_server.dsn("postgres"))
+    admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     admin.close()

@@ -1,0 +1,358 @@
+"""A real Flink standalone cluster on this machine, from the distribution inside the apache-flink
+wheel (`pyflink/bin`): a JobManager and N TaskManagers as separate processes, configured by the
+project (RocksDB, checkpoints, restart strategy, loopback only), and job submission with
+`flink run`.
+
+    profilestream cluster start --taskmanagers 2
+    profilestream submit --bootstrap ... --pg-dsn ...        # flink run -pym flink_jobs.entry
+    profilestream cluster status | stop
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flink_jobs.config import DEFAULT_STATE_DIR
+from flink_jobs.runtime import PROJECT_ROOT, Java, connector_jars, find_java, site_packages
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+@dataclass
+class LocalCluster:
+    home: Path = DEFAULT_STATE_DIR / "cluster"
+    rest_port: int = 8081
+    rpc_port: int = 6123
+    slots_per_taskmanager: int = 1
+    restart_attempts: int = 100
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.home / "conf"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def savepoint_dir(self) -> Path:
+        return self.home / "savepoints"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def settings(self) -> dict[str, str]:
+        tmp = self.home / "tmp"
+        return {
+            "jobmanager.bind-host": "localhost",
+            "jobmanager.rpc.address": "localhost",
+            "jobmanager.rpc.port": str(self.rpc_port),
+            "jobmanager.memory.process.size": "1024m",
+            "taskmanager.bind-host": "localhost",
+            "taskmanager.host": "localhost",
+            "taskmanager.memory.process.size": "1536m",
+            "taskmanager.numberOfTaskSlots": str(self.slots_per_taskmanager),
+            "rest.address": "127.0.0.1",
+            "rest.bind-address": "127.0.0.1",
+            "rest.port": str(self.rest_port),
+            "blob.server.port": "0",
+            "parallelism.default": "1",
+            "state.backend.type": "rocksdb",
+            "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
+            "execution.checkpointing.dir": self.checkpoint_dir.resolve().as_uri(),
+            "execution.checkpointing.savepoint-dir": self.savepoint_dir.resolve().as_uri(),
+            "execution.checkpointing.incremental": "true",
+            "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+            "execution.checkpointing.num-retained": "3",
+            "restart-strategy.type": "fixed-delay",
+            "restart-strategy.fixed-delay.attempts": str(self.restart_attempts),
+            "restart-strategy.fixed-delay.delay": "2 s",
+            # A killed TaskManager is noticed in seconds, not after the 50 s default.
+            "heartbeat.interval": "1000",
+            "heartbeat.timeout": "5000",
+            "io.tmp.dirs": str(tmp),
+            "python.execution-mode": "thread",
+            "python.executable": sys.executable,
+            "python.client.executable": sys.executable,
+            "env.pid.dir": str(self.home / "pids"),
+        }
+
+    def environment(self, java: Java) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            FLINK_CONF_DIR=str(self.conf_dir),
+            FLINK_LOG_DIR=str(self.log_dir),
+            FLINK_PID_DIR=str(self.home / "pids"),
+            FLINK_LIB_DIR=str(self.home / "lib"),
+            USER=_user(),  # names the pid and log files; unset in some containers
+            JAVA_HOME=str(java.home),
+            # Thread mode runs Python inside the TaskManager JVM: it needs our packages.
+            PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), site_packages()]),
+        )
+        return env
+
+    def write_config(self) -> None:
+        if self.conf_dir.exists():
+            shutil.rmtree(self.conf_dir)
+        shutil.copytree(flink_home() / "conf", self.conf_dir)
+        for sub in ("log", "pids", "tmp", "checkpoints", "savepoints"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        # The distribution's lib/ plus flink-python from opt/ (the JobManager must know the
+        # Python operators), as Flink's docs ask for Python jobs on a cluster.
+        lib = self.home / "lib"
+        if lib.exists():
+            shutil.rmtree(lib)
+        lib.mkdir()
+        jars = [
+            *(flink_home() / "lib").glob("*.jar"),
+            *(flink_home() / "opt").glob("flink-python-*.jar"),
+        ]
+        for jar in jars:
+            (lib / jar.name).symlink_to(jar)
+        lines = [f"{key}: {json.dumps(value)}" for key, value in self.settings().items()]
+        java_opts = _java_opts(flink_home() / "conf" / "config.yaml")
+        if java_opts:
+            lines.append(f"env.java.opts.all: {json.dumps(java_opts)}")
+        (self.conf_dir / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _script(self, name: str, *args: str, java: Java) -> None:
+        proc = subprocess.run(
+            [str(flink_home() / "bin" / name), *args],
+            env=self.environment(java),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise ClusterError(
+                f"{name} {' '.join(args)} failed: {(proc.stderr or proc.stdout).strip()[-400:]}"
+            )
+
+    def rest(self, path: str, method: str = "GET", body: Any = None, timeout: float = 5) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+
+    def running(self) -> bool:
+        try:
+            self.rest("/overview", timeout=1)
+            return True
+        except OSError:
+            return False
+
+    def start(self, taskmanagers: int = 1, timeout_s: float = 60) -> dict[str, Any]:
+        if self.running():
+            raise ClusterError(
+                f"a Flink cluster already answers on {self.url}: "
+                "`profilestream cluster stop` it first, or use --rest-port"
+            )
+        java = find_java()
+        self.write_config()
+        self._script("jobmanager.sh", "start", java=java)
+        for _ in range(taskmanagers):
+            self.add_taskmanager(java)
+        return self.wait_for_taskmanagers(taskmanagers, timeout_s)
+
+    def add_taskmanager(self, java: Java | None = None) -> None:
+        self._script("taskmanager.sh", "start", java=java or find_java())
+
+    def wait_for_taskmanagers(self, n: int, timeout_s: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        overview: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                overview = self.rest("/overview", timeout=2)
+                if overview.get("taskmanagers", 0) >= n:
+                    return overview
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise ClusterError(
+            f"{n} TaskManager(s) did not register within {timeout_s:.0f} s "
+            f"(overview: {overview}); see the logs in {self.log_dir}"
+        )
+
+    def taskmanager_pids(self) -> list[int]:
+        pid_file = self.home / "pids" / f"flink-{_user()}-taskexecutor.pid"
+        if not pid_file.exists():
+            return []
+        pids = []
+        for line in pid_file.read_text().split():
+            if line.isdigit() and _alive(int(line)):
+                pids.append(int(line))
+        return pids
+
+    def kill_taskmanager(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def busy_taskmanager_pid(self, task: str = "update profile and score") -> int | None:
+        """The live TaskManager that most recently started `task` (from the TaskManager logs:
+        flink-daemon.sh numbers each log by the TaskManager's line in the pid file)."""
+        pid_file = self.home / "pids" / f"flink-{_user()}-taskexecutor.pid"
+        if not pid_file.exists():
+            return None
+        latest: tuple[str, int] | None = None
+        for index, line in enumerate(pid_file.read_text().split()):
+            if not line.isdigit() or not _alive(int(line)):
+                continue
+            for log in self.log_dir.glob(f"flink-*-taskexecutor-{index}-*.log"):
+                for entry in log.read_text(errors="replace").splitlines():
+                    if task in entry and "switched from DEPLOYING to INITIALIZING" in entry:
+                        stamp = entry[:23]
+                        if latest is None or stamp > latest[0]:
+                            latest = (stamp, int(line))
+        return latest[1] if latest else None
+
+    def status(self) -> dict[str, Any]:
+        overview = self.rest("/overview")
+        jobs = self.rest("/jobs/overview").get("jobs", [])
+        return {"overview": overview, "jobs": jobs}
+
+    def stop(self) -> None:
+        java = find_java()
+        if (self.conf_dir / "config.yaml").exists():
+            for name in ("taskmanager.sh", "jobmanager.sh"):
+                with contextlib.suppress(ClusterError):
+                    self._script(
+                        name, "stop-all" if name == "taskmanager.sh" else "stop", java=java
+                    )
+
+    def submit(
+        self,
+        job_args: list[str],
+        *,
+        parallelism: int | None = None,
+        from_savepoint: str | None = None,
+        detached: bool = True,
+    ) -> str:
+        """`flink run` the profile job; returns the job id."""
+        java = find_java()
+        cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"127.0.0.1:{self.rest_port}"]
+        if detached:
+            cmd.append("-d")
+        if parallelism:
+            cmd += ["-p", str(parallelism)]
+        if from_savepoint:
+            cmd += ["-s", from_savepoint]
+        connector_jars(verify=True)  # shipped by the job itself (pipeline.jars)
+        cmd += [
+            "-pyexec",
+            sys.executable,
+            "-pyclientexec",
+            sys.executable,
+            "-pym",
+            "flink_jobs.entry",
+            *job_args,
+        ]
+        env = self.environment(java)
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
+        )
+        output = proc.stdout + proc.stderr
+        (self.log_dir / "last-submit.log").write_text(output, encoding="utf-8")
+        for line in output.splitlines():
+            if "Job has been submitted with JobID" in line:
+                return line.rsplit(" ", 1)[-1].strip()
+        raise ClusterError(f"flink run failed (exit {proc.returncode}): {_last_error(output)}")
+
+
+def _java_opts(config: Path) -> str:
+    """The JVM options the distribution's own config.yaml sets (module opens for Java 17+)."""
+    text = config.read_text(encoding="utf-8")
+    marker = "all: "
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(marker) and "--add-opens" in stripped:
+            return stripped[len(marker) :]
+    return ""
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _last_error(output: str) -> str:
+    lines = output.splitlines()
+    python = [
+        line.strip()
+        for line in lines
+        if line.startswith(("Traceback", "  File"))
+        or (line and line[0].isalpha() and ("Error" in line.split(":")[0]))
+    ]
+    if python:
+        return python[-1]
+    causes = [line.strip() for line in lines if "Caused by:" in line]
+    if causes:
+        return causes[-1]
+    tail = [line for line in lines if line.strip()]
+    return " | ".join(tail[-3:]) if tail else "no output"
+
+
+def stop_with_savepoint(
+    cluster: LocalCluster, job_id: str, target: Path | None = None, timeout_s: float = 120
+) -> str:
+    """Stop a job with a savepoint through the REST API (PyFlink 2.3's JobClient call is broken);
+    returns the savepoint path."""
+    body = {
+        "drain": False,
+        "targetDirectory": str((target or cluster.savepoint_dir).resolve()),
+        "formatType": "CANONICAL",
+    }
+    trigger = cluster.rest(f"/jobs/{job_id}/stop", method="POST", body=body)["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = cluster.rest(f"/jobs/{job_id}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            operation = status["operation"]
+            if "location" in operation:
+                return str(operation["location"])
+            raise ClusterError(f"savepoint failed: {operation.get('failure-cause', operation)}")
+        time.sleep(0.5)
+    raise ClusterError(f"the savepoint of job {job_id} did not complete in {timeout_s:.0f} s")
+
+
+def latest_checkpoint(cluster: LocalCluster, job_id: str) -> str | None:
+    """The newest retained checkpoint of a job (to resubmit from after a cancel)."""
+    root = cluster.checkpoint_dir / job_id
+    done = sorted(
+        (p for p in root.glob("chk-*") if (p / "_metadata").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    return str(done[-1]) if done else None

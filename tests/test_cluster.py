@@ -1,0 +1,305 @@
+"""Crashes, restarts and rescaling on a real multi-process Flink cluster (a JobManager and two
+TaskManagers started by `profilestream cluster`), with a steady stream of events through the real
+broker into the embedded PostgreSQL.
+
+After every disruption the stream is drained and checked the way a user would:
+`verify` (the offline recomputation) finds 0 mismatches and every dead letter once, and a poller
+that sampled PostgreSQL throughout never saw a profile's (epoch, version) go down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from flink_jobs.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
+from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.producer import EventPublisher, ensure_topic
+from flink_jobs.services import EmbeddedPostgres, free_port
+from flink_jobs.verify import print_report, verify
+from udfs.profile import ProfileParams
+from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
+
+pytestmark = [pytest.mark.flink, pytest.mark.integration, pytest.mark.slow]
+CLI = str(Path(sys.executable).parent / "profilestream")
+RATE = 400  # events per second
+
+
+class Stream:
+    """Publishes synthetic events (and a few malformed messages) at a steady rate in a thread,
+    remembering every message in order."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.messages = [
+            m.SerializeToString()
+            for m in synthetic_events(SyntheticSpec(60_000, 2_000, seed=5, days=20))
+        ]
+        self.publisher = EventPublisher(bootstrap, topic)
+        self.sent: list[bytes] = []
+        self.last_ts = 0
+        self.running = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set() and i < len(self.messages):
+            if not self.running.wait(0.1):
+                continue
+            start = time.monotonic()
+            for _ in range(RATE // 10):
+                if i >= len(self.messages):
+                    break
+                raw = self.messages[i]
+                if i % 997 == 0:  # now and then a message that breaks the contract
+                    bad = b"\xff\xfe not a UserEvent %d" % i
+                    self.publisher.publish_raw(b"bad", bad, self.last_ts)
+                    self.sent.append(bad)
+                user, self.last_ts = _key_time(raw)
+                self.publisher.publish_raw(user, raw, self.last_ts)
+                self.sent.append(raw)
+                i += 1
+            self.publisher._producer.poll(0)
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - start)))
+        self.publisher.flush()
+
+    def pause(self) -> int:
+        self.running.clear()
+        time.sleep(0.3)
+        self.publisher.flush()
+        return len(self.sent)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.running.set()
+        self.thread.join(10)
+
+
+def _key_time(raw: bytes) -> tuple[bytes, int]:
+    from udfs.events import decode_event
+
+    event = decode_event(raw, 2**62)
+    return event.user_id.encode(), event.event_time_ms
+
+
+class Poller:
+    """Samples every profile's (epoch, version) and records any that went down."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.backwards: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+        self.samples = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = psycopg2.connect(self.dsn, connect_timeout=2)
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT user_id, profile_epoch_ms, profile_version FROM user_profiles"
+                    )
+                    rows = cur.fetchall()
+                conn.close()
+            except psycopg2.Error:
+                time.sleep(0.5)  # PostgreSQL is down on purpose in one scenario
+                continue
+            for user, epoch, version in rows:
+                before = self.seen.get(user)
+                if before is not None and (epoch, version) < before:
+                    self.backwards.append((user, before, (epoch, version)))
+                self.seen[user] = (epoch, version)
+            self.samples += 1
+            time.sleep(0.2)
+
+
+def rows_updated_since(dsn: str, since: float) -> int:
+    conn = psycopg2.connect(dsn, connect_timeout=2)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM user_profiles WHERE updated_at > to_timestamp(%s)", (since,)
+        )
+        (n,) = cur.fetchone()
+    conn.close()
+    return int(n)
+
+
+def wait_for(condition: object, timeout_s: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if condition():  # type: ignore[operator]
+                return time.monotonic() - start
+        except (psycopg2.Error, OSError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(home=tmp_path / "cluster", rest_port=free_port(), rpc_port=free_port())
+    c.start(taskmanagers=2)
+    yield c
+    c.stop()
+
+
+def drain_and_verify(stream: Stream, dsn: str, log: Path, topic: str, poller: Poller) -> None:
+    sent = stream.pause()
+    write_delimited(log, stream.sent[:sent])
+
+    def consistent() -> bool:
+        report = verify("proto", log, dsn, DEFAULT_MODEL_DIR, ProfileParams(), topic=topic)
+        return report.ok
+
+    try:
+        wait_for(consistent, 120, "PostgreSQL to match the offline recomputation")
+    finally:
+        report = verify("proto", log, dsn, DEFAULT_MODEL_DIR, ProfileParams(), topic=topic)
+        print_report(report, examples=10)
+    assert report.ok and not report.mismatches and not report.dead_letter_problems
+    assert report.expected.invalid_messages > 0  # dead letters were part of it
+    assert poller.backwards == []
+
+
+def submit(cluster: LocalCluster, kafka: str, dsn: str, topic: str, **kw: object) -> str:
+    return cluster.submit(
+        [
+            "--bootstrap",
+            kafka,
+            "--pg-dsn",
+            dsn,
+            "--topic",
+            topic,
+            "--checkpoint-interval-ms",
+            "2000",
+        ],
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def job_state(cluster: LocalCluster, job_id: str) -> str:
+    return str(cluster.rest(f"/jobs/{job_id}")["state"])
+
+
+def test_crashes_restarts_and_rescaling(
+    cluster: LocalCluster, kafka: str, pg_dsn: str, pg_server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    topic = "cluster-events"
+    ensure_topic(kafka, topic, partitions=2)
+    log = tmp_path / "sent.pb"
+    stream, poller = Stream(kafka, topic), Poller(pg_dsn)
+    try:
+        job = submit(cluster, kafka, pg_dsn, topic)
+        stream.running.set()
+        wait_for(lambda: rows_updated_since(pg_dsn, 0) > 50, 90, "the first rows")
+
+        # (a) kill -9 the TaskManager running the job, twice; a fresh one replaces it.
+        recoveries = []
+        for _ in range(2):
+            time.sleep(4)
+            pid = cluster.busy_taskmanager_pid()
+            assert pid is not None
+            killed_at = time.time()
+            cluster.kill_taskmanager(pid)
+            cluster.add_taskmanager()
+            recoveries.append(
+                wait_for(
+                    lambda t=killed_at: (
+                        rows_updated_since(pg_dsn, t + 3) > 0
+                        and job_state(cluster, job) == "RUNNING"
+                    ),
+                    120,
+                    "recovery after the kill",
+                )
+            )
+        drain_and_verify(stream, pg_dsn, log, topic, poller)
+        print(f"recovery after TaskManager kill -9: {[round(r, 1) for r in recoveries]} s")
+
+        # (b) PostgreSQL down for 20 s mid-stream.
+        stream.running.set()
+        time.sleep(4)
+        pg_server.stop()
+        time.sleep(20)
+        pg_server.start()
+        drain_and_verify(stream, pg_dsn, log, topic, poller)
+
+        # (c) cancel, then resubmit from the last retained checkpoint.
+        stream.running.set()
+        time.sleep(5)
+        cluster.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+        wait_for(lambda: job_state(cluster, job) == "CANCELED", 60, "the cancel")
+        checkpoint = latest_checkpoint(cluster, job)
+        assert checkpoint is not None
+        job = submit(cluster, kafka, pg_dsn, topic, from_savepoint=checkpoint)
+        drain_and_verify(stream, pg_dsn, log, topic, poller)
+
+        assert poller.samples > 50
+    finally:
+        stream.close()
+        poller.stop.set()
+
+
+def test_savepoint_then_resume_at_parallelism_two(
+    cluster: LocalCluster, kafka: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    topic = "rescale-events"
+    ensure_topic(kafka, topic, partitions=2)
+    log = tmp_path / "sent.pb"
+    stream, poller = Stream(kafka, topic), Poller(pg_dsn)
+    try:
+        job = submit(cluster, kafka, pg_dsn, topic)
+        stream.running.set()
+        wait_for(lambda: rows_updated_since(pg_dsn, 0) > 50, 90, "the first rows")
+        time.sleep(6)
+        savepoint = stop_with_savepoint(cluster, job)
+        job = submit(cluster, kafka, pg_dsn, topic, from_savepoint=savepoint, parallelism=2)
+        wait_for(lambda: job_state(cluster, job) == "RUNNING", 60, "the rescaled job")
+        vertices = cluster.rest(f"/jobs/{job}")["vertices"]
+        assert max(v["parallelism"] for v in vertices) == 2
+        time.sleep(8)
+        drain_and_verify(stream, pg_dsn, log, topic, poller)
+    finally:
+        stream.close()
+        poller.stop.set()
+
+
+def test_cluster_commands(tmp_path: Path) -> None:
+
+    env = {**os.environ, "PROFILESTREAM_STATE_DIR": str(tmp_path)}
+    port, rpc = str(free_port()), str(free_port())
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    started = cli("cluster", "start", "--taskmanagers", "2", "--rest-port", port, "--rpc-port", rpc)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "2 TaskManager(s), 2 slots" in started.stdout
+        again = cli("cluster", "start", "--rest-port", port, "--rpc-port", rpc)
+        assert again.returncode == 2 and "already answers" in again.stderr
+        status = cli("cluster", "status", "--rest-port", port)
+        assert status.returncode == 0 and "2 TaskManager(s), 2/2 slots free" in status.stdout
+    finally:
+        stopped = cli("cluster", "stop", "--rest-port", port)
+    assert stopped.returncode == 0
+    assert cli("cluster", "status", "--rest-port", port).returncode == 1
