@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka(submit)
     _add_pg(submit)
     submit.add_argument("--rest-port", type=int, default=8081, help="the cluster's REST port")
+    submit.add_argument(
+        "--jobmanager",
+        help="host:port of any JobManager's REST endpoint "
+        "(default: the local cluster, 127.0.0.1:<rest-port>)",
+    )
     submit.add_argument("--model-dir", type=Path, default=model_default)
     submit.add_argument("--parallelism", type=int)
     submit.add_argument("--from-savepoint", help="a savepoint or retained checkpoint path")
@@ -379,6 +384,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         ],
         parallelism=args.parallelism,
         from_savepoint=args.from_savepoint,
+        jobmanager=args.jobmanager,
     )
     print(f"submitted job {job_id}")
     return 0

@@ -251,10 +251,12 @@ class LocalCluster:
         parallelism: int | None = None,
         from_savepoint: str | None = None,
         detached: bool = True,
+        jobmanager: str | None = None,
     ) -> str:
         """`flink run` the profile job; returns the job id."""
         java = find_java()
-        cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"127.0.0.1:{self.rest_port}"]
+        address = jobmanager or f"127.0.0.1:{self.rest_port}"
+        cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", address]
         if detached:
             cmd.append("-d")
         if parallelism:
