@@ -38,6 +38,7 @@ from flink_jobs.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.engine import ProfileEngine
 from udfs.events import decode_event
 from udfs.profile import ProfileParams
+from udfs.pseudonym import Pseudonymiser, ensure_key_file, load_key
 from udfs.scoring import Scorer
 from udfs.sources import SyntheticSpec, synthetic_events
 
@@ -48,7 +49,7 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
     """The job's per-event work without Flink: decode, then the job's own engine step (state
     bytes in, state bytes and output row out) with a dict as the state backend."""
     scorer = Scorer(model_dir)
-    engine = ProfileEngine(params, scorer.score, scorer.version)
+    engine = ProfileEngine(params, scorer.score, scorer.version, Pseudonymiser(load_key()))
     state: dict[str, bytes] = {}
     now_ms = int(time.time() * 1000)
     start_cpu, start = time.process_time(), time.perf_counter()
@@ -117,6 +118,7 @@ def run(events: int, users: int, parallelism: int, seed: int) -> dict[str, Any]:
     msgs = synthetic_events(SyntheticSpec(events=events, users=users, seed=seed))
     raws = [m.SerializeToString() for m in msgs]
     work = Path(tempfile.mkdtemp(prefix="profilestream-bench-"))
+    ensure_key_file(work / "pseudonym.key")
     pg = EmbeddedPostgres(work / "pgdata", database="bench")
     broker = LocalBroker(work / "broker.log")
     try:

@@ -163,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
     mig = dbsub.add_parser("migrate", help="apply pending SQL migrations (idempotent)")
     _add_pg(mig)
+    rot = dbsub.add_parser(
+        "rotate-pseudonyms",
+        help="rewrite every pseudonym with the key now in PROFILESTREAM_PSEUDONYM_KEY[_FILE]"
+        " (stop the job first)",
+    )
+    _add_pg(rot)
+
+    erase = sub.add_parser(
+        "erase", help="forget a user: their Flink state and every PostgreSQL row about them"
+    )
+    erase.add_argument("user_id")
+    _add_kafka(erase)
+    _add_pg(erase)
+    erase.add_argument("--group-id", default="profilestream", help="the job's consumer group")
+    erase.add_argument(
+        "--event-time-ms",
+        type=int,
+        help="event time of the request (default: now; set it when replaying historic data)",
+    )
+    erase.add_argument(
+        "--wait-s",
+        type=float,
+        default=120,
+        help="wait this long for the job to checkpoint past the request, then purge again "
+        "(0: do not wait)",
+    )
 
     services = sub.add_parser("services", help="the embedded services the demo starts")
     ssub = services.add_subparsers(dest="services_command", required=True)
@@ -314,11 +340,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from flink_jobs.verify import print_report, verify
     from udfs.profile import ProfileParams
+    from udfs.pseudonym import Pseudonymiser, load_key
 
     dsn = _require(args.pg_dsn, "PG_DSN", "--pg-dsn")
     path, spec = _log_args(args)
     report = verify(
-        args.fmt, path, dsn, args.model_dir, ProfileParams(), topic=args.topic, spec=spec
+        args.fmt,
+        path,
+        dsn,
+        args.model_dir,
+        ProfileParams(),
+        Pseudonymiser(load_key()),
+        topic=args.topic,
+        spec=spec,
     )
     print_report(report, args.examples)
     return 0 if report.ok else 1
@@ -357,8 +391,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from flink_jobs.cluster import LocalCluster
-    from flink_jobs.db import require_schema
+    from flink_jobs.config import split_password
+    from flink_jobs.db import check_pseudonym_key, require_schema
     from flink_jobs.producer import check_broker
+    from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, load_key
 
     config = JobConfig(
         kafka_bootstrap=_require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap"),
@@ -369,22 +405,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     check_broker(config.kafka_bootstrap)
     require_schema(config.pg_dsn)
+    pseudonymiser = Pseudonymiser(load_key())  # the workers read it themselves; checked here
+    check_pseudonym_key(config.pg_dsn, pseudonymiser.key_id)
+    dsn, password = split_password(config.pg_dsn)
+    job_args = [
+        "--bootstrap",
+        config.kafka_bootstrap,
+        "--pg-dsn",
+        dsn,
+        "--topic",
+        config.topic,
+        "--model-dir",
+        str(config.model_dir),
+        "--checkpoint-interval-ms",
+        str(config.checkpoint_interval_ms),
+    ]
+    key_file = os.environ.get(ENV_KEY_FILE)
+    if key_file:
+        job_args += ["--pseudonym-key-file", str(Path(key_file).resolve())]
     job_id = LocalCluster(rest_port=args.rest_port).submit(
-        [
-            "--bootstrap",
-            config.kafka_bootstrap,
-            "--pg-dsn",
-            config.pg_dsn,
-            "--topic",
-            config.topic,
-            "--model-dir",
-            str(config.model_dir),
-            "--checkpoint-interval-ms",
-            str(config.checkpoint_interval_ms),
-        ],
+        job_args,
         parallelism=args.parallelism,
         from_savepoint=args.from_savepoint,
         jobmanager=args.jobmanager,
+        secrets={"PGPASSWORD": password} if password else None,
     )
     print(f"submitted job {job_id}")
     return 0
@@ -403,6 +447,17 @@ def cmd_db(args: argparse.Namespace) -> int:
     from flink_jobs import db
 
     dsn = _require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+    if args.db_command == "rotate-pseudonyms":
+        from udfs.pseudonym import Pseudonymiser, load_key
+
+        pseudonymiser = Pseudonymiser(load_key())
+        db.require_schema(dsn)
+        profiles, history = db.rotate_pseudonyms(dsn, pseudonymiser, pseudonymiser.key_id)
+        print(
+            f"pseudonyms rewritten with key id {pseudonymiser.key_id}: {profiles} profiles, "
+            f"{history} history rows"
+        )
+        return 0
     applied = db.migrate(dsn)
     version = db.schema_version(dsn)
     print(
@@ -410,6 +465,20 @@ def cmd_db(args: argparse.Namespace) -> int:
         + (", ".join(m.path.name for m in applied) or "nothing (up to date)")
     )
     return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from flink_jobs.erase import erase_user
+
+    return erase_user(
+        args.user_id,
+        bootstrap=_require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap"),
+        topic=args.topic,
+        pg_dsn=_require(args.pg_dsn, "PG_DSN", "--pg-dsn"),
+        group_id=args.group_id,
+        event_time_ms=args.event_time_ms,
+        wait_s=args.wait_s,
+    )
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -436,6 +505,7 @@ COMMANDS = {
     "submit": cmd_submit,
     "savepoint": cmd_savepoint,
     "db": cmd_db,
+    "erase": cmd_erase,
     "services": cmd_services,
 }
 

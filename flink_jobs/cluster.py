@@ -252,8 +252,10 @@ class LocalCluster:
         from_savepoint: str | None = None,
         detached: bool = True,
         jobmanager: str | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> str:
-        """`flink run` the profile job; returns the job id."""
+        """`flink run` the profile job; returns the job id. `secrets` go to the client process as
+        environment variables, never as arguments (which Flink logs and shows)."""
         java = find_java()
         address = jobmanager or f"127.0.0.1:{self.rest_port}"
         cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", address]
@@ -273,7 +275,7 @@ class LocalCluster:
             "flink_jobs.entry",
             *job_args,
         ]
-        env = self.environment(java)
+        env = {**self.environment(java), **(secrets or {})}
         proc = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
         )

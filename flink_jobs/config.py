@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flink_jobs.runtime import PROJECT_ROOT
 from udfs.profile import ProfileParams
@@ -45,6 +45,9 @@ class JobConfig:
     jdbc_flush_interval_ms: int = 200
     restart_attempts: int = 3
     rest_port: int | None = None  # serve Flink's REST API (metrics) on 127.0.0.1:<port>
+    # A file holding the pseudonym key; None: the workers read PROFILESTREAM_PSEUDONYM_KEY[_FILE]
+    # from their environment. Never the key itself (udfs.pseudonym).
+    pseudonym_key_file: Path | None = None
     profile: ProfileParams = field(default_factory=ProfileParams)
 
     def __post_init__(self) -> None:
@@ -96,7 +99,20 @@ class JobConfig:
 
     @property
     def pg_password(self) -> str:
-        return urlsplit(self.pg_dsn).password or ""
+        # libpq's convention (psycopg2 follows it too): PGPASSWORD when the DSN has none.
+        password = urlsplit(self.pg_dsn).password
+        return unquote(password) if password else os.environ.get("PGPASSWORD", "")
+
+
+def split_password(dsn: str) -> tuple[str, str | None]:
+    """(the DSN without its password, the password): to pass the password out of band (an
+    environment variable) where arguments are visible, as `flink run`'s are."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    return parts._replace(netloc=f"{user}@{netloc}").geturl(), unquote(parts.password)
 
 
 def redact_dsn(dsn: str | None) -> str:

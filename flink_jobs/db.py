@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 
 from flink_jobs.config import redact_dsn
 from flink_jobs.runtime import PROJECT_ROOT
@@ -143,3 +145,91 @@ def require_schema(dsn: str) -> None:
         raise DatabaseError(
             f"the database is at schema version {have}, newer than this code ({want}): upgrade"
         )
+
+
+def check_pseudonym_key(dsn: str, key_id: str) -> None:
+    """Record the pseudonym key's fingerprint on first use; refuse a different key afterwards
+    (BI would see two pseudonyms for one user)."""
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE profilestream_settings SET value = %s "
+                "WHERE key = 'pseudonym.key_id' AND value = '' RETURNING value",
+                (key_id,),
+            )
+            if cur.fetchone() is not None:
+                return
+            cur.execute("SELECT value FROM profilestream_settings WHERE key = 'pseudonym.key_id'")
+            stored = cur.fetchone()[0]
+    finally:
+        conn.close()
+    if stored != key_id:
+        raise DatabaseError(
+            f"the pseudonym key (PROFILESTREAM_PSEUDONYM_KEY[_FILE], key id {key_id}) is not the "
+            f"one the database's pseudonyms were made with (key id {stored}): use that key, or "
+            "rotate to this one with `profilestream db rotate-pseudonyms` (job stopped)"
+        )
+
+
+def rotate_pseudonyms(
+    dsn: str, pseudonym: Callable[[str], str], key_id: str, batch: int = 5_000
+) -> tuple[int, int]:
+    """Rewrite every pseudonym with `pseudonym` (the new key) and record its fingerprint, in one
+    transaction (BI never sees a mix). Stop the job first. Returns (profiles, history rows)."""
+    conn = connect(dsn)
+    try:
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL profilestream.maintenance = 'on'")
+            cur.execute(
+                "CREATE TEMP TABLE new_pseudonyms (user_id text PRIMARY KEY, p text) ON COMMIT DROP"
+            )
+            cur.execute(
+                "SELECT user_id FROM user_profiles UNION SELECT user_id FROM user_profile_history"
+            )
+            users = [row[0] for row in cur.fetchall()]
+            for start in range(0, len(users), batch):
+                chunk = users[start : start + batch]
+                psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO new_pseudonyms VALUES %s",
+                    [(u, pseudonym(u)) for u in chunk],
+                )
+            cur.execute(
+                "UPDATE user_profiles t SET user_pseudonym = n.p FROM new_pseudonyms n "
+                "WHERE t.user_id = n.user_id"
+            )
+            profiles = cur.rowcount
+            cur.execute(
+                "UPDATE user_profile_history t SET user_pseudonym = n.p "
+                "FROM new_pseudonyms n WHERE t.user_id = n.user_id"
+            )
+            history = cur.rowcount
+            cur.execute(
+                "UPDATE profilestream_settings SET value = %s WHERE key = 'pseudonym.key_id'",
+                (key_id,),
+            )
+        conn.commit()
+        return profiles, history
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class Erased:
+    profiles: int
+    history: int
+    dead_letters: int
+
+
+def erase_user(dsn: str, user_id: str) -> Erased:
+    """Delete every row that carries `user_id` or its pseudonym (migration 0004's function)."""
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM erase_user_data(%s)", (user_id,))
+            profiles, history, dead_letters = cur.fetchone()
+        return Erased(profiles, history, dead_letters)
+    finally:
+        conn.close()

@@ -24,6 +24,7 @@ from flink_jobs.job import preflight, run_job
 from flink_jobs.producer import ensure_topic, produce_dataset
 from flink_jobs.runtime import install_connector_jars, install_java
 from flink_jobs.services import EmbeddedPostgres, LocalBroker, which_psql
+from udfs.pseudonym import ensure_key_file
 from udfs.sources import SyntheticSpec
 
 DEMO_DIR = DEFAULT_STATE_DIR / "demo"
@@ -110,6 +111,9 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
             + (f"; {report.rejected} invalid events refused" if report.rejected else "")
         )
 
+        key_file = ensure_key_file(DEMO_DIR / "pseudonym.key")
+        if key_file is not None:
+            say(f"  pseudonym key: {key_file} (generated for the demo; BI sees HMAC pseudonyms)")
         config = JobConfig(
             kafka_bootstrap=bootstrap,
             pg_dsn=pg_dsn,

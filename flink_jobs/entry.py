@@ -1,9 +1,12 @@
 """The job's entry point under `flink run` (a JobManager given with -m):
 
     flink run -m host:8081 -d -j <connector jars> -pym flink_jobs.entry \
-        --bootstrap broker:9092 --pg-dsn postgresql://... [--topic T] [--model-dir D] ...
+        --bootstrap broker:9092 --pg-dsn postgresql://user@host/db [--topic T] [--model-dir D] ...
 
 `profilestream submit` builds that command. Flink options go before `-pym`, job options after.
+Secrets never travel as arguments (Flink logs and shows them): the database password comes from
+PGPASSWORD in the client's environment, the pseudonym key from the workers' environment or the
+file named by --pseudonym-key-file.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def parse(argv: list[str]) -> JobConfig:
     p.add_argument("--job-name", default="profilestream-profiles")
     p.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
     p.add_argument("--stopping-offsets")
+    p.add_argument("--pseudonym-key-file", type=Path)
     args = p.parse_args(argv)
     return JobConfig(
         kafka_bootstrap=args.bootstrap,
@@ -34,6 +38,7 @@ def parse(argv: list[str]) -> JobConfig:
         job_name=args.job_name,
         checkpoint_interval_ms=args.checkpoint_interval_ms,
         stopping_offsets=parse_offsets(args.stopping_offsets) if args.stopping_offsets else None,
+        pseudonym_key_file=args.pseudonym_key_file,
     )
 
 

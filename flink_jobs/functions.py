@@ -19,6 +19,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from udfs.engine import ProfileEngine
 from udfs.events import Event, InvalidEvent, decode_event
 from udfs.profile import ProfileParams
+from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
 from udfs.scoring import Scorer
 
@@ -69,7 +70,11 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
             self.invalid.inc()
             yield (
                 DEAD_LETTERS,
-                Row(*dead_letter_row(raw, exc.reason.value, exc.detail, self.topic, now_ms)),
+                Row(
+                    *dead_letter_row(
+                        raw, exc.reason.value, exc.detail, self.topic, now_ms, exc.user_id
+                    )
+                ),
             )
             return
         record_ts = ctx.timestamp()
@@ -111,12 +116,20 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
     user drives inactivity (at risk, dormant, expired: state deleted)."""
 
     def __init__(
-        self, model_dir: Path, params: ProfileParams, topic: str, max_out_of_orderness_ms: int
+        self,
+        model_dir: Path,
+        params: ProfileParams,
+        topic: str,
+        max_out_of_orderness_ms: int,
+        pseudonym_key_file: Path | None,
     ) -> None:
         self.model_dir = str(model_dir)
         self.params = params
         self.topic = topic
         self.max_out_of_orderness_ms = max_out_of_orderness_ms
+        # Where the worker reads the pseudonym key (None: the environment): the key itself is
+        # never part of the job (see udfs.pseudonym).
+        self.pseudonym_key_file = str(pseudonym_key_file) if pseudonym_key_file else None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(
@@ -125,8 +138,12 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
         group = runtime_context.get_metrics_group()
         self.scorer = Scorer(self.model_dir)
         self.engine = ProfileEngine(
-            self.params, _TimedScorer(self.scorer, group), self.scorer.version
+            self.params,
+            _TimedScorer(self.scorer, group),
+            self.scorer.version,
+            Pseudonymiser(load_key(self.pseudonym_key_file)),
         )
+        self.erased = group.counter("users_erased")
         self.late = group.counter("events_late")
         self.duplicates = group.counter("events_duplicate")
         self.expired = group.counter("profiles_expired")
@@ -144,7 +161,7 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
             self.late.inc()
             yield LATE_EVENTS, Row(*step.dead_letter)
             return
-        if step.row is None:
+        if step.outcome == "duplicate":
             self.duplicates.inc()
             return
         yield from self._apply(step, ctx)
@@ -162,6 +179,12 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
         yield from self._apply(step, ctx)
 
     def _apply(self, step: Any, ctx: Any) -> Iterator[Row]:
+        if step.erase:
+            self.erased.inc()
+            # Deleting the row deletes its history and dead letters too (a database trigger).
+            row = Row(ctx.get_current_key(), *([None] * (len(PROFILE_COLUMNS) - 1)))
+            row.set_row_kind(RowKind.DELETE)
+            yield row
         if step.clear:
             self.state.clear()
         elif step.state is not None:

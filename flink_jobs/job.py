@@ -4,17 +4,20 @@ root cause (not a Java stack trace) when it fails."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from flink_jobs.config import JobConfig
-from flink_jobs.db import require_schema
+from flink_jobs.config import ConfigError, JobConfig
+from flink_jobs.db import check_pseudonym_key, require_schema
 from flink_jobs.producer import KafkaUnavailable, check_broker
 from flink_jobs.runtime import Java, SetupError, connector_jars, find_java
+from udfs.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
 from udfs.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,10 @@ def preflight(config: JobConfig) -> Java:
     java = find_java()
     connector_jars(verify=True)
     Scorer(config.model_dir).close()  # raises ModelError on a missing or mismatched model
+    pseudonymiser = Pseudonymiser(load_key(config.pseudonym_key_file))
+    check_writable(
+        config.checkpoint_dir, "checkpoint directory", "--state-dir or PROFILESTREAM_STATE_DIR"
+    )
     topics = check_broker(config.kafka_bootstrap)
     if config.topic not in topics:
         raise KafkaUnavailable(
@@ -43,7 +50,22 @@ def preflight(config: JobConfig) -> Java:
             f"{sorted(topics)[:10]}): create it (`profilestream produce` does) or fix --topic"
         )
     require_schema(config.pg_dsn)
+    check_pseudonym_key(config.pg_dsn, pseudonymiser.key_id)
     return java
+
+
+def check_writable(directory: Path, what: str, setting: str) -> None:
+    """Create `directory` if needed and prove a file can be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"the {what} {directory} is not writable ({exc.strerror}): set {setting} to a "
+            "writable directory, or fix its permissions"
+        ) from None
 
 
 def root_cause(exc: BaseException) -> str:
@@ -133,4 +155,5 @@ def setup_error_types() -> tuple[type[Exception], ...]:
         JobFailed,
         TrainingError,
         ClusterError,
+        PseudonymKeyError,
     )

@@ -63,7 +63,11 @@ def build_pipeline(
         decoded.key_by(user_key, key_type=Types.STRING())
         .process(
             UpdateProfile(
-                config.model_dir, config.profile, config.topic, config.max_out_of_orderness_ms
+                config.model_dir,
+                config.profile,
+                config.topic,
+                config.max_out_of_orderness_ms,
+                config.pseudonym_key_file,
             ),
             output_type=PROFILE_ROW_TYPE,
         )

@@ -4,6 +4,7 @@ job's own engine, no Flink) and compare with what is in PostgreSQL."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,14 @@ def verify(
     pg_dsn: str,
     model_dir: Path,
     params: ProfileParams,
+    pseudonym: Callable[[str], str],
     *,
     topic: str = "",
     max_out_of_orderness_ms: int = 5_000,
     spec: Any = None,
 ) -> VerifyReport:
     scorer = Scorer(model_dir)
-    engine = ProfileEngine(params, scorer.score, scorer.version)
+    engine = ProfileEngine(params, scorer.score, scorer.version, pseudonym)
     expected = recompute(
         message_bytes(fmt, path, spec=spec),
         engine,

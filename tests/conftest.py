@@ -4,6 +4,7 @@ a fresh migrated database per test, and helpers to build events."""
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,12 @@ import pytest
 
 from flink_jobs import db
 from flink_jobs.services import EmbeddedPostgres, LocalBroker
+from udfs.pseudonym import ENV_KEY, ENV_KEY_FILE
+
+# The pseudonym key every job, CLI run and cluster in the suite uses (set before any starts).
+TEST_PSEUDONYM_KEY = "test-pseudonym-key-" + "5" * 24
+os.environ[ENV_KEY] = TEST_PSEUDONYM_KEY
+os.environ.pop(ENV_KEY_FILE, None)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _counter = itertools.count()

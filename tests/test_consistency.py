@@ -8,6 +8,7 @@ from udfs.consistency import Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import make_message
 from udfs.profile import DAY_MS, ProfileParams
+from udfs.pseudonym import Pseudonymiser
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_id
 from udfs.scoring import Scorer
 
@@ -27,7 +28,7 @@ def raw(user: str, kind: int = ev.VIEW, t: int = T, eid: str | None = None) -> b
 
 def engine() -> ProfileEngine:
     scorer = Scorer(DEFAULT_MODEL_DIR)
-    return ProfileEngine(ProfileParams(), scorer.score, scorer.version)
+    return ProfileEngine(ProfileParams(), scorer.score, scorer.version, Pseudonymiser(b"k" * 32))
 
 
 def test_recompute_folds_valid_and_keeps_invalid_late_and_duplicate() -> None:

@@ -118,7 +118,8 @@ def test_segments_are_constrained(pg_dsn: str) -> None:
 def test_dead_letters_are_write_once(pg_dsn: str) -> None:
     sql = (
         "INSERT INTO dead_letter_events (dead_letter_id, reason, detail, raw, source_topic, "
-        "seen_at_ms) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dead_letter_id) DO UPDATE "
+        "seen_at_ms, user_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (dead_letter_id) "
+        "DO UPDATE "
         "SET reason = EXCLUDED.reason, seen_at_ms = EXCLUDED.seen_at_ms"
     )
     query(pg_dsn, sql, dead_letter_row(b"\xff", "decode_error", "bad", "t", 1000))
@@ -215,8 +216,8 @@ def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
     with conn.cursor() as cur:
         cur.execute("SET ROLE bi_reader")
         for table in (
-            "user_profiles",
-            "user_profile_history",
+            "bi_user_profiles",
+            "bi_user_profile_history",
             "bi_segment_sizes",
             "bi_score_distribution",
             "bi_funnel_totals",
@@ -228,6 +229,7 @@ def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
             "UPDATE user_profiles SET score = 1",
             "INSERT INTO user_profile_history (user_id) VALUES ('x')",
             "SELECT * FROM dead_letter_events",
+            "SELECT user_id FROM user_profiles",
             "CREATE TABLE mine (x int)",
         ):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):

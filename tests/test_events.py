@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from tests import hostile
 from udfs import events as ev
 from udfs.events import InvalidEvent, Reason, decode_event, make_message, price_to_micros
 
@@ -135,7 +136,9 @@ def test_decoder_never_raises_anything_but_invalid_event(raw: bytes) -> None:
     t=st.integers(min_value=ev.MIN_EVENT_TIME_MS, max_value=NOW),
     price=st.one_of(st.none(), st.integers(min_value=0, max_value=ev.MAX_PRICE_MICROS)),
     qty=st.one_of(st.none(), st.integers(min_value=1, max_value=ev.MAX_QUANTITY)),
-    query=st.text(min_size=1, max_size=50),
+    query=st.text(min_size=1, max_size=50).filter(
+        lambda s: not any((ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in s)
+    ),
 )
 def test_every_valid_message_decodes_to_what_was_encoded(
     user: str, kind: int, t: int, price: int | None, qty: int | None, query: str
@@ -174,3 +177,126 @@ def test_price_to_micros_is_exact(text: str, micros: int) -> None:
 def test_price_to_micros_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         price_to_micros(text)
+
+
+# --- hostile input (issue 5) -----------------------------------------------------------------
+CORPUS = list(
+    hostile.malformed(
+        3000, users=["alice", "bob", "Robert'); DROP TABLE x;--"], t0=NOW - 10**9, now_ms=NOW
+    )
+)
+
+
+@given(st.integers(min_value=0, max_value=len(CORPUS) - 1))
+def test_every_malformed_message_gets_the_reason_it_was_built_with(i: int) -> None:
+    raw, reason = CORPUS[i]
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(raw, NOW)
+    if reason is not None:
+        assert info.value.reason is reason, (raw, info.value)
+
+
+def test_the_corpus_covers_every_contract_reason() -> None:
+    built = {reason for _, reason in CORPUS if reason is not None}
+    assert built == set(Reason) - {Reason.LATE_EVENT}
+
+
+@given(
+    number=st.integers(min_value=14, max_value=2**29 - 1),
+    wire=st.sampled_from([0, 1, 2, 5]),
+    payload=st.binary(min_size=0, max_size=20),
+)
+def test_unknown_fields_from_newer_producers_are_ignored(
+    number: int, wire: int, payload: bytes
+) -> None:
+    good = make_message(
+        event_id="e", user_id="u", event_type=ev.VIEW, event_time_ms=NOW - 1, item_id="i"
+    ).SerializeToString()
+    body = {
+        0: b"\x05",
+        1: payload.ljust(8, b"\0")[:8],
+        2: bytes([len(payload)]) + payload,
+        5: payload.ljust(4, b"\0")[:4],
+    }[wire]
+    extra = hostile._field(number, wire, body)
+    assert decode_event(good + extra, NOW).user_id == "u"
+
+
+@given(number=st.sampled_from([1, 2, 3, 4, 8, 9, 10, 12, 13]), wire=st.sampled_from([0, 1, 5]))
+def test_a_known_field_with_another_wire_type_is_rejected(number: int, wire: int) -> None:
+    good = make_message(
+        event_id="e", user_id="u", event_type=ev.VIEW, event_time_ms=NOW - 1, item_id="i"
+    ).SerializeToString()
+    descriptor = {f.number: f for f in pb.UserEvent.DESCRIPTOR.fields}[number]
+    natural = 2 if descriptor.type in (descriptor.TYPE_STRING, descriptor.TYPE_MESSAGE) else 0
+    if wire == natural:
+        return
+    body = {0: b"\x05", 1: b"\0" * 8, 5: b"\0" * 4}[wire]
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(good + hostile._field(number, wire, body), NOW)
+    assert info.value.reason is Reason.WRONG_WIRE_TYPE
+
+
+@given(st.binary(max_size=400))
+def test_anything_accepted_is_storable(raw: bytes) -> None:
+    """Whatever passes the decoder can be written to PostgreSQL text/jsonb: no NUL, bounded."""
+    try:
+        e = decode_event(raw, NOW)
+    except InvalidEvent:
+        return
+    for text in (
+        e.event_id,
+        e.user_id,
+        e.item_id,
+        e.category_id,
+        e.brand,
+        e.session_id,
+        e.search_query,
+        e.currency,
+    ):
+        if text is not None:
+            assert "\x00" not in text and len(text.encode()) <= 1024
+
+
+@pytest.mark.parametrize("text", hostile.HOSTILE_STRINGS)
+def test_hostile_but_valid_strings_pass_verbatim(text: str) -> None:
+    user = text if len(text.encode()) <= 256 else "u"
+    msg = make_message(
+        event_id="e",
+        user_id=user,
+        event_type=ev.VIEW,
+        event_time_ms=NOW - 1,
+        item_id=text,
+        category_id=text,
+        brand=text,
+        session_id=text,
+    )
+    e = decode_event(msg.SerializeToString(), NOW)
+    assert (e.user_id, e.item_id, e.category_id, e.brand, e.session_id) == (
+        user,
+        text,
+        text,
+        text,
+        text,
+    )
+
+
+def test_a_bad_message_keeps_the_user_it_names() -> None:
+    raw = make_message(
+        event_id="e",
+        user_id="carol",
+        event_type=ev.VIEW,
+        event_time_ms=NOW - 1,
+        item_id="i",
+        quantity=0,
+    ).SerializeToString()
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(raw, NOW)
+    assert info.value.user_id == "carol"
+
+
+def test_erase_needs_only_who_and_when() -> None:
+    raw = make_message(
+        event_id="e", user_id="carol", event_type=ev.ERASE, event_time_ms=NOW - 1
+    ).SerializeToString()
+    assert decode_event(raw, NOW).event_type == ev.ERASE

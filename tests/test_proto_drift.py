@@ -45,6 +45,7 @@ def test_contract_enums_are_as_documented() -> None:
         "EVENT_TYPE_FAVORITE": 4,
         "EVENT_TYPE_PURCHASE": 5,
         "EVENT_TYPE_SEARCH": 6,
+        "EVENT_TYPE_ERASE": 7,
     }
     optional = {f.name for f in pb.UserEvent.DESCRIPTOR.fields if f.has_presence}
     assert {

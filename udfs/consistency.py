@@ -18,7 +18,7 @@ import orjson
 
 from udfs.engine import ProfileEngine
 from udfs.events import InvalidEvent, decode_event
-from udfs.rows import PROFILE_COLUMN_NAMES, ProfileRow, dead_letter_id
+from udfs.rows import PROFILE_COLUMN_NAMES, ProfileRow, dead_letter_id, user_id_field_bytes
 
 HOUR_MS = 3_600_000
 
@@ -32,6 +32,7 @@ class Expected:
     invalid_messages: int = 0
     duplicates: int = 0
     late_events: int = 0
+    erasures: int = 0
     final_watermark_ms: int = 0
 
 
@@ -48,13 +49,17 @@ def recompute(
     states: dict[str, bytes] = {}
     timers: dict[str, int] = {}
     rows: dict[str, ProfileRow] = {}
+    # dead_letter_id -> (user_id, raw): what an erasure deletes
+    named: dict[str, tuple[str | None, bytes]] = {}
     max_time = 0
     for raw in raw_messages:
         try:
             event = decode_event(raw, now_ms)
         except InvalidEvent as exc:
             out.invalid_messages += 1
-            out.dead_letters.setdefault(dead_letter_id(raw), exc.reason.value)
+            key = dead_letter_id(raw)
+            out.dead_letters.setdefault(key, exc.reason.value)
+            named.setdefault(key, (exc.user_id, raw))
             continue
         out.valid_events += 1
         max_time = max(max_time, event.event_time_ms)
@@ -64,6 +69,11 @@ def recompute(
         if step.dead_letter is not None:
             out.late_events += 1
             out.dead_letters.setdefault(step.dead_letter[0], step.dead_letter[1])
+            named.setdefault(step.dead_letter[0], (event.user_id, raw))
+        if step.erase:
+            out.erasures += 1
+            _erase(event.user_id, states, timers, rows, out.dead_letters, named)
+            continue
         if step.state is not None:
             states[event.user_id] = step.state
         if step.timer_register:
@@ -84,6 +94,26 @@ def recompute(
             candidates.append(racing[user_id])
         out.profiles[user_id] = candidates
     return out
+
+
+def _erase(
+    user_id: str,
+    states: dict[str, bytes],
+    timers: dict[str, int],
+    rows: dict[str, ProfileRow],
+    dead_letters: dict[str, str],
+    named: dict[str, tuple[str | None, bytes]],
+) -> None:
+    """What an ERASE does: the state and row go, and so does every dead letter naming the user
+    (by its parsed user_id or the encoded field in its bytes, as the database trigger does)."""
+    states.pop(user_id, None)
+    timers.pop(user_id, None)
+    rows.pop(user_id, None)
+    needle = user_id_field_bytes(user_id)
+    for key, (named_user, raw) in list(named.items()):
+        if named_user == user_id or needle in raw:
+            dead_letters.pop(key, None)
+            del named[key]
 
 
 def _fire_timers(

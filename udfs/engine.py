@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from udfs.events import Event, Reason
+from udfs.events import ERASE, Event, Reason
 from udfs.features import compute_features, feature_vector
 from udfs.profile import (
     Outcome,
@@ -21,17 +21,20 @@ from udfs.profile import (
     fold,
     next_timer_ms,
 )
-from udfs.rows import ProfileRow, dead_letter_row, profile_row
+from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row
 
 ScoreFn = Callable[[Sequence[float]], float]
-DeadLetter = tuple[str, str, str, bytes, str, int]
+PseudonymFn = Callable[[str], str]
+DeadLetter = DeadLetterRow
 
 
 @dataclass(slots=True)
 class Step:
-    outcome: str  # "applied" | "duplicate" | "late" | "transition" | "expired" | "stale_timer"
+    # "applied" | "duplicate" | "late" | "erased" | "transition" | "expired" | "stale_timer"
+    outcome: str
     state: bytes | None = None  # store this (None: leave the state as it is)
     clear: bool = False  # delete the state
+    erase: bool = False  # the user asked to be forgotten: delete their row (and what it carries)
     row: ProfileRow | None = None
     dead_letter: DeadLetter | None = None
     timer_delete: int = 0  # event-time timer to delete (0: none)
@@ -39,22 +42,35 @@ class Step:
 
 
 class ProfileEngine:
-    def __init__(self, params: ProfileParams, score: ScoreFn, model_version: str) -> None:
+    def __init__(
+        self, params: ProfileParams, score: ScoreFn, model_version: str, pseudonym: PseudonymFn
+    ) -> None:
         self.params = params
         self.score = score
         self.model_version = model_version
+        self.pseudonym = pseudonym
 
     def _row(self, user_id: str, profile: Profile, now_ms: int, expired: bool) -> ProfileRow:
         features = compute_features(profile, now_ms, self.params)
         score = self.score(feature_vector(features))
         return profile_row(
-            user_id, profile, features, score, self.model_version, now_ms, expired=expired
+            user_id,
+            self.pseudonym(user_id),
+            profile,
+            features,
+            score,
+            self.model_version,
+            now_ms,
+            expired=expired,
         )
 
     def on_event(self, stored: bytes | None, event: Event, topic: str, now_ms: int) -> Step:
         """One valid event for its user. `now_ms` is the wall clock (dead-letter timestamps)."""
         old = decode_profile(stored) if stored is not None else None
         old_timer = old.timer_ms if old is not None else 0
+        if event.event_type == ERASE:
+            # Never late, never a duplicate: forget everything; the next event starts afresh.
+            return Step(outcome="erased", clear=True, erase=True, timer_delete=old_timer)
         old_last = old.last_ms if old is not None else 0
         profile, outcome = fold(old, event, self.params)
         if outcome is Outcome.DUPLICATE:
@@ -67,7 +83,7 @@ class ProfileEngine:
             return Step(
                 outcome="late",
                 dead_letter=dead_letter_row(
-                    event.raw, Reason.LATE_EVENT.value, detail, topic, now_ms
+                    event.raw, Reason.LATE_EVENT.value, detail, topic, now_ms, event.user_id
                 ),
             )
         step = Step(outcome="applied")

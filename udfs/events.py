@@ -13,6 +13,7 @@ import math
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet  # type: ignore[import-not-found]
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
 
@@ -23,6 +24,8 @@ REMOVE_FROM_CART = pb.EVENT_TYPE_REMOVE_FROM_CART
 FAVORITE = pb.EVENT_TYPE_FAVORITE
 PURCHASE = pb.EVENT_TYPE_PURCHASE
 SEARCH = pb.EVENT_TYPE_SEARCH
+ERASE = pb.EVENT_TYPE_ERASE  # a request to forget the user, not a shopper action
+# The shopper actions a profile counts (ERASE is not one of them).
 EVENT_TYPES: tuple[int, ...] = (VIEW, ADD_TO_CART, REMOVE_FROM_CART, FAVORITE, PURCHASE, SEARCH)
 EVENT_TYPE_NAMES: dict[int, str] = {
     VIEW: "view",
@@ -31,9 +34,15 @@ EVENT_TYPE_NAMES: dict[int, str] = {
     FAVORITE: "favorite",
     PURCHASE: "purchase",
     SEARCH: "search",
+    ERASE: "erase",
 }
 _ITEM_EVENTS = frozenset({VIEW, ADD_TO_CART, REMOVE_FROM_CART, FAVORITE, PURCHASE})
 _CHANNELS = frozenset(pb.Channel.values())
+# Field numbers the contract defines: such a field arriving with another wire type is malformed
+# (protobuf would silently move it to the unknown fields). Unknown numbers are newer fields and
+# are ignored (forward compatibility).
+_KNOWN_FIELDS = frozenset(f.number for f in pb.UserEvent.DESCRIPTOR.fields)
+_KNOWN_TIMESTAMP_FIELDS = frozenset((1, 2))
 
 # Contract limits (docs/event-contract.md).
 MAX_USER_ID_BYTES = 256
@@ -51,6 +60,7 @@ class Reason(enum.StrEnum):
     """Machine-readable dead-letter reasons. Values are stable: BI queries and alerts use them."""
 
     DECODE_ERROR = "decode_error"
+    WRONG_WIRE_TYPE = "wrong_wire_type"
     MESSAGE_TOO_LARGE = "message_too_large"
     MISSING_EVENT_ID = "missing_event_id"
     EVENT_ID_TOO_LONG = "event_id_too_long"
@@ -65,6 +75,7 @@ class Reason(enum.StrEnum):
     MISSING_ITEM_ID = "missing_item_id"
     MISSING_SEARCH_QUERY = "missing_search_query"
     FIELD_TOO_LONG = "field_too_long"
+    INVALID_CHARS = "invalid_chars"
     INVALID_PRICE = "invalid_price"
     MISSING_CURRENCY = "missing_currency"
     INVALID_CURRENCY = "invalid_currency"
@@ -75,12 +86,15 @@ class Reason(enum.StrEnum):
 
 
 class InvalidEvent(ValueError):
-    """A message that breaks the contract. `reason` is stable; `detail` says what exactly."""
+    """A message that breaks the contract. `reason` is stable; `detail` says what exactly.
+    `user_id` is the user the message names when it parsed far enough and the id is valid
+    (dead letters keep it, so an erasure finds them)."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, user_id: str | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.user_id = user_id
 
 
 class Event(NamedTuple):
@@ -102,8 +116,12 @@ class Event(NamedTuple):
     raw: bytes = b""  # the message as received (kept for a late-event dead letter)
 
 
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
+_CONTROL_BUT_SPACE = _CONTROL - {"\t", "\n", "\r"}
+
+
 def _has_control_chars(text: str) -> bool:
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+    return not _CONTROL.isdisjoint(text)
 
 
 def _optional_text(msg: pb.UserEvent, field: str) -> str | None:
@@ -112,7 +130,28 @@ def _optional_text(msg: pb.UserEvent, field: str) -> str | None:
     value: str = getattr(msg, field)
     if len(value.encode("utf-8")) > MAX_FIELD_BYTES:
         raise InvalidEvent(Reason.FIELD_TOO_LONG, f"{field} is over {MAX_FIELD_BYTES} bytes")
+    # NUL cannot be stored in PostgreSQL text or jsonb; other control characters in identifiers
+    # are producer bugs. Free text (search_query) may hold tabs and line breaks.
+    forbidden = _CONTROL_BUT_SPACE if field == "search_query" else _CONTROL
+    if not forbidden.isdisjoint(value):
+        raise InvalidEvent(Reason.INVALID_CHARS, f"{field} holds control characters")
     return value
+
+
+def _check_wire_types(msg: pb.UserEvent) -> None:
+    for unknown in UnknownFieldSet(msg):
+        if unknown.field_number in _KNOWN_FIELDS:
+            raise InvalidEvent(
+                Reason.WRONG_WIRE_TYPE,
+                f"field {unknown.field_number} has wire type {unknown.wire_type}",
+            )
+    if msg.HasField("event_time"):
+        for unknown in UnknownFieldSet(msg.event_time):
+            if unknown.field_number in _KNOWN_TIMESTAMP_FIELDS:
+                raise InvalidEvent(
+                    Reason.WRONG_WIRE_TYPE,
+                    f"event_time field {unknown.field_number} has wire type {unknown.wire_type}",
+                )
 
 
 def decode_event(raw: bytes, now_ms: int) -> Event:
@@ -127,7 +166,18 @@ def decode_event(raw: bytes, now_ms: int) -> Event:
         msg.ParseFromString(raw)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise InvalidEvent(Reason.DECODE_ERROR, f"not a UserEvent: {exc}") from None
-    return validate_message(msg, now_ms)._replace(raw=raw)
+    try:
+        _check_wire_types(msg)
+        return validate_message(msg, now_ms)._replace(raw=raw)
+    except InvalidEvent as exc:
+        exc.user_id = _usable_user_id(msg.user_id)
+        raise
+
+
+def _usable_user_id(user_id: str) -> str | None:
+    if not user_id or len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+        return None
+    return None if _has_control_chars(user_id) else user_id
 
 
 def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
@@ -137,6 +187,8 @@ def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
         raise InvalidEvent(Reason.MISSING_EVENT_ID, "event_id is empty")
     if len(event_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
         raise InvalidEvent(Reason.EVENT_ID_TOO_LONG, f"event_id is over {MAX_EVENT_ID_BYTES} bytes")
+    if _has_control_chars(event_id):
+        raise InvalidEvent(Reason.INVALID_CHARS, "event_id holds control characters")
 
     user_id = msg.user_id
     if not user_id or user_id.isspace():

@@ -18,6 +18,7 @@ from udfs.profile import Profile
 # kind: "string" | "bigint" | "int" | "double" | "boolean" | "bytes" | "json" (a JSON text)
 PROFILE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("user_id", "string"),
+    ("user_pseudonym", "string"),  # HMAC-SHA256 of user_id (udfs.pseudonym): what BI sees
     ("profile_epoch_ms", "bigint"),
     ("profile_version", "bigint"),
     ("as_of_ms", "bigint"),
@@ -57,6 +58,7 @@ DEAD_LETTER_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("raw", "bytes"),
     ("source_topic", "string"),
     ("seen_at_ms", "bigint"),
+    ("user_id", "string"),  # the user the message names, when known (erasure finds it by this)
 )
 
 ProfileRow = tuple[Any, ...]
@@ -64,6 +66,7 @@ ProfileRow = tuple[Any, ...]
 
 def profile_row(
     user_id: str,
+    user_pseudonym: str,
     profile: Profile,
     features: dict[str, Any],
     score: float,
@@ -77,6 +80,7 @@ def profile_row(
     top = features["pref_top_categories"]
     return (
         user_id,
+        user_pseudonym,
         profile.epoch_ms,
         profile.version + (1 if expired else 0),
         now_ms,
@@ -109,12 +113,24 @@ def profile_row(
     )
 
 
+def user_id_field_bytes(user_id: str) -> bytes:
+    """How a user_id appears inside an encoded UserEvent (field 2: tag, length, UTF-8); the SQL
+    function of the same name (migration 0004) must agree."""
+    data = user_id.encode("utf-8")
+    n = len(data)
+    length = bytes([n]) if n < 128 else bytes([(n & 127) | 128, n >> 7])
+    return b"\x12" + length + data
+
+
 def dead_letter_id(raw: bytes) -> str:
     """Idempotent key of a dead letter: the SHA-256 of its bytes (a replay writes the same key)."""
     return hashlib.sha256(raw).hexdigest()
 
 
+DeadLetterRow = tuple[str, str, str, bytes, str, int, str | None]
+
+
 def dead_letter_row(
-    raw: bytes, reason: str, detail: str, topic: str, seen_at_ms: int
-) -> tuple[str, str, str, bytes, str, int]:
-    return (dead_letter_id(raw), reason, detail[:1000], raw, topic, seen_at_ms)
+    raw: bytes, reason: str, detail: str, topic: str, seen_at_ms: int, user_id: str | None = None
+) -> DeadLetterRow:
+    return (dead_letter_id(raw), reason, detail[:1000], raw, topic, seen_at_ms, user_id)

@@ -15,6 +15,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_FAVORITE: _ClassVar[EventType]
     EVENT_TYPE_PURCHASE: _ClassVar[EventType]
     EVENT_TYPE_SEARCH: _ClassVar[EventType]
+    EVENT_TYPE_ERASE: _ClassVar[EventType]
 
 class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +32,7 @@ EVENT_TYPE_REMOVE_FROM_CART: EventType
 EVENT_TYPE_FAVORITE: EventType
 EVENT_TYPE_PURCHASE: EventType
 EVENT_TYPE_SEARCH: EventType
+EVENT_TYPE_ERASE: EventType
 CHANNEL_UNSPECIFIED: Channel
 CHANNEL_WEB: Channel
 CHANNEL_MOBILE_WEB: Channel
