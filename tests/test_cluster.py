@@ -26,9 +26,11 @@ from flink_jobs.producer import EventPublisher, ensure_topic
 from flink_jobs.services import EmbeddedPostgres, free_port
 from flink_jobs.verify import print_report, verify
 from udfs.profile import ProfileParams
+from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration, pytest.mark.slow]
+PSEUDONYM = Pseudonymiser(load_key())  # the key conftest put in the environment
 CLI = str(Path(sys.executable).parent / "profilestream")
 RATE = 400  # events per second
 
@@ -158,22 +160,34 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c.stop()
 
 
-def drain_and_verify(stream: Stream, dsn: str, log: Path, topic: str, poller: Poller) -> None:
+def drain_and_verify(
+    stream: Stream,
+    dsn: str,
+    log: Path,
+    topic: str,
+    poller: Poller | None,
+    *,
+    messages: list[bytes] | None = None,
+) -> None:
     sent = stream.pause()
-    write_delimited(log, stream.sent[:sent])
+    write_delimited(log, stream.sent[:sent] if messages is None else messages)
 
     def consistent() -> bool:
-        report = verify("proto", log, dsn, DEFAULT_MODEL_DIR, ProfileParams(), topic=topic)
+        report = verify(
+            "proto", log, dsn, DEFAULT_MODEL_DIR, ProfileParams(), PSEUDONYM, topic=topic
+        )
         return report.ok
 
     try:
         wait_for(consistent, 120, "PostgreSQL to match the offline recomputation")
     finally:
-        report = verify("proto", log, dsn, DEFAULT_MODEL_DIR, ProfileParams(), topic=topic)
+        report = verify(
+            "proto", log, dsn, DEFAULT_MODEL_DIR, ProfileParams(), PSEUDONYM, topic=topic
+        )
         print_report(report, examples=10)
     assert report.ok and not report.mismatches and not report.dead_letter_problems
     assert report.expected.invalid_messages > 0  # dead letters were part of it
-    assert poller.backwards == []
+    assert poller is None or poller.backwards == []
 
 
 def submit(cluster: LocalCluster, kafka: str, dsn: str, topic: str, **kw: object) -> str:
@@ -305,3 +319,162 @@ def test_cluster_commands(tmp_path: Path) -> None:
         stopped = cli("cluster", "stop", "--rest-port", port)
     assert stopped.returncode == 0
     assert cli("cluster", "status", "--rest-port", port).returncode == 1
+
+
+def topic_messages(bootstrap: str, topic: str) -> list[bytes]:
+    """Everything in the topic, partition by partition in offset order (what verify needs:
+    each user's messages in the order the job saw them)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from flink_jobs.producer import read_topic
+
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
+    ends = {
+        p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(2)
+    }
+    probe.close()
+    return [raw for _, _, raw in read_topic(bootstrap, topic, ends)]
+
+
+def rows_naming(dsn: str, user: str) -> dict[str, int]:
+    pseudonym = PSEUDONYM(user)
+    conn = psycopg2.connect(dsn)
+    out = {}
+    with conn.cursor() as cur:
+        for table, where in (
+            ("user_profiles", "user_id = %s OR user_pseudonym = %s"),
+            ("user_profile_history", "user_id = %s OR user_pseudonym = %s"),
+            ("dead_letter_events", "user_id = %s OR position(convert_to(%s, 'UTF8') IN raw) > 0"),
+        ):
+            cur.execute(
+                f"SELECT count(*) FROM {table} WHERE {where}",
+                (user, pseudonym if "pseudonym" in where else user),
+            )
+            out[table] = cur.fetchone()[0]
+    conn.close()
+    return out
+
+
+def test_erasure_holds_through_a_restore_from_before_it(
+    cluster: LocalCluster, kafka: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    from udfs import events as ev
+    from udfs.events import make_message
+
+    topic = "erase-events"
+    ensure_topic(kafka, topic, partitions=2)
+    stream = Stream(kafka, topic)
+    try:
+        job = submit(cluster, kafka, pg_dsn, topic)
+        stream.running.set()
+        wait_for(lambda: rows_updated_since(pg_dsn, 0) > 50, 90, "the first rows")
+        time.sleep(3)
+        stream.pause()
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT user_id FROM user_profiles ORDER BY event_count DESC LIMIT 1")
+            (victim,) = cur.fetchone()
+        conn.close()
+        # A bad message that names the victim: its dead letter carries the identity too.
+        bad = make_message(
+            event_id="bad-victim",
+            user_id=victim,
+            event_type=ev.VIEW,
+            event_time_ms=stream.last_ts,
+            item_id="i",
+            quantity=0,
+        )
+        stream.publisher.publish_raw(victim.encode(), bad.SerializeToString(), stream.last_ts)
+        stream.publisher.flush()
+        wait_for(
+            lambda: rows_naming(pg_dsn, victim)["dead_letter_events"] == 1,
+            60,
+            "the victim's dead letter",
+        )
+        time.sleep(5)  # a checkpoint that holds the victim's state
+        before = latest_checkpoint(cluster, job)
+        assert before is not None
+        assert rows_naming(pg_dsn, victim)["user_profiles"] == 1
+
+        erase_ms = stream.last_ts
+        proc = subprocess.run(
+            [
+                CLI,
+                "erase",
+                victim,
+                "--bootstrap",
+                kafka,
+                "--topic",
+                topic,
+                "--pg-dsn",
+                pg_dsn,
+                "--event-time-ms",
+                str(erase_ms),
+                "--wait-s",
+                "90",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "job checkpointed past the request" in proc.stdout
+        assert rows_naming(pg_dsn, victim) == {
+            "user_profiles": 0,
+            "user_profile_history": 0,
+            "dead_letter_events": 0,
+        }
+
+        # The victim comes back: a new profile from the new events only.
+        with EventPublisher(kafka, topic) as pub:
+            for j in range(3):
+                pub.publish(
+                    make_message(
+                        event_id=f"after-erase-{j}",
+                        user_id=victim,
+                        event_type=ev.VIEW,
+                        event_time_ms=erase_ms + 1000 + j,
+                        item_id=f"new-{j}",
+                    )
+                )
+        stream.running.set()
+        time.sleep(3)
+        log = tmp_path / "sent.pb"
+        drain_and_verify(stream, pg_dsn, log, topic, None, messages=topic_messages(kafka, topic))
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT profile_epoch_ms FROM user_profiles WHERE user_id = %s", (victim,))
+            (epoch,) = cur.fetchone()
+            cur.execute(
+                "SELECT min(as_of) >= to_timestamp(%s / 1000.0) FROM user_profile_history "
+                "WHERE user_id = %s",
+                (erase_ms, victim),
+            )
+            assert cur.fetchone() == (True,)
+        conn.close()
+        assert epoch > erase_ms
+        assert rows_naming(pg_dsn, victim)["dead_letter_events"] == 0
+
+        # Restore from the checkpoint taken before the erasure: the replay erases again, and
+        # nothing from before the erasure comes back.
+        cluster.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+        wait_for(lambda: job_state(cluster, job) == "CANCELED", 60, "the cancel")
+        job = submit(cluster, kafka, pg_dsn, topic, from_savepoint=before)
+        stream.running.set()
+        time.sleep(5)
+        drain_and_verify(stream, pg_dsn, log, topic, None, messages=topic_messages(kafka, topic))
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT profile_epoch_ms FROM user_profiles WHERE user_id = %s", (victim,))
+            assert cur.fetchone() == (epoch,)
+            cur.execute(
+                "SELECT count(*) FROM user_profile_history WHERE user_id = %s "
+                "AND as_of < to_timestamp(%s / 1000.0)",
+                (victim, erase_ms),
+            )
+            assert cur.fetchone() == (0,)
+        conn.close()
+        assert rows_naming(pg_dsn, victim)["dead_letter_events"] == 0
+    finally:
+        stream.close()
