@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from flink_jobs.config import (
@@ -240,12 +241,20 @@ def cmd_produce(args: argparse.Namespace) -> int:
         bootstrap, args.topic, args.fmt, args.file, spec, save_to=args.save_proto
     )
     report = result.report
-    for line, msg in result.bad_rows[:20]:
+    bad_rows = sorted(result.bad_rows)
+    for line, msg in bad_rows[:20]:
         print(f"  skipped line {line}: {msg}", file=sys.stderr)
+    if len(bad_rows) > 20:
+        print(f"  ... and {len(bad_rows) - 20} more skipped lines", file=sys.stderr)
+    for error in report.errors[:5]:
+        print(f"  not delivered / refused: {error}", file=sys.stderr)
+    why = Counter(msg.split(":", 1)[0] for _, msg in bad_rows)
     print(
         f"delivered {report.delivered} events to {args.topic}"
-        f" ({report.failed} failed, {report.rejected} invalid refused, {len(result.bad_rows)} "
-        "unreadable rows skipped)"
+        f" ({report.failed} failed, {report.rejected} invalid refused, {len(bad_rows)} "
+        "rows skipped"
+        + (": " + ", ".join(f"{n} {w}" for w, n in why.most_common(6)) if why else "")
+        + ")"
     )
     offsets = report.stopping_offsets(partitions)
     print("end offsets: " + ", ".join(f"partition {p}: {o}" for p, o in offsets.items()))

@@ -207,7 +207,10 @@ def produce_dataset(
                 publisher.publish(event)
             except InvalidEvent as exc:
                 publisher.report.rejected += 1
-                if len(publisher.report.errors) < 20:
+                line = _line_of(event.event_id)
+                if line is not None:  # a CSV row that converted but breaks the contract
+                    bad_rows.append((line, str(exc)))
+                elif len(publisher.report.errors) < 20:
                     publisher.report.errors.append(f"{event.event_id}: {exc}")
                 continue
             if save_to is not None:
@@ -216,6 +219,12 @@ def produce_dataset(
     if save_to is not None:
         write_delimited(save_to, sent)
     return ProduceResult(report, bad_rows, time.monotonic() - start)
+
+
+def _line_of(event_id: str) -> int | None:
+    """CSV readers name events `<format>-<line number>`."""
+    prefix, _, number = event_id.rpartition("-")
+    return int(number) if prefix in ("taobao", "rees46") and number.isdigit() else None
 
 
 def _key_and_time(raw: bytes) -> tuple[bytes | None, int]:

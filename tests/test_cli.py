@@ -213,3 +213,95 @@ def test_demo_uses_external_services_when_given(kafka: str, pg_dsn: str, tmp_pat
         cur.execute("SELECT count(*), sum(event_count) FROM user_profiles")
         assert cur.fetchone() == (100, 1500)
     conn.close()
+
+
+def without_key(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILESTREAM_PSEUDONYM")}
+    return {**env, **extra}
+
+
+def run_cli_env(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Like run_cli with exactly `env`; a mistake must be reported within 30 s."""
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL
+    )
+
+
+RUN_ARGS = ("run", "--bootstrap", "127.0.0.1:1", "--pg-dsn", "postgresql://u@h/db")
+
+
+def test_no_pseudonym_key() -> None:
+    proc = run_cli_env(*RUN_ARGS, env=without_key())
+    assert_one_line_error(proc, "no pseudonym key", "PROFILESTREAM_PSEUDONYM_KEY_FILE")
+
+
+def test_short_or_unreadable_pseudonym_key(tmp_path: Path) -> None:
+    proc = run_cli_env(*RUN_ARGS, env=without_key(PROFILESTREAM_PSEUDONYM_KEY="short-secret"))
+    assert_one_line_error(proc, "PROFILESTREAM_PSEUDONYM_KEY", "fewer than 16")
+    assert "short-secret" not in proc.stderr
+    missing = tmp_path / "nope.key"
+    proc = run_cli_env(*RUN_ARGS, env=without_key(PROFILESTREAM_PSEUDONYM_KEY_FILE=str(missing)))
+    assert_one_line_error(proc, f"PROFILESTREAM_PSEUDONYM_KEY_FILE={missing}", "readable file")
+
+
+def test_unwritable_checkpoint_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = run_cli("run", *RUN_ARGS[1:], "--state-dir", str(blocker / "state"), timeout=30)
+    assert_one_line_error(proc, "checkpoint directory", "not writable", "--state-dir")
+
+
+@pytest.mark.integration
+def test_pseudonym_key_that_does_not_match_the_database(kafka: str, pg_dsn: str) -> None:
+    from flink_jobs import db
+    from flink_jobs.producer import ensure_topic
+    from udfs.pseudonym import Pseudonymiser
+
+    ensure_topic(kafka, "t-keys", 1)
+    db.check_pseudonym_key(pg_dsn, Pseudonymiser(b"the-first-key-" + b"0" * 20).key_id)
+    proc = run_cli(
+        "run",
+        "--bootstrap",
+        kafka,
+        "--pg-dsn",
+        pg_dsn,
+        "--topic",
+        "t-keys",
+        env={"PG_DSN": pg_dsn},
+        timeout=30,
+    )
+    assert_one_line_error(
+        proc, "not the one the database's pseudonyms were made with", "rotate-pseudonyms"
+    )
+
+
+@pytest.mark.integration
+def test_produce_reports_bad_csv_rows_by_line_and_keeps_going(kafka: str, tmp_path: Path) -> None:
+    csv = tmp_path / "taobao.csv"
+    csv.write_text(
+        "1,10,100,pv,1511658000\n"  # line 1: fine
+        "1,11,100\n"  # line 2: too few columns
+        "2,12,100,teleport,1511658001\n"  # line 3: unknown behaviour
+        "2,13,100,pv,not-a-time\n"  # line 4: bad timestamp
+        "3,14,100,buy,631152000\n"  # line 5: 1990, breaks the contract
+        "3,15,100,cart,1511658002\n"  # line 6: fine
+    )
+    proc = run_cli(
+        "produce",
+        "--bootstrap",
+        kafka,
+        "--topic",
+        "t-csv",
+        "--format",
+        "taobao",
+        "--file",
+        str(csv),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in (2, 3, 4, 5):
+        assert f"skipped line {line}:" in proc.stderr, proc.stderr
+    assert "line 1:" not in proc.stderr and "line 6:" not in proc.stderr
+    assert "event_time_out_of_range" in proc.stderr
+    assert "delivered 2 events to t-csv" in proc.stdout
+    assert "1 invalid refused, 4 rows skipped" in proc.stdout

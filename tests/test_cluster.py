@@ -9,6 +9,7 @@ that sampled PostgreSQL throughout never saw a profile's (epoch, version) go dow
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -441,6 +442,7 @@ def test_erasure_holds_through_a_restore_from_before_it(
         stream.running.set()
         time.sleep(3)
         log = tmp_path / "sent.pb"
+        stream.pause()  # before reading the topic back: the log must hold everything sent
         drain_and_verify(stream, pg_dsn, log, topic, None, messages=topic_messages(kafka, topic))
         conn = psycopg2.connect(pg_dsn)
         with conn.cursor() as cur:
@@ -463,6 +465,7 @@ def test_erasure_holds_through_a_restore_from_before_it(
         job = submit(cluster, kafka, pg_dsn, topic, from_savepoint=before)
         stream.running.set()
         time.sleep(5)
+        stream.pause()  # before reading the topic back: the log must hold everything sent
         drain_and_verify(stream, pg_dsn, log, topic, None, messages=topic_messages(kafka, topic))
         conn = psycopg2.connect(pg_dsn)
         with conn.cursor() as cur:
@@ -478,3 +481,102 @@ def test_erasure_holds_through_a_restore_from_before_it(
         assert rows_naming(pg_dsn, victim)["dead_letter_events"] == 0
     finally:
         stream.close()
+
+
+def test_secrets_never_leak(
+    cluster: LocalCluster, kafka: str, pg_dsn: str, pg_server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Run the job with a password in the DSN and the pseudonym key set, on the cluster (`submit`)
+    and locally (`run`), then search everything a user or operator can see for both secrets:
+    command output, error messages, every log file, and the job's configuration and plan as the
+    REST API shows them."""
+    from tests.conftest import TEST_PSEUDONYM_KEY
+
+    password = "S3cret-PG-pw-" + "7" * 8
+    assert pg_dsn.startswith("postgresql://postgres@")
+    secret_dsn = pg_dsn.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+    secrets = (password, TEST_PSEUDONYM_KEY)
+    topic = "secret-events"
+    ensure_topic(kafka, topic, partitions=2)
+    with EventPublisher(kafka, topic) as pub:
+        for m in synthetic_events(SyntheticSpec(300, 20, seed=3)):
+            pub.publish(m)
+    offsets = pub.report.stopping_offsets(2)
+    seen: list[tuple[str, str]] = []  # (where, text)
+    env = {**os.environ, "PG_DSN": secret_dsn, "PROFILESTREAM_STATE_DIR": str(tmp_path)}
+
+    def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [CLI, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        seen.append((f"profilestream {args[0]}", proc.stdout + proc.stderr))
+        return proc
+
+    submitted = cli(
+        "submit",
+        "--bootstrap",
+        kafka,
+        "--topic",
+        topic,
+        "--rest-port",
+        str(cluster.rest_port),
+        "--checkpoint-interval-ms",
+        "1000",
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = submitted.stdout.split()[-1]
+    wait_for(lambda: rows_updated_since(pg_dsn, 0) >= 20, 120, "the cluster job's rows")
+    for path in (
+        f"/jobs/{job}",
+        f"/jobs/{job}/config",
+        f"/jobs/{job}/plan",
+        "/jobmanager/config",
+        "/jobmanager/environment",
+        "/taskmanagers",
+    ):
+        seen.append((f"REST {path}", json.dumps(cluster.rest(path))))
+    cluster.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+    wait_for(lambda: job_state(cluster, job) == "CANCELED", 60, "the cancel")
+
+    # The local MiniCluster path, and mistakes whose messages name the database.
+    ran = cli(
+        "run",
+        "--bootstrap",
+        kafka,
+        "--topic",
+        topic,
+        "--checkpoint-interval-ms",
+        "1000",
+        "--stopping-offsets",
+        ",".join(f"{p}:{o}" for p, o in offsets.items()),
+        "--state-dir",
+        str(tmp_path / "local"),
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    wrong_port = secret_dsn.replace(f":{pg_server.port}/", ":1/")
+    env["PG_DSN"] = wrong_port
+    assert cli("db", "migrate").returncode == 2
+    assert cli("run", "--bootstrap", kafka, "--topic", topic).returncode == 2
+    assert cli("verify", "--format", "synthetic", "--synthetic-events", "10").returncode != 0
+
+    logs = [*cluster.log_dir.rglob("*"), *tmp_path.rglob("*.log")]
+    pyflink_logs = Path(__import__("pyflink").__file__).parent / "log"
+    logs += list(pyflink_logs.glob("*")) if pyflink_logs.exists() else []
+    for path in logs:
+        if path.is_file():
+            seen.append((str(path), path.read_text(encoding="utf-8", errors="replace")))
+    assert len(seen) > 10
+    leaks = [(where, s) for where, text in seen for s in secrets if s in text]
+    assert leaks == [], [(w, "password" if s == password else "pseudonym key") for w, s in leaks]
+    # The runs really used the secrets: the rows carry the key's pseudonyms.
+    conn = psycopg2.connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT user_id, user_pseudonym FROM user_profiles LIMIT 5")
+        rows = cur.fetchall()
+    conn.close()
+    assert rows and all(p == PSEUDONYM(u) for u, p in rows)
