@@ -8,6 +8,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flink_jobs.config import (
     DEFAULT_MODEL_DIR,
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     cstart = csub.add_parser("start", help="start a JobManager and N TaskManagers")
     cstart.add_argument("--taskmanagers", type=int, default=1)
     cstart.add_argument("--rpc-port", type=int, default=6123)
+    cstart.add_argument(
+        "--retained-checkpoints", type=int, default=3, help="checkpoints kept per job (3)"
+    )
     for c in (cstart, csub.add_parser("status"), csub.add_parser("stop")):
         c.add_argument("--rest-port", type=int, default=8081)
 
@@ -197,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+if TYPE_CHECKING:
+    from udfs.sources import SyntheticSpec
+
+
+def _synthetic(events: int, users: int, seed: int) -> SyntheticSpec:
+    from udfs.sources import SyntheticSpec
+
+    try:
+        return SyntheticSpec(events=events, users=users, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _require(value: str | None, setting: str, flag: str) -> str:
     if not value:
         raise ConfigError(f"{setting} is not set: pass {flag} or set {setting}")
@@ -230,13 +247,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from flink_jobs.producer import ensure_topic, produce_dataset
-    from udfs.sources import SyntheticSpec
 
     bootstrap = _require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap")
     if args.fmt != "synthetic" and not args.file:
         raise ConfigError(f"--format {args.fmt} needs --file PATH")
+    synthetic = args.fmt == "synthetic"
+    spec = _synthetic(args.events if synthetic else 1, args.users if synthetic else 1, args.seed)
     partitions = ensure_topic(bootstrap, args.topic, args.partitions)
-    spec = SyntheticSpec(events=args.events, users=args.users, seed=args.seed)
     result = produce_dataset(
         bootstrap, args.topic, args.fmt, args.file, spec, save_to=args.save_proto
     )
@@ -290,13 +307,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _log_args(args: argparse.Namespace) -> tuple[Path | None, object]:
-    from udfs.sources import SyntheticSpec
 
     if args.fmt == "synthetic":
-        spec = SyntheticSpec(
-            events=args.synthetic_events, users=args.synthetic_users, seed=args.seed
-        )
-        return None, spec
+        return None, _synthetic(args.synthetic_events, args.synthetic_users, args.seed)
     if args.events is None:
         raise ConfigError(f"--format {args.fmt} needs --events FILE")
     if not args.events.is_file():
@@ -371,7 +384,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from flink_jobs.cluster import LocalCluster
 
     cluster = LocalCluster(
-        rest_port=args.rest_port, rpc_port=getattr(args, "rpc_port", None) or 6123
+        rest_port=args.rest_port,
+        rpc_port=getattr(args, "rpc_port", None) or 6123,
+        retained_checkpoints=getattr(args, "retained_checkpoints", None) or 3,
     )
     if args.cluster_command == "start":
         overview = cluster.start(args.taskmanagers)

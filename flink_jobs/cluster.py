@@ -44,6 +44,7 @@ class LocalCluster:
     rpc_port: int = 6123
     slots_per_taskmanager: int = 1
     restart_attempts: int = 100
+    retained_checkpoints: int = 3  # older retained checkpoints to restore from (after a cancel)
 
     @property
     def conf_dir(self) -> Path:
@@ -87,7 +88,7 @@ class LocalCluster:
             "execution.checkpointing.savepoint-dir": self.savepoint_dir.resolve().as_uri(),
             "execution.checkpointing.incremental": "true",
             "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-            "execution.checkpointing.num-retained": "3",
+            "execution.checkpointing.num-retained": str(self.retained_checkpoints),
             "restart-strategy.type": "fixed-delay",
             "restart-strategy.fixed-delay.attempts": str(self.restart_attempts),
             "restart-strategy.fixed-delay.delay": "2 s",

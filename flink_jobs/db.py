@@ -223,12 +223,13 @@ class Erased:
     dead_letters: int
 
 
-def erase_user(dsn: str, user_id: str) -> Erased:
-    """Delete every row that carries `user_id` or its pseudonym (migration 0004's function)."""
+def erase_user(dsn: str, user_id: str, up_to_ms: int | None = None) -> Erased:
+    """Delete every row that carries `user_id` or its pseudonym (migration 0004's function);
+    with `up_to_ms`, only what dates from before that event time (see the SQL)."""
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT * FROM erase_user_data(%s)", (user_id,))
+            cur.execute("SELECT * FROM erase_user_data(%s, %s)", (user_id, up_to_ms))
             profiles, history, dead_letters = cur.fetchone()
         return Erased(profiles, history, dead_letters)
     finally:

@@ -9,6 +9,9 @@
    ERASE event: everything the job wrote before it is flushed by then), and delete again, which
    catches rows the job was still writing in step 2.
 
+Both deletions are bounded by the request's event time: a profile the user started after it
+(and its history) is kept, so running this again later is always safe.
+
 A later event for the user starts a new profile. A restore from a checkpoint older than the
 request replays it, so the state is erased again, and an erased dead letter is never re-written
 (migration 0004's `dead_letter_seen`).
@@ -46,11 +49,12 @@ def erase_user(
     wait_s: float = 120,
 ) -> int:
     now_ms = int(time.time() * 1000)
+    erase_ms = event_time_ms if event_time_ms is not None else now_ms
     msg = make_message(
         event_id=f"erase-{uuid.uuid4()}",
         user_id=user_id,
         event_type=ERASE,
-        event_time_ms=event_time_ms if event_time_ms is not None else now_ms,
+        event_time_ms=erase_ms,
     )
     try:
         validate_message(msg, now_ms)
@@ -62,8 +66,8 @@ def erase_user(
     if report.failed or not report.end_offsets:
         raise ConfigError(f"the ERASE event was not delivered to {topic}: {report.errors[:1]}")
     ((partition, end),) = report.end_offsets.items()
-    print(f"erase request published to {topic}[{partition}] at offset {end - 1}")
-    print(f"deleted from PostgreSQL: {_describe(erase_rows(pg_dsn, user_id))}")
+    print(f"erase request published to {topic}[{partition}] at offset {end - 1}", flush=True)
+    print(f"deleted from PostgreSQL: {_describe(erase_rows(pg_dsn, user_id, erase_ms))}")
     if wait_s <= 0:
         return 0
     if not _wait_for_commit(bootstrap, topic, partition, end, group_id, wait_s):
@@ -73,7 +77,7 @@ def erase_user(
             "afterwards to delete what it writes until then"
         )
         return 3
-    again = _describe(erase_rows(pg_dsn, user_id))
+    again = _describe(erase_rows(pg_dsn, user_id, erase_ms))
     print(f"job checkpointed past the request; deleted again: {again}")
     return 0
 

@@ -72,7 +72,13 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
                 DEAD_LETTERS,
                 Row(
                     *dead_letter_row(
-                        raw, exc.reason.value, exc.detail, self.topic, now_ms, exc.user_id
+                        raw,
+                        exc.reason.value,
+                        exc.detail,
+                        self.topic,
+                        now_ms,
+                        exc.user_id,
+                        exc.event_time_ms,
                     )
                 ),
             )

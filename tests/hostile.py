@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from udfs import events as ev
 from udfs.events import Reason, make_message
+from udfs.sources import _varint
 
 # Valid strings that have broken other systems. None holds NUL or another control character
 # (those are invalid by contract), so every one is a legal value of every string field.
@@ -57,19 +58,6 @@ def _base(i: int, t: int, user: str, **kw: object) -> dict[str, object]:
 
 def _encode(fields: dict[str, object]) -> bytes:
     return make_message(**fields).SerializeToString()  # type: ignore[arg-type]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _field(number: int, wire: int, payload: bytes) -> bytes:

@@ -26,6 +26,9 @@ def run_cli(
     for key in ("PG_DSN", "KAFKA_BOOTSTRAP"):
         if env is None or key not in env:
             full_env.pop(key, None)
+    for key, value in (env or {}).items():
+        if value == "":  # "" unsets
+            full_env.pop(key)
     return subprocess.run(
         [CLI, *args],
         capture_output=True,
@@ -170,11 +173,14 @@ def test_demo_prints_summary_with_profiles(tmp_path: Path) -> None:
         "3000",
         "--users",
         "200",
-        env={"PROFILESTREAM_STATE_DIR": str(tmp_path)},
+        env={"PROFILESTREAM_STATE_DIR": str(tmp_path), "PROFILESTREAM_PSEUDONYM_KEY": ""},
         timeout=600,
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
+    key_file = tmp_path / "demo" / "pseudonym.key"
+    assert f"pseudonym key: {key_file} (generated" in out
+    assert key_file.stat().st_mode & 0o777 == 0o600
     assert re.search(r"events read\s+3,000 \(of 3,000 produced\)", out), out
     assert re.search(r"profiles written\s+200\b", out), out
     assert re.search(r"dead letters\s+0\b", out), out
@@ -305,3 +311,10 @@ def test_produce_reports_bad_csv_rows_by_line_and_keeps_going(kafka: str, tmp_pa
     assert "event_time_out_of_range" in proc.stderr
     assert "delivered 2 events to t-csv" in proc.stdout
     assert "1 invalid refused, 4 rows skipped" in proc.stdout
+
+
+def test_synthetic_with_fewer_events_than_users() -> None:
+    proc = run_cli(
+        "produce", "--bootstrap", "127.0.0.1:1", "--events", "10", "--users", "1000", timeout=30
+    )
+    assert_one_line_error(proc, "10 events cannot cover 1000 users")

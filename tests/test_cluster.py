@@ -155,23 +155,23 @@ def wait_for(condition: object, timeout_s: float, what: str) -> float:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(home=tmp_path / "cluster", rest_port=free_port(), rpc_port=free_port())
+    # Enough retained checkpoints that one from before an event can still be restored later.
+    c = LocalCluster(
+        home=tmp_path / "cluster",
+        rest_port=free_port(),
+        rpc_port=free_port(),
+        retained_checkpoints=100,
+    )
     c.start(taskmanagers=2)
     yield c
     c.stop()
 
 
 def drain_and_verify(
-    stream: Stream,
-    dsn: str,
-    log: Path,
-    topic: str,
-    poller: Poller | None,
-    *,
-    messages: list[bytes] | None = None,
+    stream: Stream, dsn: str, log: Path, topic: str, poller: Poller | None
 ) -> None:
     sent = stream.pause()
-    write_delimited(log, stream.sent[:sent] if messages is None else messages)
+    write_delimited(log, stream.sent[:sent])
 
     def consistent() -> bool:
         report = verify(
@@ -322,21 +322,6 @@ def test_cluster_commands(tmp_path: Path) -> None:
     assert cli("cluster", "status", "--rest-port", port).returncode == 1
 
 
-def topic_messages(bootstrap: str, topic: str) -> list[bytes]:
-    """Everything in the topic, partition by partition in offset order (what verify needs:
-    each user's messages in the order the job saw them)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from flink_jobs.producer import read_topic
-
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
-    ends = {
-        p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(2)
-    }
-    probe.close()
-    return [raw for _, _, raw in read_topic(bootstrap, topic, ends)]
-
-
 def rows_naming(dsn: str, user: str) -> dict[str, int]:
     pseudonym = PSEUDONYM(user)
     conn = psycopg2.connect(dsn)
@@ -387,6 +372,7 @@ def test_erasure_holds_through_a_restore_from_before_it(
         )
         stream.publisher.publish_raw(victim.encode(), bad.SerializeToString(), stream.last_ts)
         stream.publisher.flush()
+        stream.sent.append(bad.SerializeToString())  # the stream is paused: order is kept
         wait_for(
             lambda: rows_naming(pg_dsn, victim)["dead_letter_events"] == 1,
             60,
@@ -398,7 +384,7 @@ def test_erasure_holds_through_a_restore_from_before_it(
         assert rows_naming(pg_dsn, victim)["user_profiles"] == 1
 
         erase_ms = stream.last_ts
-        proc = subprocess.run(
+        erase = subprocess.Popen(
             [
                 CLI,
                 "erase",
@@ -414,36 +400,56 @@ def test_erasure_holds_through_a_restore_from_before_it(
                 "--wait-s",
                 "90",
             ],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=180,
             stdin=subprocess.DEVNULL,
         )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "job checkpointed past the request" in proc.stdout
-        assert rows_naming(pg_dsn, victim) == {
-            "user_profiles": 0,
-            "user_profile_history": 0,
-            "dead_letter_events": 0,
-        }
-
-        # The victim comes back: a new profile from the new events only.
+        assert erase.stdout is not None
+        first = erase.stdout.readline()
+        assert "erase request published" in first, first + erase.stdout.read()
+        # For the offline recomputation: an ERASE at the same place (its event_id is the CLI's).
+        stream.sent.append(
+            make_message(
+                event_id="erase", user_id=victim, event_type=ev.ERASE, event_time_ms=erase_ms
+            ).SerializeToString()
+        )
+        # The victim comes back while the command still waits for the job: a new profile from
+        # the new events only, which the command's second, time-bounded deletion must keep.
         with EventPublisher(kafka, topic) as pub:
             for j in range(3):
-                pub.publish(
-                    make_message(
-                        event_id=f"after-erase-{j}",
-                        user_id=victim,
-                        event_type=ev.VIEW,
-                        event_time_ms=erase_ms + 1000 + j,
-                        item_id=f"new-{j}",
-                    )
+                msg = make_message(
+                    event_id=f"after-erase-{j}",
+                    user_id=victim,
+                    event_type=ev.VIEW,
+                    event_time_ms=erase_ms + 1000 + j,
+                    item_id=f"new-{j}",
                 )
+                pub.publish(msg)
+                stream.sent.append(msg.SerializeToString())
+        out = first + erase.communicate(timeout=180)[0]
+        assert erase.returncode == 0, out
+        assert "job checkpointed past the request" in out
+        counts = rows_naming(pg_dsn, victim)
+        assert counts["dead_letter_events"] == 0 and counts["user_profiles"] <= 1
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM user_profile_history WHERE user_id = %s "
+                "AND profile_epoch_ms <= %s",
+                (victim, erase_ms),
+            )
+            assert cur.fetchone() == (0,)
+            cur.execute(
+                "SELECT count(*) FROM user_profiles WHERE user_id = %s AND profile_epoch_ms <= %s",
+                (victim, erase_ms),
+            )
+            assert cur.fetchone() == (0,)
+        conn.close()
         stream.running.set()
         time.sleep(3)
         log = tmp_path / "sent.pb"
-        stream.pause()  # before reading the topic back: the log must hold everything sent
-        drain_and_verify(stream, pg_dsn, log, topic, None, messages=topic_messages(kafka, topic))
+        drain_and_verify(stream, pg_dsn, log, topic, None)
         conn = psycopg2.connect(pg_dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT profile_epoch_ms FROM user_profiles WHERE user_id = %s", (victim,))
@@ -465,8 +471,7 @@ def test_erasure_holds_through_a_restore_from_before_it(
         job = submit(cluster, kafka, pg_dsn, topic, from_savepoint=before)
         stream.running.set()
         time.sleep(5)
-        stream.pause()  # before reading the topic back: the log must hold everything sent
-        drain_and_verify(stream, pg_dsn, log, topic, None, messages=topic_messages(kafka, topic))
+        drain_and_verify(stream, pg_dsn, log, topic, None)
         conn = psycopg2.connect(pg_dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT profile_epoch_ms FROM user_profiles WHERE user_id = %s", (victim,))
@@ -562,7 +567,19 @@ def test_secrets_never_leak(
     env["PG_DSN"] = wrong_port
     assert cli("db", "migrate").returncode == 2
     assert cli("run", "--bootstrap", kafka, "--topic", topic).returncode == 2
-    assert cli("verify", "--format", "synthetic", "--synthetic-events", "10").returncode != 0
+    assert (
+        cli(
+            "verify",
+            "--format",
+            "synthetic",
+            "--synthetic-events",
+            "10",
+            "--synthetic-users",
+            "5",
+            timeout=60,
+        ).returncode
+        != 0
+    )
 
     logs = [*cluster.log_dir.rglob("*"), *tmp_path.rglob("*.log")]
     pyflink_logs = Path(__import__("pyflink").__file__).parent / "log"

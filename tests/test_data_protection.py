@@ -17,8 +17,8 @@ OLD = Pseudonymiser(b"old-key-" + b"1" * 24)
 NEW = Pseudonymiser(b"new-key-" + b"2" * 24)
 DEAD_LETTER = (
     "INSERT INTO dead_letter_events (dead_letter_id, reason, detail, raw, source_topic, "
-    "seen_at_ms, user_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (dead_letter_id) "
-    "DO UPDATE SET reason = EXCLUDED.reason"
+    "seen_at_ms, user_id, event_time_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (dead_letter_id) DO UPDATE SET reason = EXCLUDED.reason"
 )
 
 
@@ -93,8 +93,9 @@ def test_rotation_rewrites_every_pseudonym_without_moving_versions(pg_dsn: str) 
     ]
 
 
-def _dead_letter(dsn: str, raw: bytes, user: str | None) -> None:
-    query(dsn, DEAD_LETTER, dead_letter_row(raw, "invalid_quantity", "x", "t", 1, user))
+def _dead_letter(dsn: str, raw: bytes, user: str | None, event_time_ms: int | None = None) -> None:
+    row = dead_letter_row(raw, "invalid_quantity", "x", "t", 1, user, event_time_ms)
+    query(dsn, DEAD_LETTER, row)
 
 
 def test_erasure_deletes_everything_naming_the_user_and_nothing_else(pg_dsn: str) -> None:
@@ -135,3 +136,24 @@ def test_deleting_the_profile_row_takes_its_history_and_dead_letters(pg_dsn: str
 def test_sql_and_python_agree_on_the_encoded_user_id(pg_dsn: str, user: str) -> None:
     ((sql,),) = query(pg_dsn, "SELECT user_id_field_bytes(%s)", (user,))
     assert bytes(sql) == user_id_field_bytes(user)
+
+
+def test_an_erasure_bounded_by_its_time_keeps_what_came_after(pg_dsn: str) -> None:
+    """`profilestream erase` deletes up to the request's event time, so it never deletes the
+    profile a user starts after coming back, and running it again later is safe."""
+    epoch = 1_735_689_600_000
+    erase_at = epoch + 10_000
+    query(pg_dsn, UPSERT, profile("fay", 1))
+    query(pg_dsn, UPSERT, profile("fay", 2, segment="loyal_buyer"))
+    _dead_letter(pg_dsn, b"fay before", "fay", erase_at - 1)
+    _dead_letter(pg_dsn, b"fay no time", "fay", None)
+    _dead_letter(pg_dsn, b"fay after", "fay", erase_at + 1)
+    assert db.erase_user(pg_dsn, "fay", erase_at) == db.Erased(1, 2, 2)
+    # She comes back after the request: a new profile (a new epoch).
+    query(pg_dsn, UPSERT, profile("fay", 1, profile_epoch_ms=erase_at + 5))
+    assert db.erase_user(pg_dsn, "fay", erase_at) == db.Erased(0, 0, 0)  # again: a no-op
+    assert query(pg_dsn, "SELECT profile_epoch_ms FROM user_profiles") == [(erase_at + 5,)]
+    assert query(pg_dsn, "SELECT change FROM user_profile_history") == [("new",)]
+    assert query(pg_dsn, "SELECT raw::text FROM dead_letter_events") == [
+        ("\\x" + b"fay after".hex(),)
+    ]

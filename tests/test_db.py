@@ -118,7 +118,8 @@ def test_segments_are_constrained(pg_dsn: str) -> None:
 def test_dead_letters_are_write_once(pg_dsn: str) -> None:
     sql = (
         "INSERT INTO dead_letter_events (dead_letter_id, reason, detail, raw, source_topic, "
-        "seen_at_ms, user_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (dead_letter_id) "
+        "seen_at_ms, user_id, event_time_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (dead_letter_id) "
         "DO UPDATE "
         "SET reason = EXCLUDED.reason, seen_at_ms = EXCLUDED.seen_at_ms"
     )

@@ -133,7 +133,12 @@ def produce_file(kafka: str, topic: str, fmt: str, path: Path) -> dict[int, int]
 
 
 def run_bounded(
-    kafka: str, pg_dsn: str, topic: str, offsets: dict[int, int], tmp_path: Path
+    kafka: str,
+    pg_dsn: str,
+    topic: str,
+    offsets: dict[int, int],
+    tmp_path: Path,
+    restart_attempts: int = 3,
 ) -> None:
     config = JobConfig(
         kafka_bootstrap=kafka,
@@ -143,6 +148,7 @@ def run_bounded(
         state_dir=tmp_path,
         checkpoint_interval_ms=1000,
         stopping_offsets=offsets,
+        restart_attempts=restart_attempts,
     )
     result = run_job(config, preflight(config))
     assert result.status == "FINISHED"

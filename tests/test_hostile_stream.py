@@ -18,12 +18,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.config import DEFAULT_MODEL_DIR, JobConfig
-from flink_jobs.job import preflight, run_job
+from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.producer import ensure_topic
 from flink_jobs.verify import fetch_profiles
 from tests import hostile
-from tests.test_e2e import cli, produce_file
+from tests.test_e2e import cli, produce_file, run_bounded
 from udfs.consistency import compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import decode_event
@@ -59,18 +58,8 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
     ensure_topic(kafka, topic, partitions=2)
     offsets = produce_file(kafka, topic, "proto", log)
     assert sum(offsets.values()) == len(mixed)
-    config = JobConfig(
-        kafka_bootstrap=kafka,
-        pg_dsn=pg_dsn,
-        topic=topic,
-        job_name=topic,
-        state_dir=tmp_path,
-        checkpoint_interval_ms=1000,
-        stopping_offsets=offsets,
-        restart_attempts=0,  # any failure fails the job: "zero failures or restarts"
-    )
-    result = run_job(config, preflight(config))
-    assert result.status == "FINISHED"
+    # No restart allowed: any failure fails the job ("zero failures or restarts").
+    run_bounded(kafka, pg_dsn, topic, offsets, tmp_path, restart_attempts=0)
 
     conn = psycopg2.connect(pg_dsn)
     with conn.cursor() as cur:

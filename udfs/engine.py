@@ -83,7 +83,13 @@ class ProfileEngine:
             return Step(
                 outcome="late",
                 dead_letter=dead_letter_row(
-                    event.raw, Reason.LATE_EVENT.value, detail, topic, now_ms, event.user_id
+                    event.raw,
+                    Reason.LATE_EVENT.value,
+                    detail,
+                    topic,
+                    now_ms,
+                    event.user_id,
+                    event.event_time_ms,
                 ),
             )
         step = Step(outcome="applied")

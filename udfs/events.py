@@ -87,14 +87,22 @@ class Reason(enum.StrEnum):
 
 class InvalidEvent(ValueError):
     """A message that breaks the contract. `reason` is stable; `detail` says what exactly.
-    `user_id` is the user the message names when it parsed far enough and the id is valid
-    (dead letters keep it, so an erasure finds them)."""
+    `user_id` is the user the message names when it parsed far enough and the id is valid, and
+    `event_time_ms` its event time when set and representable (dead letters keep both, so an
+    erasure finds them)."""
 
-    def __init__(self, reason: Reason, detail: str, user_id: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str,
+        user_id: str | None = None,
+        event_time_ms: int | None = None,
+    ) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
         self.user_id = user_id
+        self.event_time_ms = event_time_ms
 
 
 class Event(NamedTuple):
@@ -171,6 +179,8 @@ def decode_event(raw: bytes, now_ms: int) -> Event:
         return validate_message(msg, now_ms)._replace(raw=raw)
     except InvalidEvent as exc:
         exc.user_id = _usable_user_id(msg.user_id)
+        if msg.HasField("event_time") and abs(msg.event_time.seconds) < 10**12:
+            exc.event_time_ms = msg.event_time.seconds * 1000 + msg.event_time.nanos // 1_000_000
         raise
 
 

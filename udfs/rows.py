@@ -59,6 +59,7 @@ DEAD_LETTER_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("source_topic", "string"),
     ("seen_at_ms", "bigint"),
     ("user_id", "string"),  # the user the message names, when known (erasure finds it by this)
+    ("event_time_ms", "bigint"),  # its event_time, when it parsed that far
 )
 
 ProfileRow = tuple[Any, ...]
@@ -127,10 +128,25 @@ def dead_letter_id(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-DeadLetterRow = tuple[str, str, str, bytes, str, int, str | None]
+DeadLetterRow = tuple[str, str, str, bytes, str, int, str | None, int | None]
 
 
 def dead_letter_row(
-    raw: bytes, reason: str, detail: str, topic: str, seen_at_ms: int, user_id: str | None = None
+    raw: bytes,
+    reason: str,
+    detail: str,
+    topic: str,
+    seen_at_ms: int,
+    user_id: str | None = None,
+    event_time_ms: int | None = None,
 ) -> DeadLetterRow:
-    return (dead_letter_id(raw), reason, detail[:1000], raw, topic, seen_at_ms, user_id)
+    return (
+        dead_letter_id(raw),
+        reason,
+        detail[:1000],
+        raw,
+        topic,
+        seen_at_ms,
+        user_id,
+        event_time_ms,
+    )

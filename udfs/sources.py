@@ -142,6 +142,15 @@ class SyntheticSpec:
     days: int = 14
     categories: int = 60
 
+    def __post_init__(self) -> None:
+        if self.events <= 0 or self.users <= 0:
+            raise ValueError("synthetic: events and users must be positive")
+        if self.events < self.users:
+            raise ValueError(
+                f"synthetic: {self.events} events cannot cover {self.users} users (each user has "
+                "at least one event): ask for fewer users or more events"
+            )
+
 
 def synthetic_events(spec: SyntheticSpec) -> list[pb.UserEvent]:
     """A seeded, time-ordered stream of shoppers: sessions, a view -> cart -> purchase funnel,
@@ -150,8 +159,6 @@ def synthetic_events(spec: SyntheticSpec) -> list[pb.UserEvent]:
     Each user has a hidden purchase intent; intent raises cart and purchase rates, so the
     bootstrap model has something real to learn from the profile features.
     """
-    if spec.events <= 0 or spec.users <= 0:
-        raise ValueError("events and users must be positive")
     rng = random.Random(spec.seed)
     horizon_ms = spec.days * 24 * 3600 * 1000
     base_price = [round(math.exp(rng.gauss(3.3, 0.9)), 2) for _ in range(spec.categories)]

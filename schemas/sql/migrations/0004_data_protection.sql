@@ -12,8 +12,9 @@ INSERT INTO profilestream_settings VALUES
     ('pseudonym.key_id', '',
      'fingerprint of the pseudonym key the rows were written with (set by the job, not secret)');
 
--- The user a dead letter names, when the message parsed far enough to say (NULL otherwise).
-ALTER TABLE dead_letter_events ADD COLUMN user_id text;
+-- The user a dead letter names and its event time, when the message parsed far enough to say
+-- (NULL otherwise).
+ALTER TABLE dead_letter_events ADD COLUMN user_id text, ADD COLUMN event_time_ms bigint;
 CREATE INDEX dead_letter_events_user_idx ON dead_letter_events (user_id);
 
 -- Ids (SHA-256 of the bytes) of every dead letter ever written. Carries no identity. It makes
@@ -99,25 +100,36 @@ END
 $$;
 
 -- Everything PostgreSQL holds about one user: the profile, its history, and the dead letters
--- that name them (by the parsed user_id, or the encoded field inside the raw bytes).
-CREATE FUNCTION erase_user_data(u text, OUT profiles bigint, OUT history bigint,
-                                OUT dead_letters bigint)
+-- that name them (by the parsed user_id, or the encoded field inside the raw bytes). With
+-- `up_to_ms` (the erasure's event time), only what came before it: a profile that started later
+-- (the user came back after the request) and its history stay, as do dead letters with a later
+-- event time; dead letters without one are deleted.
+CREATE FUNCTION erase_user_data(u text, up_to_ms bigint DEFAULT NULL, OUT profiles bigint,
+                                OUT history bigint, OUT dead_letters bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     needle bytea := user_id_field_bytes(u);
+    bound bigint := coalesce(up_to_ms, 9223372036854775807);
 BEGIN
-    DELETE FROM user_profile_history WHERE user_id = u;
+    DELETE FROM user_profile_history WHERE user_id = u AND profile_epoch_ms <= bound;
     GET DIAGNOSTICS history = ROW_COUNT;
-    DELETE FROM dead_letter_events WHERE user_id = u OR position(needle IN raw) > 0;
+    DELETE FROM dead_letter_events
+     WHERE (user_id = u OR position(needle IN raw) > 0)
+       AND (event_time_ms IS NULL OR event_time_ms <= bound);
     GET DIAGNOSTICS dead_letters = ROW_COUNT;
-    DELETE FROM user_profiles WHERE user_id = u;
+    PERFORM set_config('profilestream.erasing', 'on', true);  -- done above, and bounded
+    DELETE FROM user_profiles WHERE user_id = u AND profile_epoch_ms <= bound;
     GET DIAGNOSTICS profiles = ROW_COUNT;
+    PERFORM set_config('profilestream.erasing', 'off', true);
 END
 $$;
 
 -- The job erases by deleting the profile row (an ERASE event); the rest goes with it.
 CREATE FUNCTION user_profiles_after_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('profilestream.erasing', true) = 'on' THEN
+        RETURN NULL;  -- erase_user_data deletes the rest itself
+    END IF;
     DELETE FROM user_profile_history WHERE user_id = OLD.user_id;
     DELETE FROM dead_letter_events
      WHERE user_id = OLD.user_id OR position(user_id_field_bytes(OLD.user_id) IN raw) > 0;
