@@ -139,6 +139,9 @@ class LocalCluster:
         if java_opts:
             lines.append(f"env.java.opts.all: {json.dumps(java_opts)}")
         (self.conf_dir / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for log_config in self.conf_dir.glob("log4j*.properties"):
+            with log_config.open("a", encoding="utf-8") as fh:
+                fh.write(QUIET_SECRETS)
 
     def _script(self, name: str, *args: str, java: Java) -> None:
         proc = subprocess.run(
@@ -277,6 +280,8 @@ class LocalCluster:
             *job_args,
         ]
         env = {**self.environment(java), **(secrets or {})}
+        # The client only builds the job graph; the workers read the key (udfs.pseudonym).
+        env.pop("PROFILESTREAM_PSEUDONYM_KEY", None)
         proc = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
         )
@@ -286,6 +291,16 @@ class LocalCluster:
             if "Job has been submitted with JobID" in line:
                 return line.rsplit(" ", 1)[-1].strip()
         raise ClusterError(f"flink run failed (exit {proc.returncode}): {_last_error(output)}")
+
+
+# Flink's PythonEnvUtils logs, at INFO, the whole environment of every Python process it starts
+# (`flink run`'s Python driver included): PGPASSWORD and the pseudonym key with it.
+QUIET_SECRETS = """
+# ProfileStream: PythonEnvUtils logs the full environment of the Python processes it starts,
+# secrets included; keep it to warnings.
+logger.profilestream_python_env.name = org.apache.flink.client.python.PythonEnvUtils
+logger.profilestream_python_env.level = WARN
+"""
 
 
 def _java_opts(config: Path) -> str:

@@ -103,6 +103,8 @@ def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironm
         "python.client.executable": sys.executable,
         "state.backend.type": "rocksdb",
         "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
+        # RocksDB's own LOG files (by default in Flink's log dir: site-packages/pyflink/log).
+        "state.backend.rocksdb.log.dir": str(tmp / "rocksdb-logs"),
         "execution.checkpointing.interval": f"{config.checkpoint_interval_ms} ms",
         "execution.checkpointing.dir": config.checkpoint_dir.resolve().as_uri(),
         "execution.checkpointing.incremental": "true",
