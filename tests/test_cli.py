@@ -1,5 +1,5 @@
 """The command line as a user runs it: operator mistakes give one actionable line and a non-zero
-exit quickly (no Java stack trace, no hang), and `profilestream demo` prints its summary."""
+exit within 30 s (no Java stack trace, no hang), and `profilestream demo` prints its summary."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CLI = str(VENV_BIN / "profilestream")
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     for key in ("PG_DSN", "KAFKA_BOOTSTRAP"):

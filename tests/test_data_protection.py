@@ -157,3 +157,28 @@ def test_an_erasure_bounded_by_its_time_keeps_what_came_after(pg_dsn: str) -> No
     assert query(pg_dsn, "SELECT raw::text FROM dead_letter_events") == [
         ("\\x" + b"fay after".hex(),)
     ]
+
+
+def test_rotate_pseudonyms_command(pg_dsn: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TEST_PSEUDONYM_KEY
+
+    current = Pseudonymiser(TEST_PSEUDONYM_KEY.encode())
+    db.check_pseudonym_key(pg_dsn, current.key_id)
+    query(pg_dsn, UPSERT, _with(1, user_id="gus", user_pseudonym=current("gus")))
+    new_key = "rotated-key-" + "9" * 20
+    env = {**os.environ, "PROFILESTREAM_PSEUDONYM_KEY": new_key, "PG_DSN": pg_dsn}
+    cli = str(Path(sys.executable).parent / "profilestream")
+    proc = subprocess.run(
+        [cli, "db", "rotate-pseudonyms"], capture_output=True, text=True, env=env, timeout=60
+    )
+    rotated = Pseudonymiser(new_key.encode())
+    assert proc.returncode == 0, proc.stderr
+    assert f"key id {rotated.key_id}: 1 profiles, 1 history rows" in proc.stdout
+    assert new_key not in proc.stdout + proc.stderr
+    assert query(pg_dsn, "SELECT user_pseudonym FROM bi_user_profiles") == [(rotated("gus"),)]
+    db.check_pseudonym_key(pg_dsn, rotated.key_id)

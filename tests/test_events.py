@@ -300,3 +300,23 @@ def test_erase_needs_only_who_and_when() -> None:
         event_id="e", user_id="carol", event_type=ev.ERASE, event_time_ms=NOW - 1
     ).SerializeToString()
     assert decode_event(raw, NOW).event_type == ev.ERASE
+
+
+def test_the_producer_api_refuses_an_invalid_event_with_its_reason() -> None:
+    from flink_jobs.producer import EventPublisher
+
+    publisher = EventPublisher("127.0.0.1:1", "t")  # refused before anything is sent
+    bad = make_message(
+        event_id="e",
+        user_id="u",
+        event_type=ev.PURCHASE,
+        event_time_ms=NOW - 1,
+        item_id="i",
+        price_micros=-1,
+        currency="USD",
+    )
+    with pytest.raises(InvalidEvent) as info:
+        publisher.publish(bad)
+    assert info.value.reason is Reason.INVALID_PRICE
+    assert str(info.value) == "invalid_price: price_micros -1 out of range"
+    assert publisher.report.sent == 0
