@@ -211,18 +211,28 @@ def job_state(cluster: LocalCluster, job_id: str) -> str:
     return str(cluster.rest(f"/jobs/{job_id}")["state"])
 
 
+def start_streaming(cluster: LocalCluster, kafka: str, dsn: str, topic: str) -> tuple[Stream, str]:
+    """A topic, a steady stream into it, and the job on the cluster writing its first rows."""
+    ensure_topic(kafka, topic, partitions=2)
+    stream = Stream(kafka, topic)
+    try:
+        job = submit(cluster, kafka, dsn, topic)
+        stream.running.set()
+        wait_for(lambda: rows_updated_since(dsn, 0) > 50, 90, "the first rows")
+    except BaseException:
+        stream.close()
+        raise
+    return stream, job
+
+
 def test_crashes_restarts_and_rescaling(
     cluster: LocalCluster, kafka: str, pg_dsn: str, pg_server: EmbeddedPostgres, tmp_path: Path
 ) -> None:
     topic = "cluster-events"
-    ensure_topic(kafka, topic, partitions=2)
     log = tmp_path / "sent.pb"
-    stream, poller = Stream(kafka, topic), Poller(pg_dsn)
+    poller = Poller(pg_dsn)
+    stream, job = start_streaming(cluster, kafka, pg_dsn, topic)
     try:
-        job = submit(cluster, kafka, pg_dsn, topic)
-        stream.running.set()
-        wait_for(lambda: rows_updated_since(pg_dsn, 0) > 50, 90, "the first rows")
-
         # (a) kill -9 the TaskManager running the job, twice; a fresh one replaces it.
         recoveries = []
         for _ in range(2):
@@ -273,13 +283,10 @@ def test_savepoint_then_resume_at_parallelism_two(
     cluster: LocalCluster, kafka: str, pg_dsn: str, tmp_path: Path
 ) -> None:
     topic = "rescale-events"
-    ensure_topic(kafka, topic, partitions=2)
     log = tmp_path / "sent.pb"
-    stream, poller = Stream(kafka, topic), Poller(pg_dsn)
+    poller = Poller(pg_dsn)
+    stream, job = start_streaming(cluster, kafka, pg_dsn, topic)
     try:
-        job = submit(cluster, kafka, pg_dsn, topic)
-        stream.running.set()
-        wait_for(lambda: rows_updated_since(pg_dsn, 0) > 50, 90, "the first rows")
         time.sleep(6)
         savepoint = stop_with_savepoint(cluster, job)
         job = submit(cluster, kafka, pg_dsn, topic, from_savepoint=savepoint, parallelism=2)
@@ -348,12 +355,8 @@ def test_erasure_holds_through_a_restore_from_before_it(
     from udfs.events import make_message
 
     topic = "erase-events"
-    ensure_topic(kafka, topic, partitions=2)
-    stream = Stream(kafka, topic)
+    stream, job = start_streaming(cluster, kafka, pg_dsn, topic)
     try:
-        job = submit(cluster, kafka, pg_dsn, topic)
-        stream.running.set()
-        wait_for(lambda: rows_updated_since(pg_dsn, 0) > 50, 90, "the first rows")
         time.sleep(3)
         stream.pause()
         conn = psycopg2.connect(pg_dsn)
