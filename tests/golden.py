@@ -1,0 +1,235 @@
+"""The golden corpus: a deterministic event log that exercises every path of the profile step, and
+a driver that replays it the way the job does (events in order, event-time timers fired as the
+watermark passes them, the bounded-input end rule), recording every row and dead letter.
+
+`tests/data/golden_rows.json` holds, per user, a digest of the rows the profile code produced for
+this corpus when it was frozen (issue 9, before the per-event cost work). A faster
+implementation must reproduce them exactly: same features, same rows.
+
+    python -m tests.golden     # rewrite the digests (only when rows are meant to change)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import json
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from udfs import events as ev
+from udfs.engine import ProfileEngine, Step
+from udfs.events import InvalidEvent, decode_event, make_message
+from udfs.profile import ProfileParams
+from udfs.pseudonym import Pseudonymiser
+from udfs.sources import SyntheticSpec, synthetic_events
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_rows.json"
+NOW_MS = 1_900_000_000_000  # the wall clock the corpus is decoded with (after every event)
+MAX_OUT_OF_ORDERNESS_MS = 5_000
+BRANDS = ("acme", "globex", "initech", "umbrella", "hooli", "Ωmega 日本語", "x" * 80)
+
+
+def corpus(seed: int = 11) -> list[bytes]:
+    """~25,000 messages: dense and sparse synthetic shoppers (sparse ones go silent long enough
+    for at-risk, dormant and expiry), with brands, other currencies, duplicates, out-of-order
+    and late events, many categories (the HyperLogLog path), long ids and erasures."""
+    rng = random.Random(seed)
+    dense = synthetic_events(SyntheticSpec(events=18_000, users=900, seed=seed, days=20))
+    sparse = synthetic_events(
+        SyntheticSpec(events=6_000, users=600, seed=seed + 1, days=240, categories=90)
+    )
+    for m in sparse:
+        m.user_id = "s" + m.user_id
+    msgs = sorted(
+        [*dense, *sparse], key=lambda m: (m.event_time.seconds, m.event_time.nanos, m.event_id)
+    )
+    out: list[pb.UserEvent] = []
+    erased: set[str] = set()
+    for i, m in enumerate(msgs):
+        r = rng.random()
+        if r < 0.12:
+            m.brand = rng.choice(BRANDS)
+        elif r < 0.15 and m.HasField("price_micros"):
+            m.currency = "EUR"
+        elif r < 0.16 and m.HasField("item_id"):
+            m.item_id = m.item_id + "-" + "long" * 20  # cut to 64 characters in lists
+        elif r < 0.19 and m.HasField("category_id"):
+            m.category_id = f"rare{rng.randrange(40)}"  # > 16 distinct: HyperLogLog
+        out.append(m)
+        if rng.random() < 0.02:  # a producer retry: the same event again, a little later
+            dup = pb.UserEvent()
+            dup.CopyFrom(m)
+            out.append(dup)
+        if rng.random() < 0.01:  # late: older than the user's newest event by > 10 minutes
+            late = pb.UserEvent()
+            late.CopyFrom(m)
+            late.event_id = f"late-{i}"
+            late.event_time.seconds -= rng.choice((11, 30, 600)) * 60
+            out.append(late)
+        if i % 2500 == 1000 and m.user_id not in erased:
+            erased.add(m.user_id)
+            out.append(
+                make_message(
+                    event_id=f"erase-{i}",
+                    user_id=m.user_id,
+                    event_type=ev.ERASE,
+                    event_time_ms=m.event_time.seconds * 1000,
+                )
+            )
+    # Out of order within the allowed lateness: swap some neighbours of the same user.
+    for j in range(len(out) - 1):
+        a, b = out[j], out[j + 1]
+        gap = b.event_time.seconds - a.event_time.seconds
+        if a.user_id == b.user_id and 0 < gap < 300 and rng.random() < 0.3:
+            out[j], out[j + 1] = b, a
+    return [m.SerializeToString() for m in out]
+
+
+def engine(score: Callable[[Sequence[float]], float] | None = None) -> ProfileEngine:
+    """The engine with a deterministic scorer (a checksum of the model input), so the digests do
+    not depend on a model file."""
+
+    def checksum(features: Sequence[float]) -> float:
+        values = [0.0 if math.isnan(x) else float(x) for x in features]
+        return sum(v * (i + 1) for i, v in enumerate(values)) % 1.0
+
+    return ProfileEngine(ProfileParams(), score or checksum, "golden", Pseudonymiser(b"g" * 32))
+
+
+def replay(
+    raws: list[bytes],
+    eng: ProfileEngine,
+    states: dict[str, bytes] | None = None,
+    timers: dict[str, set[int]] | None = None,
+    max_event: int = 0,
+) -> Iterator[tuple[str, str, tuple[object, ...]]]:
+    """Yield (user, kind, row) for every row and dead letter the job would emit, in order.
+    `states` and `timers` (user -> bytes, user -> registered timers) start empty or restored,
+    and are left as the job's state would be."""
+    states = {} if states is None else states
+    timers = {} if timers is None else timers
+    queue = [(t, u) for u, ts in timers.items() for t in ts]  # (time, user), may hold deleted
+    heapq.heapify(queue)
+    watermark = max_event - MAX_OUT_OF_ORDERNESS_MS - 1 if max_event else -(2**63)
+
+    def fire(up_to: int) -> Iterator[tuple[str, str, tuple[object, ...]]]:
+        while queue and queue[0][0] <= up_to:
+            t, user = heapq.heappop(queue)
+            if t not in timers.get(user, ()):
+                continue  # deleted
+            timers[user].discard(t)
+            step = eng.on_timer(states.get(user), user, t)
+            yield from apply(user, step)
+
+    def apply(user: str, s: Step) -> Iterator[tuple[str, str, tuple[object, ...]]]:
+        if s.erase:
+            yield user, "delete", ()
+        if s.clear:
+            states.pop(user, None)
+        elif s.state is not None:
+            states[user] = s.state
+        if s.timer_delete:
+            timers.get(user, set()).discard(s.timer_delete)
+        if s.timer_register:
+            timers.setdefault(user, set()).add(s.timer_register)
+            heapq.heappush(queue, (s.timer_register, user))
+        if s.dead_letter is not None:
+            yield user, "dead_letter", s.dead_letter
+        if s.row is not None:
+            yield user, "row", s.row
+
+    for raw in raws:
+        try:
+            event = decode_event(raw, NOW_MS)
+        except InvalidEvent:
+            continue
+        max_event = max(max_event, event.event_time_ms)
+        step = eng.on_event(states.get(event.user_id), event, "golden", NOW_MS)
+        yield from apply(event.user_id, step)
+        new_watermark = max_event - MAX_OUT_OF_ORDERNESS_MS - 1
+        if new_watermark > watermark:
+            watermark = new_watermark
+            yield from fire(watermark)
+    # The end of a bounded input: timers up to the watermark the data implies.
+    yield from fire(max_event - MAX_OUT_OF_ORDERNESS_MS - 1)
+
+
+def digests(rows: Iterator[tuple[str, str, tuple[object, ...]]]) -> dict[str, str]:
+    """user -> SHA-256 over the repr of every row and dead letter of that user, in order."""
+    acc: dict[str, hashlib._Hash] = {}
+    for user, kind, row in rows:
+        acc.setdefault(user, hashlib.sha256()).update(f"{kind}:{row!r}\n".encode())
+    return {user: h.hexdigest()[:16] for user, h in sorted(acc.items())}
+
+
+def restored_users(raws: list[bytes]) -> list[str]:
+    """The users whose state the restore fixture keeps: every tenth user of the first half."""
+    users = sorted({decode_event(r, NOW_MS).user_id for r in raws[:CUT] if _valid(r)})
+    return users[::10]
+
+
+def _valid(raw: bytes) -> bool:
+    try:
+        decode_event(raw, NOW_MS)
+    except InvalidEvent:
+        return False
+    return True
+
+
+def only(users: set[str], raws: list[bytes]) -> list[bytes]:
+    return [r for r in raws if _valid(r) and decode_event(r, NOW_MS).user_id in users]
+
+
+CUT = 12_000  # the restore fixture's state is taken after this many messages
+
+
+def main() -> None:
+    raws = corpus()
+    got = digests(replay(raws, engine()))
+    # State as written by this code half-way through, for a sample of users, and what the rest
+    # of their events produce from it: a later format must read it and continue identically.
+    states: dict[str, bytes] = {}
+    timers: dict[str, set[int]] = {}
+    for _ in replay(raws[:CUT], engine(), states, timers):
+        pass
+    users = restored_users(raws)
+    max_event = max(decode_event(r, NOW_MS).event_time_ms for r in raws[:CUT] if _valid(r))
+    kept = {u: states[u] for u in users if u in states}
+    kept_timers = {u: sorted(timers.get(u, ())) for u in kept}
+    after = digests(
+        replay(
+            only(set(kept), raws[CUT:]),
+            engine(),
+            dict(kept),
+            {u: set(t) for u, t in kept_timers.items()},
+            max_event,
+        )
+    )
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(
+        json.dumps(
+            {
+                "messages": len(raws),
+                "users": got,
+                "restore": {
+                    "format": kept[next(iter(kept))][0],
+                    "max_event_ms": max_event,
+                    "states": {u: base64.b64encode(b).decode() for u, b in kept.items()},
+                    "timers": kept_timers,
+                    "after": after,
+                },
+            },
+            indent=0,
+        )
+        + "\n"
+    )
+    print(f"{len(raws)} messages, {len(got)} users, {len(kept)} restored -> {GOLDEN}")
+
+
+if __name__ == "__main__":
+    main()
