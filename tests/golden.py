@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 import json
 import math
 import random
@@ -22,8 +21,10 @@ from pathlib import Path
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
 from udfs import events as ev
-from udfs.engine import ProfileEngine, Step
+from udfs.cache import ProfileCache
+from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import InvalidEvent, decode_event, make_message
+from udfs.host import MemoryHost
 from udfs.profile import ProfileParams
 from udfs.pseudonym import Pseudonymiser
 from udfs.sources import SyntheticSpec, synthetic_events
@@ -103,41 +104,16 @@ def engine(score: Callable[[Sequence[float]], float] | None = None) -> ProfileEn
 
 def replay(
     raws: list[bytes],
-    eng: ProfileEngine,
-    states: dict[str, bytes] | None = None,
-    timers: dict[str, set[int]] | None = None,
+    host: MemoryHost,
     max_event: int = 0,
 ) -> Iterator[tuple[str, str, tuple[object, ...]]]:
-    """Yield (user, kind, row) for every row and dead letter the job would emit, in order.
-    `states` and `timers` (user -> bytes, user -> registered timers) start empty or restored,
-    and are left as the job's state would be."""
-    states = {} if states is None else states
-    timers = {} if timers is None else timers
-    queue = [(t, u) for u, ts in timers.items() for t in ts]  # (time, user), may hold deleted
-    heapq.heapify(queue)
+    """Yield (user, kind, row) for every row and dead letter the job would emit, in order, with
+    `host` holding the state and timers (empty, or restored)."""
     watermark = max_event - MAX_OUT_OF_ORDERNESS_MS - 1 if max_event else -(2**63)
 
-    def fire(up_to: int) -> Iterator[tuple[str, str, tuple[object, ...]]]:
-        while queue and queue[0][0] <= up_to:
-            t, user = heapq.heappop(queue)
-            if t not in timers.get(user, ()):
-                continue  # deleted
-            timers[user].discard(t)
-            step = eng.on_timer(states.get(user), user, t)
-            yield from apply(user, step)
-
-    def apply(user: str, s: Step) -> Iterator[tuple[str, str, tuple[object, ...]]]:
+    def emit(user: str, s: Step) -> Iterator[tuple[str, str, tuple[object, ...]]]:
         if s.erase:
             yield user, "delete", ()
-        if s.clear:
-            states.pop(user, None)
-        elif s.state is not None:
-            states[user] = s.state
-        if s.timer_delete:
-            timers.get(user, set()).discard(s.timer_delete)
-        if s.timer_register:
-            timers.setdefault(user, set()).add(s.timer_register)
-            heapq.heappush(queue, (s.timer_register, user))
         if s.dead_letter is not None:
             yield user, "dead_letter", s.dead_letter
         if s.row is not None:
@@ -149,21 +125,24 @@ def replay(
         except InvalidEvent:
             continue
         max_event = max(max_event, event.event_time_ms)
-        step = eng.on_event(states.get(event.user_id), event, "golden", NOW_MS)
-        yield from apply(event.user_id, step)
+        yield from emit(event.user_id, host.on_event(event, "golden", NOW_MS))
         new_watermark = max_event - MAX_OUT_OF_ORDERNESS_MS - 1
         if new_watermark > watermark:
             watermark = new_watermark
-            yield from fire(watermark)
+            for user, step in host.fire(watermark):
+                yield from emit(user, step)
     # The end of a bounded input: timers up to the watermark the data implies.
-    yield from fire(max_event - MAX_OUT_OF_ORDERNESS_MS - 1)
+    for user, step in host.fire(max_event - MAX_OUT_OF_ORDERNESS_MS - 1):
+        yield from emit(user, step)
 
 
 def digests(rows: Iterator[tuple[str, str, tuple[object, ...]]]) -> dict[str, str]:
     """user -> SHA-256 over the repr of every row and dead letter of that user, in order."""
     acc: dict[str, hashlib._Hash] = {}
     for user, kind, row in rows:
-        acc.setdefault(user, hashlib.sha256()).update(f"{kind}:{row!r}\n".encode())
+        # The features JSON is compared as text (it crosses into Java as UTF-8 bytes).
+        text = tuple(v.decode() if isinstance(v, bytes) and kind == "row" else v for v in row)
+        acc.setdefault(user, hashlib.sha256()).update(f"{kind}:{text!r}\n".encode())
     return {user: h.hexdigest()[:16] for user, h in sorted(acc.items())}
 
 
@@ -188,28 +167,32 @@ def only(users: set[str], raws: list[bytes]) -> list[bytes]:
 CUT = 12_000  # the restore fixture's state is taken after this many messages
 
 
+def restored(
+    states: dict[str, bytes], timers: dict[str, list[int]], cache: ProfileCache | None = None
+) -> MemoryHost:
+    """A host holding `states` and their registered timers, as after a restore."""
+    host = MemoryHost(engine(), cache)
+    for user, state in states.items():
+        host.states[user] = state
+    for user, times in timers.items():
+        for t in times:
+            host.apply(user, Step(StepOutcome.STALE_TIMER, timer_register=t))
+    return host
+
+
 def main() -> None:
     raws = corpus()
-    got = digests(replay(raws, engine()))
+    got = digests(replay(raws, MemoryHost(engine())))
     # State as written by this code half-way through, for a sample of users, and what the rest
     # of their events produce from it: a later format must read it and continue identically.
-    states: dict[str, bytes] = {}
-    timers: dict[str, set[int]] = {}
-    for _ in replay(raws[:CUT], engine(), states, timers):
+    host = MemoryHost(engine())
+    for _ in replay(raws[:CUT], host):
         pass
     users = restored_users(raws)
     max_event = max(decode_event(r, NOW_MS).event_time_ms for r in raws[:CUT] if _valid(r))
-    kept = {u: states[u] for u in users if u in states}
-    kept_timers = {u: sorted(timers.get(u, ())) for u in kept}
-    after = digests(
-        replay(
-            only(set(kept), raws[CUT:]),
-            engine(),
-            dict(kept),
-            {u: set(t) for u, t in kept_timers.items()},
-            max_event,
-        )
-    )
+    kept = {u: host.states[u] for u in users if u in host.states}
+    kept_timers = {u: [host.timers[u]] if u in host.timers else [] for u in kept}
+    after = digests(replay(only(set(kept), raws[CUT:]), restored(kept, kept_timers), max_event))
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(
         json.dumps(

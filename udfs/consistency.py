@@ -1,11 +1,11 @@
 """Offline recomputation of what the job should have written, and comparison with what it did.
 
 `recompute` drives the job's own `ProfileEngine` over the raw messages (in the order one Kafka
-partition delivers a user's events) with a dict for state and a table for timers, then fires the
-inactivity timers the stream's final watermark would have fired. That watermark is known only
-approximately offline (it depends on how partitions interleave), so for a user whose next
-transition falls within `watermark_tolerance_ms` below it, both the row before and the row after
-that transition are accepted.
+partition delivers a user's events) in a `MemoryHost` (a dict for state, a table for timers),
+then fires the inactivity timers the stream's final watermark would have fired. That watermark
+is known only approximately offline (it depends on how partitions interleave), so for a user
+whose next transition falls within `watermark_tolerance_ms` below it, both the row before and
+the row after that transition are accepted.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from udfs.engine import ProfileEngine
+from udfs.engine import ProfileEngine, StepOutcome
 from udfs.events import InvalidEvent, decode_event
+from udfs.host import MemoryHost
 from udfs.rows import PROFILE_COLUMN_NAMES, ProfileRow, dead_letter_id, user_id_field_bytes
 
 HOUR_MS = 3_600_000
@@ -46,8 +47,7 @@ def recompute(
     watermark_tolerance_ms: int = HOUR_MS,
 ) -> Expected:
     out = Expected()
-    states: dict[str, bytes] = {}
-    timers: dict[str, int] = {}
+    host = MemoryHost(engine)
     rows: dict[str, ProfileRow] = {}
     # dead_letter_id -> (user_id, raw): what an erasure deletes
     named: dict[str, tuple[str | None, bytes]] = {}
@@ -63,8 +63,8 @@ def recompute(
             continue
         out.valid_events += 1
         max_time = max(max_time, event.event_time_ms)
-        step = engine.on_event(states.get(event.user_id), event, topic, now_ms)
-        if step.outcome == "duplicate":
+        step = host.on_event(event, topic, now_ms)
+        if step.outcome is StepOutcome.DUPLICATE:
             out.duplicates += 1
         if step.dead_letter is not None:
             out.late_events += 1
@@ -72,22 +72,16 @@ def recompute(
             named.setdefault(step.dead_letter[0], (event.user_id, raw))
         if step.erase:
             out.erasures += 1
-            _erase(event.user_id, states, timers, rows, out.dead_letters, named)
+            _erase(event.user_id, rows, out.dead_letters, named)
             continue
-        if step.state is not None:
-            states[event.user_id] = step.state
-        if step.timer_register:
-            timers[event.user_id] = step.timer_register
         if step.row is not None:
             rows[event.user_id] = step.row
 
     # The watermark a bounded run ends with (before Flink's final MAX, which fires nothing here).
     final = max_time - max_out_of_orderness_ms - 1 if max_time else 0
     out.final_watermark_ms = final
-    settled = _fire_timers(
-        engine, dict(states), dict(timers), dict(rows), final - watermark_tolerance_ms
-    )
-    racing = _fire_timers(engine, states, timers, rows, final)
+    settled = _fire_timers(host.copy(), dict(rows), final - watermark_tolerance_ms)
+    racing = _fire_timers(host, rows, final)
     for user_id in rows:
         candidates = [settled[user_id]]
         if racing[user_id] != settled[user_id]:
@@ -98,16 +92,13 @@ def recompute(
 
 def _erase(
     user_id: str,
-    states: dict[str, bytes],
-    timers: dict[str, int],
     rows: dict[str, ProfileRow],
     dead_letters: dict[str, str],
     named: dict[str, tuple[str | None, bytes]],
 ) -> None:
-    """What an ERASE does: the state and row go, and so does every dead letter naming the user
-    (by its parsed user_id or the encoded field in its bytes, as the database trigger does)."""
-    states.pop(user_id, None)
-    timers.pop(user_id, None)
+    """What an ERASE does beyond the state and timer (the engine clears those): the row goes,
+    and so does every dead letter naming the user (by its parsed user_id or the encoded field in
+    its bytes, as the database trigger does)."""
     rows.pop(user_id, None)
     needle = user_id_field_bytes(user_id)
     for key, (named_user, raw) in list(named.items()):
@@ -117,23 +108,11 @@ def _erase(
 
 
 def _fire_timers(
-    engine: ProfileEngine,
-    states: dict[str, bytes],
-    timers: dict[str, int],
-    rows: dict[str, ProfileRow],
-    watermark: int,
+    host: MemoryHost, rows: dict[str, ProfileRow], watermark: int
 ) -> dict[str, ProfileRow]:
-    for user_id in list(timers):
-        while user_id in timers and timers[user_id] <= watermark:
-            step = engine.on_timer(states.get(user_id), user_id, timers.pop(user_id))
-            if step.row is not None:
-                rows[user_id] = step.row
-            if step.clear:
-                states.pop(user_id, None)
-            elif step.state is not None:
-                states[user_id] = step.state
-            if step.timer_register:
-                timers[user_id] = step.timer_register
+    for user_id, step in host.fire(watermark):
+        if step.row is not None:
+            rows[user_id] = step.row
     return rows
 
 

@@ -1,11 +1,22 @@
-"""The job's per-key logic as pure functions of (stored bytes, input): what to store, which row
-and dead letter to emit, which timer to register. The Flink adapter (flink_jobs/functions.py)
-only moves these between Flink's state, timers and outputs; the consistency checker and the
-tests drive the very same engine with a dict for state and a table for timers.
+"""The job's per-key logic as pure functions of (profile, input): what to store, which row and
+dead letter to emit, which timer to register. The Flink adapter (flink_jobs/functions.py) only
+moves these between Flink's state, timers and outputs; the consistency checker, the benchmark and
+the tests drive the very same engine with a dict for state and a table for timers.
+
+State is the encoded profile (`udfs.profile.encode_profile`); `load` decodes it. A caller may keep
+the decoded profile of a step (`Step.profile`) and pass it to the next step of that key instead of
+decoding the stored bytes again (a write-through cache, `udfs.cache.ProfileCache`): a step never
+changes the profile it is given unless it returns new state for it.
+
+Inactivity timers are lazy: a key has at most one event-time timer, registered when it has none
+or when the next transition moved earlier. Activity only moves transitions later, so most events
+touch no timer; a timer that fires before the transition now due is moved to it (`deferred`),
+writing no row.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +31,7 @@ from udfs.profile import (
     encode_profile,
     fold,
     next_timer_ms,
+    settle_order,
 )
 from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row
 
@@ -28,11 +40,22 @@ PseudonymFn = Callable[[str], str]
 DeadLetter = DeadLetterRow
 
 
+class StepOutcome(enum.Enum):
+    APPLIED = "applied"  # the event was folded: store, emit the row
+    DUPLICATE = "duplicate"  # nothing changes
+    LATE = "late"  # nothing changes; a dead letter
+    ERASED = "erased"  # the user asked to be forgotten: clear state, delete the row
+    TRANSITION = "transition"  # the timer moved the profile to at_risk / dormant: store, emit
+    EXPIRED = "expired"  # the timer expired the profile: clear state, emit the final row
+    DEFERRED = "deferred"  # the timer fired before the transition now due: moved, no row
+    STALE_TIMER = "stale_timer"  # a timer the state no longer knows: nothing
+
+
 @dataclass(slots=True)
 class Step:
-    # "applied" | "duplicate" | "late" | "erased" | "transition" | "expired" | "stale_timer"
-    outcome: str
+    outcome: StepOutcome
     state: bytes | None = None  # store this (None: leave the state as it is)
+    profile: Profile | None = None  # the decoded form of `state`, for a write-through cache
     clear: bool = False  # delete the state
     erase: bool = False  # the user asked to be forgotten: delete their row (and what it carries)
     row: ProfileRow | None = None
@@ -50,6 +73,11 @@ class ProfileEngine:
         self.model_version = model_version
         self.pseudonym = pseudonym
 
+    @staticmethod
+    def load(stored: bytes | None) -> Profile | None:
+        """The profile held by a key's stored state (None: the key has no state)."""
+        return decode_profile(stored) if stored is not None else None
+
     def _row(self, user_id: str, profile: Profile, now_ms: int, expired: bool) -> ProfileRow:
         features = compute_features(profile, now_ms, self.params)
         score = self.score(feature_vector(features))
@@ -64,63 +92,85 @@ class ProfileEngine:
             expired=expired,
         )
 
-    def on_event(self, stored: bytes | None, event: Event, topic: str, now_ms: int) -> Step:
-        """One valid event for its user. `now_ms` is the wall clock (dead-letter timestamps)."""
-        old = decode_profile(stored) if stored is not None else None
-        old_timer = old.timer_ms if old is not None else 0
-        if event.event_type == ERASE:
-            # Never late, never a duplicate: forget everything; the next event starts afresh.
-            return Step(outcome="erased", clear=True, erase=True, timer_delete=old_timer)
-        old_last = old.last_ms if old is not None else 0
-        profile, outcome = fold(old, event, self.params)
-        if outcome is Outcome.DUPLICATE:
-            return Step(outcome="duplicate")
-        if outcome is Outcome.LATE:
-            detail = (
-                f"event_time is {old_last - event.event_time_ms} ms behind the user's newest "
-                f"event; allowed lateness is {self.params.allowed_lateness_ms} ms"
-            )
-            return Step(
-                outcome="late",
-                dead_letter=dead_letter_row(
-                    event.raw,
-                    Reason.LATE_EVENT.value,
-                    detail,
-                    topic,
-                    now_ms,
-                    event.user_id,
-                    event.event_time_ms,
-                ),
-            )
-        step = Step(outcome="applied")
-        self._schedule(profile, old_timer, step)
+    def store(self, step: Step, profile: Profile) -> None:
+        """Encode `profile` as the step's state (after its row: see `settle_order`)."""
         step.state = encode_profile(profile)
-        step.row = self._row(event.user_id, profile, profile.last_ms, expired=False)
+        settle_order(profile)  # as if read back from `state`: a cache may keep it
+        step.profile = profile
+
+    def on_event(self, old: Profile | None, event: Event, topic: str, now_ms: int) -> Step:
+        """One valid event for its user, whose profile is `old`. `now_ms` is the wall clock
+        (dead-letter timestamps)."""
+        step, profile = self.fold_event(old, event, topic, now_ms)
+        if profile is not None:
+            step.row = self._row(event.user_id, profile, profile.last_ms, expired=False)
+            self.store(step, profile)
         return step
 
-    def on_timer(self, stored: bytes | None, user_id: str, timer_ms: int) -> Step:
+    def fold_event(
+        self, old: Profile | None, event: Event, topic: str, now_ms: int
+    ) -> tuple[Step, Profile | None]:
+        """`on_event` up to its row: the step (timers set; done unless a profile comes back)
+        and the updated profile when the event was applied (then the row and the state are
+        still to be made)."""
+        registered = old.timer_ms if old is not None else 0
+        if event.event_type == ERASE:
+            # Never late, never a duplicate: forget everything; the next event starts afresh.
+            return Step(StepOutcome.ERASED, clear=True, erase=True, timer_delete=registered), None
+        profile, outcome = fold(old, event, self.params)
+        if outcome is Outcome.DUPLICATE:
+            return Step(StepOutcome.DUPLICATE), None
+        if outcome is Outcome.LATE:
+            assert old is not None
+            detail = (
+                f"event_time is {old.last_ms - event.event_time_ms} ms behind the user's newest "
+                f"event; allowed lateness is {self.params.allowed_lateness_ms} ms"
+            )
+            dead_letter = dead_letter_row(
+                event.raw,
+                Reason.LATE_EVENT.value,
+                detail,
+                topic,
+                now_ms,
+                event.user_id,
+                event.event_time_ms,
+            )
+            return Step(StepOutcome.LATE, dead_letter=dead_letter), None
+        step = Step(StepOutcome.APPLIED)
+        profile.timer_ms = registered  # a new profile (after expiry) keeps the key's timer
+        self._schedule(profile, step)
+        return step, profile
+
+    def on_timer(self, profile: Profile | None, user_id: str, timer_ms: int) -> Step:
         """The inactivity timer at event time `timer_ms` fired for `user_id`."""
-        if stored is None:
-            return Step(outcome="stale_timer")
-        profile = decode_profile(stored)
-        if profile.timer_ms != timer_ms:
-            return Step(outcome="stale_timer")
+        if profile is None or profile.timer_ms != timer_ms:
+            return Step(StepOutcome.STALE_TIMER)
+        due = next_timer_ms(profile, self.params)
+        if timer_ms < due:
+            # Registered before later activity moved the transition on: follow it.
+            step = Step(StepOutcome.DEFERRED, timer_register=due)
+            profile.timer_ms = due
+            self.store(step, profile)
+            return step
         if catch_up(profile, timer_ms, self.params):
             return Step(
-                outcome="expired",
+                StepOutcome.EXPIRED,
                 clear=True,
                 row=self._row(user_id, profile, timer_ms, expired=True),
             )
-        step = Step(outcome="transition")
-        self._schedule(profile, timer_ms, step)
-        step.timer_delete = 0  # the firing timer is gone already
-        step.state = encode_profile(profile)
+        step = Step(StepOutcome.TRANSITION)
+        profile.timer_ms = 0  # the firing timer is gone
+        self._schedule(profile, step)
         step.row = self._row(user_id, profile, timer_ms, expired=False)
+        self.store(step, profile)
         return step
 
-    def _schedule(self, profile: Profile, registered: int, step: Step) -> None:
+    def _schedule(self, profile: Profile, step: Step) -> None:
+        """Keep one timer at or before the next transition: register one when the key has
+        none, or when the transition moved before the registered one."""
         due = next_timer_ms(profile, self.params)
-        if due != registered:
+        registered = profile.timer_ms
+        if registered == 0 or registered > due:
             step.timer_delete = registered
             step.timer_register = due
-        profile.timer_ms = due
+            profile.timer_ms = due

@@ -34,33 +34,43 @@ import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
 from udfs.events import ADD_TO_CART, EVENT_TYPES, PURCHASE, VIEW, Event
+from udfs.params import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    RING_DAY,
+    RING_MID,
+    RING_SHORT,
+    ProfileParams,
+)
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-N_TYPES = len(EVENT_TYPES)
+__all__ = [
+    "DAY_MS",
+    "HOUR_MS",
+    "MINUTE_MS",
+    "RING_DAY",
+    "RING_MID",
+    "RING_SHORT",
+    "ProfileParams",
+]
 
-# Bucketed ring counters: (bucket width, buckets kept). Windows are bucket-aligned: "1 h" is the
-# current 10-minute bucket and the 5 before it (50-60 minutes), "24 h" the current 2-hour bucket
-# and the 11 before it (22-24 h), "7 d"/"30 d" the current UTC day and the 6/29 before it.
-RING_SHORT = (10 * MINUTE_MS, 6)
-RING_MID = (2 * HOUR_MS, 12)
-RING_DAY = (DAY_MS, 30)
+N_TYPES: Final = 6
+assert len(EVENT_TYPES) == N_TYPES
 
-DECAY_TYPES = (VIEW, ADD_TO_CART, PURCHASE)
-DECAY_HALF_LIVES_MS = (HOUR_MS, DAY_MS, 7 * DAY_MS)
-PREFERENCE_HALF_LIFE_MS = 7 * DAY_MS
-HOUR_HIST_HALF_LIFE_MS = 30 * DAY_MS
-REBASE_AFTER_MS = 48 * HOUR_MS  # 48 half-lives of the shortest half-life: far from f32 overflow
-MAX_ITEM_CHARS = 64  # ids kept in lists are cut to this many characters
-EXACT_DISTINCT = 16  # distinct categories are exact up to here, then HyperLogLog
-HLL_REGISTERS = 128
-NAME_MARGIN = 3  # names are kept for the top K plus a few, so ties cannot leave a top key nameless
+DECAY_TYPES: Final = (VIEW, ADD_TO_CART, PURCHASE)
+DECAY_HALF_LIVES_MS: Final = (HOUR_MS, DAY_MS, 7 * DAY_MS)
+PREFERENCE_HALF_LIFE_MS: Final = 7 * DAY_MS
+HOUR_HIST_HALF_LIFE_MS: Final = 30 * DAY_MS
+REBASE_AFTER_MS: Final = 48 * HOUR_MS  # 48 half-lives of the shortest: far from f32 overflow
+MAX_ITEM_CHARS: Final = 64  # ids kept in lists are cut to this many characters
+EXACT_DISTINCT: Final = 16  # distinct categories are exact up to here, then HyperLogLog
+HLL_REGISTERS: Final = 128
+NAME_MARGIN: Final = 3  # names are kept for the top K plus a few, so ties leave no top key nameless
 
 
 class Inactivity(enum.IntEnum):
@@ -73,44 +83,6 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     LATE = "late"
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileParams:
-    """Settings of the profile maths. The job and every offline replay must use the same ones."""
-
-    reporting_currency: str = "USD"  # spend and prices count events priced in this currency
-    activity_half_life_ms: int = DAY_MS
-    allowed_lateness_ms: int = 10 * MINUTE_MS
-    session_gap_ms: int = 30 * MINUTE_MS
-    abandonment_window_ms: int = DAY_MS
-    at_risk_after_ms: int = 14 * DAY_MS
-    dormant_after_ms: int = 30 * DAY_MS
-    expire_after_ms: int = 90 * DAY_MS
-    dedup_memory: int = 24
-    recent_items: int = 20
-    preference_slots: int = 16
-    top_k: int = 5
-    pending_carts: int = 16
-
-    def __post_init__(self) -> None:
-        cur = self.reporting_currency
-        if not (len(cur) == 3 and cur.isalpha() and cur.isupper()):
-            raise ValueError(f"reporting_currency={cur!r}: use an ISO 4217 code like USD")
-        if self.activity_half_life_ms < HOUR_MS:
-            raise ValueError("activity_half_life_ms must be at least one hour")
-        if not 0 <= self.allowed_lateness_ms < min(self.session_gap_ms, HOUR_MS - RING_SHORT[0]):
-            raise ValueError(
-                "allowed_lateness_ms must be >= 0 and below both session_gap_ms and 50 minutes "
-                "(the finest ring keeps one hour)"
-            )
-        if not 0 < self.at_risk_after_ms < self.dormant_after_ms < self.expire_after_ms:
-            raise ValueError("inactivity thresholds must grow: at_risk < dormant < expire")
-        for name in ("dedup_memory", "recent_items", "preference_slots", "top_k", "pending_carts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.top_k > self.preference_slots:
-            raise ValueError("top_k cannot exceed preference_slots")
 
 
 _F32 = struct.Struct("<f")
@@ -141,31 +113,62 @@ class Preferences:
     slots: dict[int, float] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
     total: float = 0.0  # affinity of every keyed event, tracked or not
+    # A key was inserted since the slots were last in key order (the order decoding gives them;
+    # sums over the slots follow it, see `settle_order`).
+    unsorted: bool = field(default=False, compare=False, repr=False)
 
     def add(self, key: str, weight: float, params: ProfileParams) -> None:
         h = _hash32(key)
+        slots = self.slots
         self.total = _f32(self.total + weight)
-        if h not in self.slots and len(self.slots) >= params.preference_slots:
-            # Space-Saving: the newcomer replaces the smallest key and inherits its affinity
-            # (an overestimate), so a rising key is not evicted before it can accumulate.
-            smallest = min(self.slots.items(), key=lambda kv: (kv[1], kv[0]))
-            del self.slots[smallest[0]]
-            self.names.pop(smallest[0], None)
-            self.slots[h] = _f32(smallest[1] + weight)
+        old = slots.get(h)
+        if old is not None:
+            slots[h] = _f32(old + weight)
+        elif len(slots) >= params.preference_slots:
+            # Space-Saving: the newcomer replaces the smallest key (ties: smaller hash) and
+            # inherits its affinity (an overestimate), so a rising key is not evicted before it
+            # can accumulate.
+            low_key = -1
+            low_value = 0.0
+            for k, v in slots.items():
+                if low_key < 0 or v < low_value or (v == low_value and k < low_key):
+                    low_key = k
+                    low_value = v
+            del slots[low_key]
+            self.names.pop(low_key, None)
+            slots[h] = _f32(low_value + weight)
+            self.unsorted = True
         else:
-            self.slots[h] = _f32(self.slots.get(h, 0.0) + weight)
-        named = self.top(params.top_k + NAME_MARGIN)
+            slots[h] = _f32(weight)
+            self.unsorted = True
+        limit = params.top_k + NAME_MARGIN
+        if len(slots) <= limit:
+            # Every key is among the top ones: all are named (names never hold other keys).
+            self.names[h] = key[:MAX_ITEM_CHARS]
+            return
+        named = self.top(limit)
         if h in named:
             self.names[h] = key[:MAX_ITEM_CHARS]
-        if self.names.keys() - named:
-            self.names = {k: v for k, v in self.names.items() if k in named}
+        names = self.names
+        for k in names:
+            if k not in named:
+                self.names = {n: name for n, name in names.items() if n in named}
+                break
 
     def top(self, k: int) -> list[int]:
-        return [h for h, _ in sorted(self.slots.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+        """The `k` keys of highest affinity (ties: smaller hash first)."""
+        ranked = sorted([(-v, key) for key, v in self.slots.items()])
+        return [pair[1] for pair in ranked[:k]]
 
     def scale(self, factor: float) -> None:
         self.total = _f32(self.total * factor)
         self.slots = {h: _f32(v * factor) for h, v in self.slots.items()}
+
+    def settle_order(self) -> None:
+        """Put the slots in key order, as `decode_profile` returns them."""
+        if self.unsorted:
+            self.slots = dict(sorted(self.slots.items()))
+            self.unsorted = False
 
 
 @dataclass(slots=True)
@@ -272,7 +275,8 @@ def _ring_add(ring: dict[int, list[int]], bucket: int, ti: int, spend: int, widt
 
 def _ring_trim(ring: dict[int, list[int]], head: int, keep: int) -> int:
     """Drop buckets that left the window; return how many were dropped."""
-    old = [b for b in ring if b <= head - keep]
+    oldest = head - keep
+    old = [b for b in ring if b <= oldest]
     for b in old:
         del ring[b]
     return len(old)
@@ -291,16 +295,31 @@ def _insert_recent(items: list[tuple[int, str]], t: int, item: str, limit: int) 
         del items[0]
 
 
-def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Outcome:
-    """Fold one valid event into `profile` (in place) unless it is a duplicate or late."""
+def admit(profile: Profile, event: Event, params: ProfileParams) -> tuple[Outcome, int]:
+    """Whether `event` would be folded into `profile`: DUPLICATE, LATE or APPLIED, and the hash
+    of its event id. Changes nothing."""
     id_hash = _hash64(event.event_id)
     if id_hash in profile.recent_ids:
-        return Outcome.DUPLICATE
+        return Outcome.DUPLICATE, id_hash
+    if profile.event_count and event.event_time_ms < profile.last_ms - params.allowed_lateness_ms:
+        return Outcome.LATE, id_hash
+    return Outcome.APPLIED, id_hash
+
+
+def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Outcome:
+    """Fold one valid event into `profile` (in place) unless it is a duplicate or late (then
+    `profile` is left untouched)."""
+    outcome, id_hash = admit(profile, event, params)
+    if outcome is not Outcome.APPLIED:
+        return outcome
+    _apply(profile, event, id_hash, params)
+    return Outcome.APPLIED
+
+
+def _apply(profile: Profile, event: Event, id_hash: int, params: ProfileParams) -> None:
     t = event.event_time_ms
     if profile.event_count == 0:
         profile.epoch_ms = profile.first_ms = profile.last_ms = profile.ref_ms = t
-    elif t < profile.last_ms - params.allowed_lateness_ms:
-        return Outcome.LATE
     profile.recent_ids.append(id_hash)
     if len(profile.recent_ids) > params.dedup_memory:
         del profile.recent_ids[0]
@@ -334,15 +353,32 @@ def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Outcom
     _ring_add(profile.ring_mid, t // RING_MID[0], ti, 0, N_TYPES)
     _ring_add(profile.ring_day, t // RING_DAY[0], ti, spend, N_TYPES + 1)
 
-    # Decayed values, forward-scaled from ref_ms.
+    # Decayed values, forward-scaled from ref_ms; each rounded to float32 (one array pass).
     rel = t - profile.ref_ms
-    profile.activity = _f32(profile.activity + 2.0 ** (rel / params.activity_half_life_ms))
-    if kind in DECAY_TYPES:
-        base = DECAY_TYPES.index(kind) * 3
-        for j, half_life in enumerate(DECAY_HALF_LIVES_MS):
-            profile.decay[base + j] = _f32(profile.decay[base + j] + 2.0 ** (rel / half_life))
     hour = (t // HOUR_MS) % 24
-    profile.hour_hist[hour] = _f32(profile.hour_hist[hour] + 2.0 ** (rel / HOUR_HIST_HALF_LIFE_MS))
+    hours = profile.hour_hist
+    activity = profile.activity + 2.0 ** (rel / params.activity_half_life_ms)
+    in_hour = hours[hour] + 2.0 ** (rel / HOUR_HIST_HALF_LIFE_MS)
+    base = 0 if kind == VIEW else 3 if kind == ADD_TO_CART else 6 if kind == PURCHASE else -1
+    if base >= 0:
+        decay = profile.decay
+        rounded = array(
+            "f",
+            [
+                activity,
+                in_hour,
+                decay[base] + 2.0 ** (rel / HOUR_MS),
+                decay[base + 1] + 2.0 ** (rel / DAY_MS),
+                decay[base + 2] + 2.0 ** (rel / (7 * DAY_MS)),
+            ],
+        ).tolist()
+        decay[base] = rounded[2]
+        decay[base + 1] = rounded[3]
+        decay[base + 2] = rounded[4]
+    else:
+        rounded = array("f", [activity, in_hour]).tolist()
+    profile.activity = rounded[0]
+    hours[hour] = rounded[1]
     weight = 2.0 ** (rel / PREFERENCE_HALF_LIFE_MS)
     if event.category_id:
         profile.categories.add(event.category_id, weight, params)
@@ -362,7 +398,6 @@ def apply_event(profile: Profile, event: Event, params: ProfileParams) -> Outcom
 
     _add_to_sessions(profile, t, params)
     _settle(profile, params)
-    return Outcome.APPLIED
 
 
 def _advance_clock(profile: Profile, t: int, params: ProfileParams) -> None:
@@ -437,14 +472,25 @@ def _purchase(profile: Profile, t: int, item: str, params: ProfileParams) -> Non
 
 def _add_to_sessions(profile: Profile, t: int, params: ProfileParams) -> None:
     """Sessions are the runs of events with gaps of at most session_gap_ms; an event can join,
-    start, or bridge open sessions."""
+    start, or bridge open sessions (kept sorted and disjoint, so the sessions it touches are
+    consecutive)."""
     gap = params.session_gap_ms
-    touching = [s for s in profile.sessions if s[0] - gap <= t <= s[1] + gap]
-    if not touching:
-        bisect.insort(profile.sessions, [t, t, 1])
+    sessions = profile.sessions
+    first = -1
+    last = -1
+    for i, s in enumerate(sessions):
+        if s[0] - gap <= t <= s[1] + gap:
+            if first < 0:
+                first = i
+            last = i
+    if first < 0:
+        bisect.insort(sessions, [t, t, 1])
         return
-    merged = [min(t, touching[0][0]), max(t, touching[-1][1]), 1 + sum(s[2] for s in touching)]
-    profile.sessions = sorted([s for s in profile.sessions if s not in touching] + [merged])
+    events = 1
+    for s in sessions[first : last + 1]:
+        events += s[2]
+    merged = [min(t, sessions[first][0]), max(t, sessions[last][1]), events]
+    sessions[first : last + 1] = [merged]
 
 
 def _settle(profile: Profile, params: ProfileParams) -> None:
@@ -477,14 +523,26 @@ def _day_ceil(ms: int) -> int:
     return -(-ms // DAY_MS) * DAY_MS
 
 
+def settle_order(profile: Profile) -> None:
+    """Give a profile that stays in memory after being stored (a write-through cache) the dict
+    order decoding its bytes would give it. Floating sums over the preference slots follow that
+    order, so the next event computes exactly what it computes on a profile read from state."""
+    profile.categories.settle_order()
+    profile.brands.settle_order()
+
+
 def next_timer_ms(profile: Profile, params: ProfileParams) -> int:
     """When the next inactivity transition is due: the first UTC midnight after the silence
     threshold of the next level (day-aligned, so a user has at most one new timer a day)."""
-    after = {
-        Inactivity.ACTIVE: params.at_risk_after_ms,
-        Inactivity.AT_RISK: params.dormant_after_ms,
-        Inactivity.DORMANT: params.expire_after_ms,
-    }[Inactivity(profile.inactivity)]
+    level = profile.inactivity
+    if level == Inactivity.ACTIVE:
+        after = params.at_risk_after_ms
+    elif level == Inactivity.AT_RISK:
+        after = params.dormant_after_ms
+    elif level == Inactivity.DORMANT:
+        after = params.expire_after_ms
+    else:
+        raise ValueError(f"inactivity level {level} is not 0, 1 or 2")
     return _day_ceil(profile.last_ms + after)
 
 
@@ -516,12 +574,31 @@ def catch_up(profile: Profile, now_ms: int, params: ProfileParams) -> bool:
             return False
 
 
+def expires_by(profile: Profile, now_ms: int, params: ProfileParams) -> bool:
+    """Whether `catch_up(profile, now_ms)` would expire the profile (silent for the whole
+    expiry period: every earlier level is passed on the way). Changes nothing."""
+    return bool(profile.event_count) and now_ms >= _day_ceil(
+        profile.last_ms + params.expire_after_ms
+    )
+
+
 def fold(profile: Profile | None, event: Event, params: ProfileParams) -> tuple[Profile, Outcome]:
     """The job's per-event step: catch up on inactivity, start a new profile if the old one
-    expired, then apply the event. Returns the (possibly new) profile and the outcome."""
-    if profile is None or catch_up(profile, event.event_time_ms, params):
+    expired, then apply the event. Returns the (possibly new) profile and the outcome.
+
+    A duplicate or late event leaves `profile` exactly as it was (no inactivity catch-up
+    either): what is not stored must not change, so a cached profile stays equal to its state."""
+    t = event.event_time_ms
+    if profile is None or expires_by(profile, t, params):
         profile = Profile()
-    return profile, apply_event(profile, event, params)
+        _apply(profile, event, _hash64(event.event_id), params)
+        return profile, Outcome.APPLIED
+    outcome, id_hash = admit(profile, event, params)
+    if outcome is not Outcome.APPLIED:
+        return profile, outcome
+    catch_up(profile, t, params)  # transitions due before the event (it cannot expire here)
+    _apply(profile, event, id_hash, params)
+    return profile, Outcome.APPLIED
 
 
 def replay(events: Iterable[Event], params: ProfileParams) -> dict[str, Profile]:
@@ -549,11 +626,15 @@ class ProfileEncodingError(ValueError):
 
 
 def _pref_out(p: Preferences) -> list[Any]:
-    return [
-        p.total,
-        [x for kv in sorted(p.slots.items()) for x in kv],
-        [x for kv in sorted(p.names.items()) for x in kv],
-    ]
+    slots: list[Any] = []  # key, affinity, key, affinity, ... (Any: keys stay ints)
+    for key in sorted(p.slots):
+        slots.append(key)
+        slots.append(p.slots[key])
+    names: list[Any] = []
+    for key in sorted(p.names):
+        names.append(key)
+        names.append(p.names[key])
+    return [p.total, slots, names]
 
 
 def _pref_in(raw: list[Any]) -> Preferences:
@@ -581,6 +662,22 @@ def _pairs(flat: list[Any], last: int) -> list[tuple[int, str]]:
     return [(last - flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
+# One packer (its C method runs whole under the GIL); what msgpack.packb would make.
+_PACKER = msgpack.Packer(use_bin_type=True, use_single_float=True)
+_V2_BYTE = bytes([FORMAT_V2])
+
+
+def _ids_out(ids: list[int]) -> bytes:
+    """64-bit event id hashes as consecutive big-endian words."""
+    return struct.pack(f">{len(ids)}Q", *ids)
+
+
+def _ids_in(data: bytes) -> list[int]:
+    if len(data) % 8:
+        raise ValueError(f"{len(data)} bytes of event id hashes is not a multiple of 8")
+    return list(struct.unpack(f">{len(data) // 8}Q", data))
+
+
 def encode_profile(p: Profile) -> bytes:
     last = p.last_ms
     body = [
@@ -597,11 +694,11 @@ def encode_profile(p: Profile) -> bytes:
         [x for s in p.sessions for x in (last - s[0], last - s[1], s[2])],
         p.sessions_closed, p.sessions_closed_events, p.sessions_closed_ms,
         p.view_price_sum, p.view_price_n, p.buy_price_sum, p.buy_price_n,
-        b"".join(h.to_bytes(8, "big") for h in p.recent_ids),
+        _ids_out(p.recent_ids),
         int(p.inactivity), p.timer_ms,
     ]  # fmt: skip
-    packed: bytes = msgpack.packb(body, use_bin_type=True, use_single_float=True)
-    return bytes([FORMAT_V2]) + packed
+    packed: bytes = _PACKER.pack(body)
+    return _V2_BYTE + packed
 
 
 def decode_profile(data: bytes) -> Profile:
@@ -639,7 +736,7 @@ def _decode_v2(data: bytes) -> Profile:
                       for i in range(0, len(sessions), 3)],
             sessions_closed=s_closed, sessions_closed_events=s_events, sessions_closed_ms=s_ms,
             view_price_sum=vps, view_price_n=vpn, buy_price_sum=bps, buy_price_n=bpn,
-            recent_ids=[int.from_bytes(ids[i : i + 8], "big") for i in range(0, len(ids), 8)],
+            recent_ids=_ids_in(ids),
             inactivity=inactivity, timer_ms=timer,
         )  # fmt: skip
     except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
