@@ -8,6 +8,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PS := $(VENV)/bin/profilestream
 INSTALLED := $(VENV)/.installed
+# The profile step's hot path compiled with mypyc (udfs/native.py); rebuilt when its sources change.
+NATIVE := udfs/_native.json
+NATIVE_SRC := udfs/events.py udfs/profile.py udfs/features.py udfs/rows.py udfs/engine.py \
+	udfs/cache.py udfs/params.py udfs/native.py udfs/_impl.py
 
 # demo knobs: DATASET=path FORMAT=taobao|rees46 EVENTS=n USERS=n; PG_DSN / KAFKA_BOOTSTRAP use external services
 DEMO_ARGS := $(if $(DATASET),--dataset "$(DATASET)" --format "$(FORMAT)") $(if $(EVENTS),--events $(EVENTS)) $(if $(USERS),--users $(USERS))
@@ -17,7 +21,7 @@ DEMO_ARGS := $(if $(DATASET),--dataset "$(DATASET)" --format "$(FORMAT)") $(if $
 help:
 	@echo "make demo    run the main job on the embedded default (PostgreSQL, Kafka-protocol broker, Flink MiniCluster)"
 	@echo "make test    run the test suite (what CI runs)"
-	@echo "make bench   end-to-end events/s against the plain-Python ceiling"
+	@echo "make bench   floor, job and plain-Python ceiling, freshness and scale (about 20 min)"
 	@echo "make lint    ruff + mypy;  make proto  regenerate schemas/*_pb2.py(i) from the .proto"
 	@echo "make stop    stop the embedded PostgreSQL that 'make demo' leaves running for psql"
 
@@ -28,7 +32,10 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-setup: $(INSTALLED)
+$(NATIVE): $(INSTALLED) $(NATIVE_SRC)
+	$(PY) -m udfs.native build
+
+setup: $(INSTALLED) $(NATIVE)
 	@$(PS) setup
 
 demo: setup
@@ -61,4 +68,4 @@ stop:
 	@test -x $(PS) && $(PS) services stop || true
 
 clean:
-	rm -rf .cache .profilestream
+	rm -rf .cache .profilestream $(NATIVE) udfs/*.so

@@ -1,0 +1,107 @@
+"""The compiled hot path (udfs/native.py): used wherever it can be built, and the pure-Python
+fallback computes exactly the same rows, dead letters, states and decoder verdicts (JVM-free).
+
+The golden corpus (tests/golden.py) runs in this process with whatever `udfs` selected (compiled
+on machines with a C compiler) and, here, in a child interpreter forced to the Python sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import hostile
+from tests.golden import GOLDEN, corpus, digests, engine, replay
+from udfs import _impl, native
+from udfs.events import InvalidEvent, decode_event
+from udfs.host import MemoryHost
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW_MS = 1_900_000_000_000
+
+
+def verdicts() -> str:
+    """A digest of what the decoder says about the hostile corpus and the golden corpus."""
+    h = hashlib.sha256()
+    raws = [raw for raw, _ in hostile.malformed(3000, users=["u1", "u2"], t0=NOW_MS - 10**9,
+                                                now_ms=NOW_MS)] + corpus()  # fmt: skip
+    for raw in raws:
+        try:
+            h.update(repr(decode_event(raw, NOW_MS)).encode())
+        except InvalidEvent as exc:
+            h.update(repr((exc.reason, exc.detail, exc.user_id, exc.event_time_ms)).encode())
+    return h.hexdigest()
+
+
+def states_digest() -> str:
+    """A digest of every state the engine stores over the golden corpus."""
+    host = MemoryHost(engine())
+    h = hashlib.sha256()
+    for _ in replay(corpus(), host):
+        pass
+    for user in sorted(host.states):
+        h.update(user.encode() + host.states[user])
+    return h.hexdigest()
+
+
+def _child(code: str) -> dict[str, str]:
+    env = {**os.environ, _impl.ENV_PURE: "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_the_compiled_modules_are_used_where_they_can_be_built() -> None:
+    why = native.compiler_missing()
+    if why:
+        pytest.skip(f"this machine cannot compile extension modules ({why})")
+    if os.environ.get(_impl.ENV_PURE):
+        pytest.skip(f"{_impl.ENV_PURE} is set")
+    status = native.status()
+    assert status["mode"] == "native", (
+        f"udfs runs as pure Python here ({status['reason']}): run `make setup` (it builds the "
+        "compiled modules)"
+    )
+
+
+def test_the_pure_python_fallback_computes_exactly_the_same() -> None:
+    child = _child(
+        "import json\n"
+        "from udfs import native\n"
+        "from tests.golden import corpus, digests, engine, replay\n"
+        "from udfs.host import MemoryHost\n"
+        "from tests.test_native import states_digest, verdicts\n"
+        "print(json.dumps({'mode': native.status()['mode'],\n"
+        "  'rows': json.dumps(digests(replay(corpus(), MemoryHost(engine())))),\n"
+        "  'states': states_digest(), 'verdicts': verdicts()}))\n"
+    )
+    assert child["mode"] == "pure"
+    golden = json.loads(GOLDEN.read_text())["users"]
+    assert json.loads(child["rows"]) == golden
+    assert digests(replay(corpus(), MemoryHost(engine()))) == golden  # this interpreter's build
+    assert child["states"] == states_digest()
+    assert child["verdicts"] == verdicts()
+
+
+def test_a_build_of_other_sources_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = tmp_path / "_native.json"
+    digests_now = _impl.source_digests()
+    stale = {**digests_now, "udfs.profile": "0" * 64}
+    abi = __import__("importlib.machinery").machinery.EXTENSION_SUFFIXES[0]
+    manifest.write_text(json.dumps({"native": True, "abi": abi, "sources": stale}))
+    monkeypatch.setattr(_impl, "MANIFEST", manifest)
+    assert "sources changed" in str(_impl.why_not_native())
+    manifest.write_text(json.dumps({"native": False, "reason": "no C compiler (cc) on PATH"}))
+    assert _impl.why_not_native() == "no C compiler (cc) on PATH"
+    monkeypatch.setenv(_impl.ENV_PURE, "1")
+    assert _impl.why_not_native() == f"{_impl.ENV_PURE} is set"

@@ -1,0 +1,93 @@
+"""Which implementation of the hot-path modules this interpreter imports (see udfs/native.py):
+the mypyc-compiled extension modules when they were built from exactly these sources, else the
+Python sources. Runs from udfs/__init__.py before any of those modules is imported."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent
+COMPILED: tuple[str, ...] = (
+    "udfs.events",
+    "udfs.profile",
+    "udfs.features",
+    "udfs.rows",
+    "udfs.engine",
+    "udfs.cache",
+)
+# Modules the compiled code depends on without being compiled (mypyc inlines their Final constants).
+DEPENDS: tuple[str, ...] = ("udfs.params",)
+GROUP = "udfs._native"  # the shared library: udfs/_native__mypyc.<abi>.so
+MANIFEST = PACKAGE_DIR / "_native.json"
+ENV_PURE = "PROFILESTREAM_PURE_PYTHON"
+
+selected: dict[str, str] = {}  # "mode": "native" | "pure", "reason": why
+
+
+def source(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
+
+
+def source_digests() -> dict[str, str]:
+    """SHA-256 of every source the compiled build is made from."""
+    return {m: hashlib.sha256(source(m).read_bytes()).hexdigest() for m in (*COMPILED, *DEPENDS)}
+
+
+def extensions() -> list[Path]:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    names = [m.rsplit(".", 1)[1] for m in COMPILED] + [GROUP.rsplit(".", 1)[1] + "__mypyc"]
+    return [PACKAGE_DIR / (name + suffix) for name in names]
+
+
+def why_not_native() -> str | None:
+    """None when the compiled modules are present and built from these sources."""
+    if os.environ.get(ENV_PURE, "") not in ("", "0"):
+        return f"{ENV_PURE} is set"
+    try:
+        manifest = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        return "not built (run `make setup` or `python -m udfs.native build`)"
+    if not manifest.get("native"):
+        return str(manifest.get("reason", "the build made no compiled modules"))
+    if manifest.get("sources") != source_digests():
+        return "the sources changed since the build (run `make setup` to rebuild)"
+    if manifest.get("abi") != importlib.machinery.EXTENSION_SUFFIXES[0]:
+        return f"built for {manifest.get('abi')}, this interpreter is another"
+    missing = [p.name for p in extensions() if not p.is_file()]
+    if missing:
+        return f"missing {missing}"
+    return None
+
+
+class _SourceOnly(importlib.abc.MetaPathFinder):
+    """Imports the `COMPILED` modules from their .py files, never their extension modules."""
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in COMPILED:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source(fullname))
+
+
+def select() -> None:
+    """Choose the implementation for this interpreter, once."""
+    if selected:
+        return
+    reason = why_not_native()
+    if reason is None:
+        selected.update(mode="native", reason="compiled with mypyc from these sources")
+        return
+    selected.update(mode="pure", reason=reason)
+    if not any(m in sys.modules for m in COMPILED):
+        sys.meta_path.insert(0, _SourceOnly())
