@@ -16,7 +16,10 @@ from flink_jobs.config import (
     DEFAULT_TOPIC,
     ConfigError,
     JobConfig,
+    add_tuning_options,
     parse_offsets,
+    tuning_args,
+    tuning_values,
 )
 
 
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--parallelism", type=int, default=1)
     run.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
+    add_tuning_options(run)
     run.add_argument(
         "--stopping-offsets",
         help="stop at these offsets, e.g. 0:120,1:98 (default: run until Ctrl-C)",
@@ -159,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--parallelism", type=int)
     submit.add_argument("--from-savepoint", help="a savepoint or retained checkpoint path")
     submit.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
+    add_tuning_options(submit)
 
     savepoint = sub.add_parser("savepoint", help="stop a job on the cluster with a savepoint")
     savepoint.add_argument("job_id")
@@ -295,6 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         checkpoint_interval_ms=args.checkpoint_interval_ms,
         stopping_offsets=parse_offsets(args.stopping_offsets) if args.stopping_offsets else None,
         restore_from=args.restore_from,
+        **tuning_values(args),
     )
     java = preflight(config)
     print(
@@ -426,6 +432,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         topic=args.topic,
         model_dir=args.model_dir,
         checkpoint_interval_ms=args.checkpoint_interval_ms,
+        **tuning_values(args),
     )
     check_broker(config.kafka_bootstrap)
     require_schema(config.pg_dsn)
@@ -443,6 +450,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         str(config.model_dir),
         "--checkpoint-interval-ms",
         str(config.checkpoint_interval_ms),
+        *tuning_args(config),
     ]
     key_file = os.environ.get(ENV_KEY_FILE)
     if key_file:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flink_jobs.runtime import PROJECT_ROOT
+from udfs.cache import DEFAULT_CAPACITY as DEFAULT_CACHE_ENTRIES
 from udfs.profile import ProfileParams
 
 DEFAULT_TOPIC = "user-events"
@@ -43,12 +45,16 @@ class JobConfig:
     restore_from: str | None = None  # a retained checkpoint or savepoint path
     jdbc_flush_rows: int = 500
     jdbc_flush_interval_ms: int = 200
+    # Decoded profiles kept per operator instance (udfs.cache); 0 turns the cache off.
+    profile_cache_entries: int = DEFAULT_CACHE_ENTRIES
     restart_attempts: int = 3
     rest_port: int | None = None  # serve Flink's REST API (metrics) on 127.0.0.1:<port>
     # A file holding the pseudonym key; None: the workers read PROFILESTREAM_PSEUDONYM_KEY[_FILE]
     # from their environment. Never the key itself (udfs.pseudonym).
     pseudonym_key_file: Path | None = None
     profile: ProfileParams = field(default_factory=ProfileParams)
+    # Extra Flink settings applied last (key, value), e.g. for benchmarks and tuning.
+    flink_settings: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[^,\s]+:\d+(,[^,\s]+:\d+)*", self.kafka_bootstrap or ""):
@@ -71,6 +77,7 @@ class JobConfig:
             ("idleness_ms", self.idleness_ms, 1),
             ("jdbc_flush_rows", self.jdbc_flush_rows, 1),
             ("jdbc_flush_interval_ms", self.jdbc_flush_interval_ms, 1),
+            ("profile_cache_entries", self.profile_cache_entries, 0),
             ("restart_attempts", self.restart_attempts, 0),
         )
         for name, value, minimum in checks:
@@ -89,9 +96,14 @@ class JobConfig:
     def jdbc_url(self) -> str:
         parts = urlsplit(self.pg_dsn)
         port = parts.port or 5432
-        # stringtype=unspecified lets PostgreSQL cast the JSON text column into jsonb.
+        # stringtype=unspecified lets PostgreSQL cast the JSON text column into jsonb;
+        # reWriteBatchedInserts sends a flush as multi-row upserts (half the server's work per
+        # row; the sink's buffer holds one row per key, so no statement touches a row twice).
         path = parts.path or "/postgres"
-        return f"jdbc:postgresql://{parts.hostname}:{port}{path}?stringtype=unspecified"
+        return (
+            f"jdbc:postgresql://{parts.hostname}:{port}{path}"
+            "?stringtype=unspecified&reWriteBatchedInserts=true"
+        )
 
     @property
     def pg_user(self) -> str:
@@ -102,6 +114,40 @@ class JobConfig:
         # libpq's convention (psycopg2 follows it too): PGPASSWORD when the DSN has none.
         password = urlsplit(self.pg_dsn).password
         return unquote(password) if password else os.environ.get("PGPASSWORD", "")
+
+
+# Performance settings shared by `profilestream run`, `submit` and the `flink run` entry point:
+# (flag, JobConfig field, help). docs/performance.md explains the trade-offs.
+TUNING_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "--jdbc-flush-interval-ms",
+        "jdbc_flush_interval_ms",
+        "longest a row waits in the JDBC sink's buffer (freshness vs database load)",
+    ),
+    ("--jdbc-flush-rows", "jdbc_flush_rows", "rows buffered before the JDBC sink flushes"),
+    (
+        "--profile-cache",
+        "profile_cache_entries",
+        "decoded profiles kept in memory per operator instance (0: off)",
+    ),
+)
+
+
+def add_tuning_options(parser: Any) -> None:
+    """Add the tuning flags to an argparse parser (defaults: JobConfig's)."""
+    defaults = {f.name: f.default for f in fields(JobConfig)}
+    for flag, name, help_text in TUNING_OPTIONS:
+        parser.add_argument(flag, dest=name, type=int, default=defaults[name], help=help_text)
+
+
+def tuning_values(args: Any) -> dict[str, Any]:
+    """The tuning fields of JobConfig from parsed arguments (keyword arguments for JobConfig)."""
+    return {name: getattr(args, name) for _, name, _ in TUNING_OPTIONS}
+
+
+def tuning_args(config: JobConfig) -> list[str]:
+    """The tuning flags that reproduce `config` (for `flink run` job arguments)."""
+    return [x for flag, name, _ in TUNING_OPTIONS for x in (flag, str(getattr(config, name)))]
 
 
 def split_password(dsn: str) -> tuple[str, str | None]:

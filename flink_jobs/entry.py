@@ -16,7 +16,14 @@ import logging
 import sys
 from pathlib import Path
 
-from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_TOPIC, JobConfig, parse_offsets
+from flink_jobs.config import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_TOPIC,
+    JobConfig,
+    add_tuning_options,
+    parse_offsets,
+    tuning_values,
+)
 
 
 def parse(argv: list[str]) -> JobConfig:
@@ -29,6 +36,7 @@ def parse(argv: list[str]) -> JobConfig:
     p.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
     p.add_argument("--stopping-offsets")
     p.add_argument("--pseudonym-key-file", type=Path)
+    add_tuning_options(p)
     args = p.parse_args(argv)
     return JobConfig(
         kafka_bootstrap=args.bootstrap,
@@ -39,17 +47,25 @@ def parse(argv: list[str]) -> JobConfig:
         checkpoint_interval_ms=args.checkpoint_interval_ms,
         stopping_offsets=parse_offsets(args.stopping_offsets) if args.stopping_offsets else None,
         pseudonym_key_file=args.pseudonym_key_file,
+        **tuning_values(args),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flink_jobs.pipeline import JdbcSinks, build_pipeline, cluster_environment, kafka_source
+    from flink_jobs.pipeline import (
+        JdbcSinks,
+        build_pipeline,
+        cluster_environment,
+        kafka_source,
+        table_environment,
+    )
 
     logging.basicConfig(level=logging.INFO)
     config = parse(sys.argv[1:] if argv is None else argv)
     env = cluster_environment(config)
-    sinks = JdbcSinks(env, config)
-    build_pipeline(env, kafka_source(env, config), sinks, config)
+    t_env = table_environment(env, config)
+    sinks = JdbcSinks(t_env, config)
+    build_pipeline(env, kafka_source(t_env, config), sinks, config)
     sinks.attach()
     env.execute(config.job_name)
 

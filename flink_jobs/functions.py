@@ -1,7 +1,8 @@
-"""Thin Flink adapters around the pure `udfs` code: decode/validate, and the keyed profile update.
+"""Thin Flink adapters around the pure `udfs` code: the keyed operator that decodes and validates
+each message and updates the user's profile.
 
-They move bytes between Flink's state, timers and outputs and `udfs.engine.ProfileEngine`; all
-logic lives in `udfs`.
+They move state, timers and outputs between Flink and `udfs.engine.ProfileEngine` (as
+`udfs.host.MemoryHost` does in memory); all logic lives in `udfs`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 
 from pyflink.common import Row, RowKind
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from udfs.engine import ProfileEngine
-from udfs.events import Event, InvalidEvent, decode_event
-from udfs.profile import ProfileParams
+from udfs.cache import DEFAULT_CAPACITY, ProfileCache
+from udfs.engine import ProfileEngine, Step, StepOutcome
+from udfs.events import Event, InvalidEvent, Reason, decode_event
+from udfs.profile import Profile, ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
 from udfs.scoring import Scorer
@@ -29,7 +31,7 @@ _FLINK_TYPES = {
     "int": Types.INT,
     "double": Types.DOUBLE,
     "boolean": Types.BOOLEAN,
-    "json": Types.STRING,
+    "json": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),  # UTF-8 text; the sink casts it
     "bytes": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),
 }
 MAX_WATERMARK = 2**63 - 1
@@ -41,38 +43,49 @@ def row_type(columns: tuple[tuple[str, str], ...]) -> Any:
     return Types.ROW_NAMED([n for n, _ in columns], [_FLINK_TYPES[k]() for _, k in columns])
 
 
+# What the source delivers: the Kafka record key as text (the user_id, by contract) and the value.
+SOURCE_ROW_TYPE = Types.ROW_NAMED(
+    ["user_key", "event"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())]
+)
 PROFILE_ROW_TYPE = row_type(PROFILE_COLUMNS)
 DEAD_LETTER_ROW_TYPE = row_type(DEAD_LETTER_COLUMNS)
 DEAD_LETTERS = OutputTag("dead-letters", DEAD_LETTER_ROW_TYPE)
-LATE_EVENTS = OutputTag("late-events", DEAD_LETTER_ROW_TYPE)
 
 
-class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
-    """bytes -> `Event`; a message that breaks the contract goes to the DEAD_LETTERS side output."""
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by the Kafka record key: decodes and validates each message (the contract check of
+    `udfs.events`) and checks that the key is the event's user_id; every message that fails goes
+    to the DEAD_LETTERS side output with its reason. Subclasses get the valid events.
+
+    Decoding here, not in a operator of its own, keeps Python out of the source task (see
+    flink_jobs/pipeline.py)."""
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # Valid events are counted by Flink's own numRecordsOut; a per-event Python counter call
-        # cost about 10 % of throughput in thread mode.
+        # Valid events are counted by Flink's own numRecordsIn; a per-event Python counter call
+        # costs several microseconds in thread mode.
         group = runtime_context.get_metrics_group()
         self.invalid = group.counter("events_dead_lettered")
         # Watermarks come from Kafka record timestamps; the contract says they equal event_time.
         self.skewed = group.counter("record_timestamp_skewed")
 
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        now_ms = int(time.time() * 1000)
-        raw = bytes(value)
+    def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        now_ms = _now_ms()
         try:
-            event = decode_event(raw, now_ms)
+            event = decode_event(value, now_ms)
         except InvalidEvent as exc:
             self.invalid.inc()
             yield (
                 DEAD_LETTERS,
                 Row(
                     *dead_letter_row(
-                        raw,
+                        value,
                         exc.reason.value,
                         exc.detail,
                         self.topic,
@@ -83,14 +96,35 @@ class DecodeAndValidate(ProcessFunction):  # type: ignore[misc]
                 ),
             )
             return
+        key = ctx.get_current_key()
+        if key != event.user_id:
+            self.invalid.inc()
+            yield (
+                DEAD_LETTERS,
+                Row(
+                    *dead_letter_row(
+                        value,
+                        Reason.KEY_MISMATCH.value,
+                        f"the record key ({len(key.encode('utf-8'))} bytes) is not the event's "
+                        "user_id: producers key each event by its user_id (UTF-8)",
+                        self.topic,
+                        now_ms,
+                        event.user_id,
+                        event.event_time_ms,
+                    )
+                ),
+            )
+            return
         record_ts = ctx.timestamp()
         if record_ts is not None and abs(record_ts - event.event_time_ms) > RECORD_SKEW_MS:
             self.skewed.inc()
-        yield event
+        yield from self.process_event(event, key, now_ms, ctx)
 
-
-def user_key(event: Event) -> str:
-    return event.user_id
+    def process_event(
+        self, event: Event, key: str, now_ms: int, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[Any]:
+        """A valid event of the current key (`key` is its user_id)."""
+        return iter(())
 
 
 class _TimedScorer:
@@ -116,10 +150,14 @@ class _TimedScorer:
         return score
 
 
-class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
+class UpdateProfile(DecodingFunction):
     """Keeps each user's whole profile in one ValueState (versioned bytes, see udfs.profile),
-    folds every event into it, scores it, and emits the profile row; an event-time timer per
-    user drives inactivity (at risk, dormant, expired: state deleted)."""
+    folds every event into it, scores it, and emits the profile row; one lazy event-time timer
+    per user drives inactivity (at risk, dormant, expired: state deleted).
+
+    Decoded profiles are kept in a write-through cache (`udfs.cache`): this instance is the only
+    writer of its keys' state, and a restore or rescale starts a new instance with an empty
+    cache, so a cached profile is exactly what reading the state would give."""
 
     def __init__(
         self,
@@ -128,16 +166,19 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
         topic: str,
         max_out_of_orderness_ms: int,
         pseudonym_key_file: Path | None,
+        cache_entries: int = DEFAULT_CAPACITY,
     ) -> None:
+        super().__init__(topic)
         self.model_dir = str(model_dir)
         self.params = params
-        self.topic = topic
         self.max_out_of_orderness_ms = max_out_of_orderness_ms
         # Where the worker reads the pseudonym key (None: the environment): the key itself is
         # never part of the job (see udfs.pseudonym).
         self.pseudonym_key_file = str(pseudonym_key_file) if pseudonym_key_file else None
+        self.cache_entries = cache_entries
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
         self.state = runtime_context.get_state(
             ValueStateDescriptor("profile", Types.PICKLED_BYTE_ARRAY())
         )
@@ -149,6 +190,7 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
             self.scorer.version,
             Pseudonymiser(load_key(self.pseudonym_key_file)),
         )
+        self.cache = ProfileCache(self.cache_entries)
         self.erased = group.counter("users_erased")
         self.late = group.counter("events_late")
         self.duplicates = group.counter("events_duplicate")
@@ -160,17 +202,23 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
     def close(self) -> None:
         self.scorer.close()
 
-    def process_element(self, value: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        self.max_event_ms = max(self.max_event_ms, value.event_time_ms)
-        step = self.engine.on_event(self.state.value(), value, self.topic, int(time.time() * 1000))
+    def _profile(self, key: str) -> Profile | None:
+        cached = self.cache.get(key)
+        return cached if cached is not None else self.engine.load(self.state.value())
+
+    def process_event(
+        self, event: Event, key: str, now_ms: int, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[Any]:
+        self.max_event_ms = max(self.max_event_ms, event.event_time_ms)
+        step = self.engine.on_event(self._profile(key), event, self.topic, now_ms)
         if step.dead_letter is not None:
             self.late.inc()
-            yield LATE_EVENTS, Row(*step.dead_letter)
+            yield DEAD_LETTERS, Row(*step.dead_letter)
             return
-        if step.outcome == "duplicate":
+        if step.outcome is StepOutcome.DUPLICATE:
             self.duplicates.inc()
             return
-        yield from self._apply(step, ctx)
+        yield from self._apply(key, step, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.timer_service().current_watermark() >= MAX_WATERMARK and (
@@ -179,27 +227,32 @@ class UpdateProfile(KeyedProcessFunction):  # type: ignore[misc]
             # End of a bounded input: Flink fires every timer, but event time only reached the
             # watermark the data implies (newest event minus the allowed out-of-orderness).
             return
-        step = self.engine.on_timer(self.state.value(), ctx.get_current_key(), timestamp)
-        if step.clear:
+        key = ctx.get_current_key()
+        step = self.engine.on_timer(self._profile(key), key, timestamp)
+        if step.outcome is StepOutcome.EXPIRED:
             self.expired.inc()
-        yield from self._apply(step, ctx)
+        yield from self._apply(key, step, ctx)
 
-    def _apply(self, step: Any, ctx: Any) -> Iterator[Row]:
+    def _apply(self, key: str, step: Step, ctx: Any) -> Iterator[Row]:
         if step.erase:
             self.erased.inc()
             # Deleting the row deletes its history and dead letters too (a database trigger).
-            row = Row(ctx.get_current_key(), *([None] * (len(PROFILE_COLUMNS) - 1)))
+            row = Row(key, *([None] * (len(PROFILE_COLUMNS) - 1)))
             row.set_row_kind(RowKind.DELETE)
             yield row
         if step.clear:
             self.state.clear()
+            self.cache.drop(key)
         elif step.state is not None:
             self.state.update(step.state)
-        timers = ctx.timer_service()
-        if step.timer_delete:
-            timers.delete_event_time_timer(step.timer_delete)
-        if step.timer_register:
-            timers.register_event_time_timer(step.timer_register)
+            if step.profile is not None:
+                self.cache.put(key, step.profile)
+        if step.timer_delete or step.timer_register:
+            timers = ctx.timer_service()
+            if step.timer_delete:
+                timers.delete_event_time_timer(step.timer_delete)
+            if step.timer_register:
+                timers.register_event_time_timer(step.timer_register)
         if step.row is not None:
             row = Row(*step.row)
             row.set_row_kind(RowKind.UPDATE_AFTER)

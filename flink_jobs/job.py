@@ -88,13 +88,20 @@ def run_job(
     """Build the production pipeline (Kafka -> profiles -> PostgreSQL) and run it until it ends
     (bounded by stopping offsets) or is interrupted (Ctrl-C cancels the job; the last
     checkpoint is retained for a restore)."""
-    from flink_jobs.pipeline import JdbcSinks, build_pipeline, create_environment, kafka_source
+    from flink_jobs.pipeline import (
+        JdbcSinks,
+        build_pipeline,
+        create_environment,
+        kafka_source,
+        table_environment,
+    )
 
     java = java or find_java()
     start = time.monotonic()
     env = create_environment(config, java)
-    sinks = JdbcSinks(env, config)
-    build_pipeline(env, kafka_source(env, config), sinks, config)
+    t_env = table_environment(env, config)
+    sinks = JdbcSinks(t_env, config)
+    build_pipeline(env, kafka_source(t_env, config), sinks, config)
     sinks.attach()
     client = env.execute_async(config.job_name)
     job_id = str(client.get_job_id())

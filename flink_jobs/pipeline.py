@@ -1,11 +1,18 @@
 """Job wiring. `build_pipeline(env, source, sinks, config)` takes its source and sinks as arguments
-so tests can inject their own; `create_environment`, `kafka_source` and `JdbcSinks` build the
-production pieces.
+so tests can inject their own; `create_environment`, `table_environment`, `kafka_source` and
+`JdbcSinks` build the production pieces.
 
-    Kafka bytes (watermarks per partition from record timestamps = event time)
-      -> DecodeAndValidate --(contract violations)--------------> sinks.dead_letters
-      -> key_by(user_id) -> UpdateProfile --(late events)-------> sinks.dead_letters
-                            (RocksDB ValueState, event-time timers, LightGBM) -> sinks.profiles
+    Kafka (key = user_id, value = UserEvent bytes; per-partition watermarks from record timestamps)
+      -> keyBy(record key), in Java
+      -> UpdateProfile (Python: decode + validate, key check, RocksDB ValueState, event-time timers,
+                        LightGBM) --(rows)--> sinks.profiles
+                                 --(contract violations, late events)--> sinks.dead_letters
+
+Only one operator runs Python. In thread mode every Python operator of a TaskManager shares one
+interpreter and its GIL; a second one (a Python decoder or PyFlink's Python key selector in the
+source task) makes the two task threads hand the GIL back and forth on every record, which cost
+more than all of the job's own work (docs/performance.md). So the source, the key extraction
+(the Kafka record key, which the contract makes the user_id) and the shuffle stay in Java.
 """
 
 from __future__ import annotations
@@ -14,24 +21,19 @@ import logging
 import sys
 from typing import Any, Protocol
 
-from pyflink.common import ByteArraySchema, Configuration, Duration, WatermarkStrategy
+from pyflink.common import Configuration
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
-from pyflink.datastream.connectors.kafka import (
-    KafkaOffsetsInitializer,
-    KafkaSource,
-)
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
-from pyflink.table import ChangelogMode, Schema, StreamTableEnvironment
+from pyflink.table import ChangelogMode, DataTypes, Schema, StreamTableEnvironment
+from pyflink.table.expressions import col
 
 from flink_jobs.config import JobConfig
 from flink_jobs.functions import (
     DEAD_LETTERS,
-    LATE_EVENTS,
     PROFILE_ROW_TYPE,
-    DecodeAndValidate,
+    SOURCE_ROW_TYPE,
     UpdateProfile,
-    user_key,
 )
 from flink_jobs.runtime import Java, connector_jars, prepare_process_env
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS
@@ -39,8 +41,7 @@ from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS
 log = logging.getLogger(__name__)
 
 # Stable operator uids: savepoints map state to these, so they never change.
-UID_SOURCE = "kafka-user-events"
-UID_DECODE = "decode-validate"
+UID_SOURCE = "kafka-user-events"  # the Kafka source's offsets (set on the Table API source)
 UID_PROFILE = "profile-update"
 
 
@@ -52,15 +53,11 @@ class Sinks(Protocol):
 def build_pipeline(
     env: StreamExecutionEnvironment, source: DataStream, sinks: Sinks, config: JobConfig
 ) -> None:
-    """Wire decode -> key_by(user) -> profile update -> sinks onto `source`, a stream of raw
-    `UserEvent` bytes carrying event-time timestamps and watermarks (see `kafka_source`)."""
-    decoded = (
-        source.process(DecodeAndValidate(config.topic), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("decode and validate")
-        .uid(UID_DECODE)
-    )
+    """Wire key_by(user) -> profile update -> sinks onto `source`, a stream of
+    `Row(user_key, value)` (`SOURCE_ROW_TYPE`: the record key as text and the raw `UserEvent`
+    bytes) carrying event-time timestamps and watermarks (see `kafka_source`)."""
     profiles = (
-        decoded.key_by(user_key, key_type=Types.STRING())
+        by_user_key(source)
         .process(
             UpdateProfile(
                 config.model_dir,
@@ -68,6 +65,7 @@ def build_pipeline(
                 config.topic,
                 config.max_out_of_orderness_ms,
                 config.pseudonym_key_file,
+                config.profile_cache_entries,
             ),
             output_type=PROFILE_ROW_TYPE,
         )
@@ -75,18 +73,19 @@ def build_pipeline(
         .uid(UID_PROFILE)
     )
     sinks.profiles(profiles)
-    sinks.dead_letters(
-        decoded.get_side_output(DEAD_LETTERS).union(profiles.get_side_output(LATE_EVENTS))
+    sinks.dead_letters(profiles.get_side_output(DEAD_LETTERS))
+
+
+def by_user_key(source: DataStream) -> KeyedStream:
+    """`source` keyed by its first field (the user key) in Java: PyFlink's `key_by` would run a
+    Python key selector in the source task. Keys are `Row(user_key)`, as PyFlink's `key_by` with
+    a string key makes them, so the keyed state of earlier versions stays readable."""
+    jvm = get_gateway().jvm
+    j_keyed = source._j_data_stream.keyBy(
+        jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector(),
+        Types.ROW([Types.STRING()]).get_java_type_info(),
     )
-
-
-def event_time_watermarks(config: JobConfig) -> WatermarkStrategy:
-    """Bounded out-of-orderness on the record timestamps, tracked per Kafka partition (the
-    contract makes the record timestamp the event time); idle partitions do not hold event time
-    back."""
-    return WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(config.max_out_of_orderness_ms)
-    ).with_idleness(Duration.of_millis(config.idleness_ms))
+    return KeyedStream(j_keyed, SOURCE_ROW_TYPE, source)
 
 
 def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironment:
@@ -122,6 +121,7 @@ def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironm
     }
     if config.restore_from:
         settings["execution.state-recovery.path"] = config.restore_from
+    settings.update(config.flink_settings)
     if config.rest_port is not None:
         settings.update(
             {
@@ -155,50 +155,90 @@ def cluster_environment(config: JobConfig) -> StreamExecutionEnvironment:
     return StreamExecutionEnvironment.get_execution_environment(conf)
 
 
-def kafka_source(env: StreamExecutionEnvironment, config: JobConfig) -> DataStream:
-    """Raw message bytes from the events topic, from the earliest offset (or the restored
-    position), bounded by explicit stopping offsets when the config has them."""
-    builder = (
-        KafkaSource.builder()
-        .set_bootstrap_servers(config.kafka_bootstrap)
-        .set_topics(config.topic)
-        .set_group_id(config.group_id)
-        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
-        .set_value_only_deserializer(ByteArraySchema())
-        .set_property("client.id.prefix", config.job_name)
-    )
+def table_environment(env: StreamExecutionEnvironment, config: JobConfig) -> StreamTableEnvironment:
+    """The Table API side of the job (the Kafka source and the JDBC sinks)."""
+    t_env = StreamTableEnvironment.create(env)
+    table_config = t_env.get_config()
+    # Table API operators (the source and the JDBC sinks) get deterministic uids too.
+    table_config.set("table.exec.uid.generation", "ALWAYS")
+    # An idle partition does not hold event time back.
+    table_config.set("table.exec.source.idle-timeout", f"{config.idleness_ms} ms")
+    return t_env
+
+
+def kafka_source(t_env: StreamTableEnvironment, config: JobConfig) -> DataStream:
+    """`Row(user_key, value)` from the events topic: the record key (the user_id by contract; ''
+    when absent) and the value as sent, from the earliest offset (or the restored position),
+    bounded by explicit stopping offsets when the config has them.
+
+    Timestamps and watermarks come from the record timestamps (the contract makes them the event
+    time), tracked per partition: bounded out-of-orderness `max_out_of_orderness_ms`, i.e. the
+    watermark is the newest timestamp minus that minus 1 ms, as Flink's DataStream
+    `for_bounded_out_of_orderness` makes it."""
+    options = {
+        "connector": "kafka",
+        "topic": config.topic,
+        "properties.bootstrap.servers": config.kafka_bootstrap,
+        "properties.group.id": config.group_id,
+        "properties.client.id.prefix": config.job_name,
+        "scan.startup.mode": "earliest-offset",
+        "key.format": "raw",
+        "key.fields": "record_key",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
     if config.stopping_offsets is not None:
-        builder = builder.set_bounded(_explicit_offsets(config.topic, config.stopping_offsets))
-    return env.from_source(
-        builder.build(),
-        event_time_watermarks(config),
-        "kafka: " + config.topic,
-        type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
-    ).uid(UID_SOURCE)
+        options["scan.bounded.mode"] = "specific-offsets"
+        options["scan.bounded.specific-offsets"] = ";".join(
+            f"partition:{p},offset:{o}" for p, o in sorted(config.stopping_offsets.items())
+        )
+    with_clause = ",\n  ".join(f"'{k}' = '{_escape(v)}'" for k, v in options.items())
+    delay_ms = config.max_out_of_orderness_ms + 1
+    t_env.execute_sql(
+        "CREATE TEMPORARY TABLE user_events (\n"
+        "  record_key BYTES,\n"
+        "  event BYTES,\n"
+        "  record_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',\n"
+        f"  WATERMARK FOR record_time AS record_time - INTERVAL '{delay_ms / 1000:.3f}' SECOND\n"
+        f") WITH (\n  {with_clause}\n)"
+    )
+    table = t_env.sql_query(
+        "SELECT CAST(COALESCE(record_key, X'') AS STRING) AS user_key, event FROM user_events"
+    )
+    stream = t_env.to_append_stream(table, SOURCE_ROW_TYPE)
+    _set_source_uid(stream, UID_SOURCE)
+    return stream
 
 
-def _explicit_offsets(topic: str, offsets: dict[int, int]) -> KafkaOffsetsInitializer:
-    # PyFlink's KafkaOffsetsInitializer.offsets() looks for the shaded TopicPartition class, which
-    # the plain connector jar does not have; build the Java map ourselves.
-    # py4j sends small ints as Integer; PyFlink's HashMapWrapper converts values to Long.
-    from pyflink.util.java_utils import get_java_class
-
+def _set_source_uid(stream: DataStream, uid: str) -> None:
+    """Give the Kafka source under `stream` a fixed uid: its state (the partitions' offsets) is
+    then restored by uid like every other operator's, whatever the planner names it (and a
+    savepoint of the earlier DataStream source, same uid and split state, is read too)."""
     jvm = get_gateway().jvm
-    j_map = jvm.org.apache.flink.python.util.HashMapWrapper(None, get_java_class(jvm.Long))
-    for partition, offset in offsets.items():
-        j_map.put(jvm.org.apache.kafka.common.TopicPartition(topic, partition), offset)
-    initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer
-    return KafkaOffsetsInitializer(initializer.OffsetsInitializer.offsets(j_map.asMap()))
+    source_class = jvm.org.apache.flink.streaming.api.transformations.SourceTransformation
+    pending = [stream._j_data_stream.getTransformation()]
+    found = []
+    while pending:
+        transformation = pending.pop()
+        if source_class._java_lang_class.isInstance(transformation):
+            found.append(transformation)
+        pending.extend(transformation.getInputs())
+    if len(found) != 1:
+        raise RuntimeError(f"expected one Kafka source under the events table, found {len(found)}")
+    found[0].setUid(uid)
 
 
-def _sql_type(kind: str) -> str:
+def _sql_type(kind: str, in_stream: bool = False) -> str:
+    """The SQL type of a column kind (udfs.rows) in the JDBC table, or, with `in_stream`, as the
+    job's rows carry it (JSON text travels as UTF-8 bytes and is cast to STRING in the sink)."""
+    if kind == "json":
+        return "BYTES" if in_stream else "STRING"
     return {
         "string": "STRING",
         "bigint": "BIGINT",
         "int": "INT",
         "double": "DOUBLE",
         "boolean": "BOOLEAN",
-        "json": "STRING",
         "bytes": "BYTES",
     }[kind]
 
@@ -215,10 +255,9 @@ class JdbcSinks:
     (see schemas/sql) drops rows older than what it already has.
     """
 
-    def __init__(self, env: StreamExecutionEnvironment, config: JobConfig) -> None:
+    def __init__(self, t_env: StreamTableEnvironment, config: JobConfig) -> None:
         self.config = config
-        self.t_env = StreamTableEnvironment.create(env)
-        self.t_env.get_config().set("table.exec.uid.generation", "ALWAYS")
+        self.t_env = t_env
         self.statements = self.t_env.create_statement_set()
         self._declare("profiles_sink", "user_profiles", PROFILE_COLUMNS, "user_id")
         self._declare(
@@ -256,9 +295,19 @@ class JdbcSinks:
     ) -> None:
         builder = Schema.new_builder()
         for n, k in columns:
-            builder = builder.column(n, _sql_type(k) + (" NOT NULL" if n == key else ""))
-        table = self.t_env.from_changelog_stream(stream, builder.primary_key(key).build(), mode)
-        self.statements.add_insert(sink, table)
+            builder = builder.column(n, _sql_type(k, True) + (" NOT NULL" if n == key else ""))
+        # rescale(): the sink runs in a task of its own (with equal parallelism each profile
+        # subtask feeds one sink subtask, so a user's rows keep their order). A JDBC flush then
+        # blocks that task, not the Python operator, which goes on with the next events while
+        # PostgreSQL works; the sink still flushes on every checkpoint before it completes.
+        table = self.t_env.from_changelog_stream(
+            stream.rescale(), builder.primary_key(key).build(), mode
+        )
+        # CAST(BYTES AS STRING) decodes UTF-8 in the sink task.
+        projection = [
+            col(n).cast(DataTypes.STRING()).alias(n) if k == "json" else col(n) for n, k in columns
+        ]
+        self.statements.add_insert(sink, table.select(*projection))
 
     # Changelog mode "all" (rows arrive as INSERT / UPDATE_AFTER): the planner then needs no
     # ChangelogNormalize, which would keep a second copy of every profile in keyed state.

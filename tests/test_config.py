@@ -16,7 +16,9 @@ OK = {"kafka_bootstrap": "127.0.0.1:9092", "pg_dsn": "postgresql://u:secret@db:5
 
 def test_valid_config_derives_jdbc_settings() -> None:
     c = JobConfig(**OK)  # type: ignore[arg-type]
-    assert c.jdbc_url == "jdbc:postgresql://db:5433/app?stringtype=unspecified"
+    assert c.jdbc_url == (
+        "jdbc:postgresql://db:5433/app?stringtype=unspecified&reWriteBatchedInserts=true"
+    )
     assert (c.pg_user, c.pg_password) == ("u", "secret")
 
 

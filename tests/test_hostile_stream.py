@@ -19,13 +19,14 @@ import psycopg2
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
-from flink_jobs.producer import ensure_topic
+from flink_jobs.producer import EventPublisher, ensure_topic
 from flink_jobs.verify import fetch_profiles
 from tests import hostile
 from tests.test_e2e import cli, produce_file, run_bounded
+from udfs import events as ev
 from udfs.consistency import compare_profiles, recompute
 from udfs.engine import ProfileEngine
-from udfs.events import decode_event
+from udfs.events import decode_event, make_message
 from udfs.profile import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import dead_letter_id
@@ -34,6 +35,23 @@ from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration]
 N_BAD = 10_000
+
+
+def hostile_valid_events_keyed_wrong(users: list[str], t0: int) -> list[tuple[bytes | None, bytes]]:
+    """Valid events of existing users published under the wrong record key."""
+    out: list[tuple[bytes | None, bytes]] = []
+    for i, key in enumerate((users[1].encode(), None, b"\xff\xfe", b"", users[0].upper().encode())):
+        raw = make_message(
+            event_id=f"mis-keyed-{i}",
+            user_id=users[0],
+            event_type=ev.PURCHASE,
+            event_time_ms=t0 + i,
+            item_id="i-stolen",
+            price_micros=10**9,
+            currency="USD",
+        ).SerializeToString()
+        out.append((key, raw))
+    return out
 
 
 def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
@@ -58,6 +76,15 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
     ensure_topic(kafka, topic, partitions=2)
     offsets = produce_file(kafka, topic, "proto", log)
     assert sum(offsets.values()) == len(mixed)
+    # Valid events whose Kafka key is not their user_id (another user's, none, garbage): the job is
+    # keyed by the record key, so it must keep them as key_mismatch and touch no profile.
+    mis_keyed = hostile_valid_events_keyed_wrong(users, t0)
+    with EventPublisher(kafka, topic, validate=False) as publisher:
+        for key, raw in mis_keyed:
+            publisher.publish_raw(key, raw, decode_event(raw, now_ms).event_time_ms)
+    for p, end in publisher.report.end_offsets.items():
+        offsets[p] = max(offsets.get(p, 0), end)
+    assert sum(offsets.values()) == len(mixed) + len(mis_keyed)
     # No restart allowed: any failure fails the job ("zero failures or restarts").
     run_bounded(kafka, pg_dsn, topic, offsets, tmp_path, restart_attempts=0)
 
@@ -66,7 +93,8 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
         cur.execute("SELECT dead_letter_id, reason, raw FROM dead_letter_events")
         dead = {r[0]: (r[1], bytes(r[2])) for r in cur.fetchall()}
     # Every malformed message is kept once, with the reason it was built with.
-    assert len(dead) == N_BAD
+    assert len(dead) == N_BAD + len(mis_keyed)
+    assert {dead[dead_letter_id(raw)][0] for _, raw in mis_keyed} == {"key_mismatch"}
     wrong = [
         (reason.value, dead[dead_letter_id(raw)][0])
         for raw, reason in bad
@@ -90,6 +118,7 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mismatches: 0 in 0 profiles; dead-letter problems: 0" in proc.stdout
+    assert f"{len(mis_keyed)} dead letters with reason key_mismatch" in proc.stdout
 
     # Hostile strings are data, stored verbatim; nothing was executed.
     with conn.cursor() as cur:

@@ -83,6 +83,9 @@ class Reason(enum.StrEnum):
     # Valid, but older than the user's newest event by more than the allowed lateness: not
     # folded into the profile (set by the profile step, not by decoding).
     LATE_EVENT = "late_event"
+    # Valid, but the Kafka record key is not its user_id (set by the job, which is keyed by the
+    # record key, not by decoding).
+    KEY_MISMATCH = "key_mismatch"
 
 
 class InvalidEvent(ValueError):
