@@ -1,27 +1,41 @@
-"""End-to-end throughput of the job against the plain-Python ceiling, measured in one run.
+"""`make bench`: the job's throughput against its plumbing floor and the plain-Python ceiling,
+measured in one run, plus freshness under load and the effect of a million users.
 
-    make bench                          # 200,000 events, 50,000 users
-    python -m bench.e2e --events N --users N --parallelism P
+    make bench                                  # everything (about 20 minutes on 2 cores)
+    python -m bench.e2e --part floor --part job --part ceiling     # one or more parts alone
+    python -m bench.e2e --part ablation         # the job's per-event cost, step by step
 
-1. Produces N synthetic events to the local Tansu broker and runs the real job (MiniCluster,
-   thread mode, RocksDB, checkpoints, JDBC upsert into embedded PostgreSQL) until it has consumed
-   exactly them. Reports events/s over the job's wall time (including the ~10 s start-up), over
-   the steady part (first row in PostgreSQL to the end), and per CPU-second of the JVM.
-2. Runs the same `udfs` decode + state round trip + update + scoring code over the same bytes in
-   a plain Python loop (dict state, no Flink, no I/O): the ceiling.
+Parts (each Flink run is a fresh process and JVM, parallelism 1, on the local broker and an
+embedded PostgreSQL; bench/runner.py explains how throughput is measured):
+- floor     the same Kafka source, key_by and decoding as the job; a keyed function that reads
+            no state and emits nothing (bench/stages.py)
+- job       the production job (flink_jobs.job.run_job) end to end into PostgreSQL
+- ceiling   the same udfs code over the same bytes in a plain Python loop: decode, then the
+            job's engine with its write-through cache and a dict for state (udfs.host)
+- ablation  floor -> + state -> + profile update -> + features -> + scoring (-> the job)
+- freshness the job running unbounded under a steady load at half its measured rate for 60 s:
+            producer send time -> row visible in PostgreSQL (a poller), p50 and p99
+- scale     the job at 10,000 and at 1,000,000 users, 2 events each on average: throughput,
+            state bytes per user, checkpoint size, RocksDB memory settings
 
-Prints both and their ratio and writes them to bench/results/e2e-<timestamp>.json. A benchmark,
-not a test: the machine is shared and noisy, so compare ratios from one run.
+Every result goes to bench/results/<timestamp>.json. A benchmark, not a test: the machine is
+shared and noisy, so compare the ratios of one run, and repeat (`--repeat`) before believing a
+difference of less than 20 %.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-import urllib.request
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,209 +43,498 @@ from typing import Any
 import psutil
 
 from flink_jobs import db
-from flink_jobs.config import JobConfig
+from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.demo import pg_counts
-from flink_jobs.job import preflight, run_job
-from flink_jobs.producer import EventPublisher, ensure_topic
+from flink_jobs.producer import EventPublisher, PublishReport, ensure_topic
 from flink_jobs.runtime import install_connector_jars, install_java
 from flink_jobs.services import EmbeddedPostgres, LocalBroker, free_port
+from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
-from udfs.events import decode_event
-from udfs.profile import ProfileParams
-from udfs.pseudonym import Pseudonymiser, ensure_key_file, load_key
+from udfs.events import VIEW as EVENT_VIEW
+from udfs.events import decode_event, make_message
+from udfs.host import MemoryHost
+from udfs.profile import ProfileParams, encode_profile
+from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, ensure_key_file, load_key
 from udfs.scoring import Scorer
 from udfs.sources import SyntheticSpec, synthetic_events
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("floor", "job", "ceiling", "ablation", "freshness", "scale")
+DEFAULT_PARTS = ("floor", "job", "ceiling", "freshness", "scale")
+ABLATION = ("state", "update", "features", "scoring")
+PARTITIONS = 2
 
 
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain-Python ceiling
+# ---------------------------------------------------------------------------------------------
 def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> dict[str, float]:
-    """The job's per-event work without Flink: decode, then the job's own engine step (state
-    bytes in, state bytes and output row out) with a dict as the state backend."""
+    """The job's per-event work without Flink: decode, then the job's engine with its
+    write-through cache, a dict for state and a table for timers (`udfs.host.MemoryHost`):
+    the same features, segments, scoring, rows and state bytes."""
     scorer = Scorer(model_dir)
     engine = ProfileEngine(params, scorer.score, scorer.version, Pseudonymiser(load_key()))
-    state: dict[str, bytes] = {}
+    host = MemoryHost(engine, ProfileCache())
     now_ms = int(time.time() * 1000)
     start_cpu, start = time.process_time(), time.perf_counter()
     for raw in raws:
-        event = decode_event(raw, now_ms)
-        step = engine.on_event(state.get(event.user_id), event, "bench", now_ms)
-        if step.state is not None:
-            state[event.user_id] = step.state
+        host.on_event(decode_event(raw, now_ms), "bench", now_ms)
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    scorer.close()
+    sizes = [len(b) for b in host.states.values()]
     return {
         "wall_s": wall,
         "cpu_s": cpu,
         "events_per_s": len(raws) / wall,
-        "events_per_cpu_s": len(raws) / cpu,
+        "us_per_event": wall / len(raws) * 1e6,
+        "state_bytes_per_user": sum(sizes) / len(sizes) if sizes else 0.0,
+        "state_bytes_max": max(sizes, default=0),
     }
 
 
-def jvm_cpu_seconds() -> float:
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "java" in child.name():
-                t = child.cpu_times()
-                total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
+def scoring_standalone(model_dir: Path, raws: list[bytes], params: ProfileParams) -> float:
+    """Microseconds per LightGBM single-row score outside the job (same rows)."""
+    from udfs.features import compute_features, feature_vector
+
+    scorer = Scorer(model_dir)
+    host = MemoryHost(ProfileEngine(params, scorer.score, "bench", str))
+    vectors = []
+    for raw in raws[:20_000]:
+        step = host.on_event(decode_event(raw, 2**62), "bench", 0)
+        if step.profile is not None:
+            p = step.profile
+            vectors.append(feature_vector(compute_features(p, p.last_ms, params)))
+    start = time.perf_counter()
+    for v in vectors:
+        scorer.score(v)
+    per = (time.perf_counter() - start) / max(1, len(vectors)) * 1e6
+    scorer.close()
+    return per
 
 
-def scoring_metrics(port: int) -> tuple[int, int] | None:
-    """(sampled nanoseconds, samples) of in-job scoring, from Flink's REST API, or None."""
+# ---------------------------------------------------------------------------------------------
+# Services and Flink runs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Bench:
+    work: Path
+    pg: EmbeddedPostgres
+    bootstrap: str
+    parallelism: int
+    runs: int = 0
+    keep_logs: bool = False
+    log: list[str] = field(default_factory=list)
 
-    def get(path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return json.loads(response.read())
+    def fresh_database(self) -> str:
+        self.runs += 1
+        name = f"bench{self.runs}"
+        self.pg.database = name
+        self.pg.recreate_database()
+        dsn = self.pg.dsn(name)
+        db.migrate(dsn)
+        return dsn
 
-    try:
-        jobs = [j for j in get("/jobs")["jobs"] if j["status"] == "RUNNING"]
-        if not jobs:
-            return None
-        job_id = jobs[0]["id"]
-        for vertex in get(f"/jobs/{job_id}")["vertices"]:
-            if "update profile" not in vertex["name"]:
-                continue
-            base = f"/jobs/{job_id}/vertices/{vertex['id']}/metrics"
-            names = [
-                m["id"]
-                for m in get(base)
-                if m["id"].endswith(("scoring_sampled_ns", "scoring_samples"))
-            ]
-            if len(names) < 2:
-                return None
-            values = {
-                m["id"].rsplit(".", 1)[1]: int(m["value"])
-                for m in get(base + "?get=" + ",".join(names))
-            }
-            return values["scoring_sampled_ns"], values["scoring_samples"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return None
+    def produce(self, topic: str, raws: list[bytes]) -> dict[int, int]:
+        ensure_topic(self.bootstrap, topic, partitions=PARTITIONS)
+        publisher = EventPublisher(self.bootstrap, topic, validate=False)
+        for raw in raws:
+            event = decode_event(raw, 2**62)
+            publisher.publish_raw(event.user_id.encode("utf-8"), raw, event.event_time_ms)
+        report: PublishReport = publisher.flush(timeout_s=600)
+        if report.failed:
+            raise SystemExit(f"the broker refused {report.failed} messages: {report.errors[:3]}")
+        return report.stopping_offsets(PARTITIONS)
 
-
-def run(events: int, users: int, parallelism: int, seed: int) -> dict[str, Any]:
-    java = install_java()
-    install_connector_jars()
-    msgs = synthetic_events(SyntheticSpec(events=events, users=users, seed=seed))
-    raws = [m.SerializeToString() for m in msgs]
-    work = Path(tempfile.mkdtemp(prefix="profilestream-bench-"))
-    ensure_key_file(work / "pseudonym.key")
-    pg = EmbeddedPostgres(work / "pgdata", database="bench")
-    broker = LocalBroker(work / "broker.log")
-    try:
-        pg_dsn = pg.start()
-        db.migrate(pg_dsn)
-        bootstrap = broker.start()
-        partitions = ensure_topic(bootstrap, "bench-events", partitions=2)
-        print(f"producing {events:,} events for {users:,} users ...", flush=True)
-        t0 = time.perf_counter()
-        publisher = EventPublisher(bootstrap, "bench-events")
-        for m in msgs:
-            publisher.publish(m)
-        report = publisher.flush()
-        produce_s = time.perf_counter() - t0
-        config = JobConfig(
-            kafka_bootstrap=bootstrap,
-            pg_dsn=pg_dsn,
-            topic="bench-events",
-            job_name="bench",
-            state_dir=work,
-            parallelism=parallelism,
-            checkpoint_interval_ms=10_000,
-            stopping_offsets=report.stopping_offsets(partitions),
-            rest_port=free_port(),
+    def run(self, variant: str, topic: str, events: int, offsets: dict[int, int] | None,
+            **extra: Any) -> dict[str, Any]:  # fmt: skip
+        """One Flink run in a fresh process; its JSON result."""
+        dsn = self.fresh_database()
+        spec = {
+            "variant": variant,
+            "bootstrap": self.bootstrap,
+            "pg_dsn": dsn,
+            "topic": topic,
+            "state_dir": str(self.work / f"state-{self.runs}"),
+            "stopping_offsets": offsets,
+            "rest_port": free_port(),
+            "events": events,
+            "parallelism": self.parallelism,
+            **extra,
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.runner", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
         )
-        preflight(config)
-        first_row: list[float] = []
-        scoring: list[tuple[int, int]] = []
+        lines = proc.stdout.strip().splitlines()
+        try:
+            result: dict[str, Any] = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            raise SystemExit(
+                f"the {variant} run failed (exit {proc.returncode}):\n{tail}"
+            ) from None
+        result["pg_dsn"] = dsn
+        if variant == "job" and offsets is not None:
+            profiles, folded, dead = pg_counts(dsn)
+            result["pg"] = {"profiles": profiles, "events_folded": folded, "dead_letters": dead}
+        return result
 
-        def tick() -> None:
-            if not first_row and pg_counts(pg_dsn)[0] > 0:
-                first_row.append(time.perf_counter())
-            assert config.rest_port is not None
-            if (sample := scoring_metrics(config.rest_port)) is not None:
-                scoring.append(sample)
 
-        print("running the job ...", flush=True)
-        cpu0 = jvm_cpu_seconds()
-        t1 = time.perf_counter()
-        result = run_job(config, java, on_tick=tick, tick_s=0.2)
-        job_s = time.perf_counter() - t1
-        jvm_cpu = jvm_cpu_seconds() - cpu0
-        profiles, folded, dead = pg_counts(pg_dsn)
-        if folded != events or profiles != users or dead:
-            raise SystemExit(f"incomplete run: {folded} events in {profiles} profiles, {dead} dead")
-        steady_s = time.perf_counter() - first_row[0] if first_row else job_s
-        print("running the plain-Python ceiling ...", flush=True)
-        ceiling = plain_python(raws, config.model_dir, config.profile)
-    finally:
-        broker.stop()
-        pg.stop()
-    job: dict[str, Any] = {
-        "status": result.status,
-        "wall_s": job_s,
-        "steady_s": steady_s,
-        "jvm_cpu_s": jvm_cpu,
-        "events_per_s": events / job_s,
-        "events_per_s_steady": events / steady_s,
-        "events_per_jvm_cpu_s": events / jvm_cpu if jvm_cpu else 0.0,
-        "scoring_us_in_job": scoring[-1][0] / scoring[-1][1] / 1000 if scoring else None,
-        "scoring_samples": scoring[-1][1] if scoring else 0,
-    }
+def _rate(r: dict[str, Any]) -> str:
+    cpu = r.get("cpu_us_per_event", {})
+    threads = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+    return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {threads})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Freshness
+# ---------------------------------------------------------------------------------------------
+def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str, Any]:
+    """The job runs unbounded; a producer sends `rate` events/s for `seconds` with event time =
+    send time; a poller samples PostgreSQL every 20 ms and records when each (user, newest event
+    time) first becomes visible. Latency = first seen - send time (resolution 20 ms)."""
+    topic = f"fresh-{bench.runs}"
+    ensure_topic(bench.bootstrap, topic, partitions=PARTITIONS)
+    stop_file = bench.work / f"stop-{topic}"
+    spec_extra = {"stop_after_s": seconds + 120, "stop_file": str(stop_file)}
+    result: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    dsn_holder: list[str] = []
+
+    def job() -> None:
+        try:
+            dsn = bench.fresh_database()
+            dsn_holder.append(dsn)
+            spec = {
+                "variant": "job",
+                "bootstrap": bench.bootstrap,
+                "pg_dsn": dsn,
+                "topic": topic,
+                "state_dir": str(bench.work / f"state-fresh-{bench.runs}"),
+                "stopping_offsets": None,
+                "rest_port": free_port(),
+                "events": int(rate * seconds),
+                "parallelism": bench.parallelism,
+                **spec_extra,
+            }
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.runner", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    runner = threading.Thread(target=job, daemon=True)
+    runner.start()
+    while not dsn_holder:
+        time.sleep(0.1)
+    dsn = dsn_holder[0]
+    publisher = EventPublisher(bench.bootstrap, topic, validate=False, **{"linger.ms": 5})
+
+    def send(i: int) -> None:
+        t = int(time.time() * 1000)
+        msg = make_message(
+            event_id=f"fresh-{i}",
+            user_id=f"f{i % users:07d}",
+            event_type=EVENT_VIEW,
+            event_time_ms=t,
+            item_id=f"i{i % 997}",
+            category_id=f"c{i % 31}",
+        )
+        publisher.publish_raw(msg.user_id.encode(), msg.SerializeToString(), t)
+
+    # Warm up: wait until the job writes rows, so start-up is not measured as latency.
+    say("  waiting for the job to start ...")
+    deadline = time.monotonic() + 180
+    i = 0
+    while pg_counts(dsn)[0] == 0:
+        if errors or time.monotonic() > deadline:
+            raise SystemExit(f"the freshness job did not start: {errors[:1]}")
+        send(i)
+        i += 1
+        publisher._producer.poll(0)
+        time.sleep(0.2)
+    seen: dict[tuple[str, int], float] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        conn = db.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                now = time.time() * 1000
+                cur.execute(
+                    "SELECT user_id, last_event_ms FROM user_profiles"
+                    " WHERE updated_at >= now() - interval '3 seconds'"
+                )
+                for user_id, last_ms in cur.fetchall():
+                    seen.setdefault((user_id, last_ms), now)
+                time.sleep(0.02)
+        conn.close()
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    say(f"  steady load: {rate:,.0f} events/s for {seconds:.0f} s ...")
+    start = time.monotonic()
+    t0_ms = time.time() * 1000
+    sent = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(elapsed * rate)
+        while sent < due:
+            send(i)
+            i += 1
+            sent += 1
+        publisher._producer.poll(0)
+        time.sleep(0.002)
+    publisher.flush()
+    time.sleep(5)  # let the last rows land
+    stop.set()
+    poller.join()
+    stop_file.touch()
+    runner.join(timeout=180)
+    latencies = sorted(
+        seen_at - last_ms for (_, last_ms), seen_at in seen.items() if last_ms >= t0_ms
+    )
+    if not latencies:
+        raise SystemExit("freshness: no rows were seen during the steady load")
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
     return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version()},
-        "events": events,
-        "users": users,
-        "parallelism": parallelism,
-        "produce_s": produce_s,
-        "job": job,
-        "plain_python": ceiling,
-        "ratio_steady_to_ceiling": job["events_per_s_steady"] / ceiling["events_per_s"],
-        "ratio_wall_to_ceiling": job["events_per_s"] / ceiling["events_per_s"],
+        "rate_events_per_s": rate,
+        "seconds": seconds,
+        "events_sent": sent,
+        "samples": len(latencies),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1],
+        "poll_resolution_ms": 20,
+        "job": {k: result.get(k) for k in ("status", "checkpoint")},
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="end-to-end events/s vs the plain-Python ceiling")
+# ---------------------------------------------------------------------------------------------
+# Scale
+# ---------------------------------------------------------------------------------------------
+def rocksdb_settings() -> dict[str, str]:
+    """The memory settings the local job runs with (Flink defaults unless configured)."""
+    return {
+        "taskmanager.memory.managed.size": "128 mb (local MiniCluster default)",
+        "state.backend.rocksdb.memory.managed": "true (block cache and write buffers share it)",
+        "state.backend.rocksdb.memory.write-buffer-ratio": "0.5",
+        "state.backend.rocksdb.memory.high-prio-pool-ratio": "0.1",
+        "profile_cache_entries": str(ProfileCache().capacity),
+    }
+
+
+def scale_run(bench: Bench, users: int, per_user: int, seed: int) -> dict[str, Any]:
+    events = users * per_user
+    say(f"scale: {users:,} users, {events:,} events: generating ...")
+    raws = [
+        m.SerializeToString()
+        for m in synthetic_events(SyntheticSpec(events=events, users=users, seed=seed))
+    ]
+    sizes = _state_sizes(raws)
+    topic = f"scale-{users}"
+    say(f"  producing {events:,} events ...")
+    offsets = bench.produce(topic, raws)
+    del raws
+    say("  running the job ...")
+    result = bench.run("job", topic, events, offsets)
+    checkpoint = result.get("checkpoint", {})
+    state = checkpoint.get("state_size_bytes")
+    return {
+        "users": users,
+        "events": events,
+        "events_per_s": result["events_per_s"],
+        "cpu_us_per_event": result.get("cpu_us_per_event"),
+        "state_bytes_per_user": sizes["mean"],
+        "state_bytes_max": sizes["max"],
+        "checkpoint_bytes_per_user": state / users if state else None,
+        "checkpoint": checkpoint,
+        "pg": result.get("pg"),
+    }
+
+
+def _state_sizes(raws: list[bytes]) -> dict[str, float]:
+    """Encoded profile bytes per user after the whole log (the job's ValueState values)."""
+    host = MemoryHost(ProfileEngine(ProfileParams(), lambda v: 0.0, "bench", str))
+    for raw in raws:
+        host.on_event(decode_event(raw, 2**62), "bench", 0)
+    sizes = [len(encode_profile(p)) for p in map(host.engine.load, host.states.values()) if p]
+    return {"mean": statistics.fmean(sizes), "max": max(sizes)}
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.e2e", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--part", action="append", choices=PARTS, help="repeatable; default all")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
-    r = run(args.events, args.users, args.parallelism, args.seed)
-    job, ceil = r["job"], r["plain_python"]
-    print()
-    print(f"{r['events']:,} events, {r['users']:,} users, parallelism {r['parallelism']}")
-    print(
-        f"  job, whole wall time    {job['events_per_s']:>10,.0f} events/s  "
-        f"({job['wall_s']:.1f} s incl. start-up)"
-    )
-    print(
-        f"  job, steady state       {job['events_per_s_steady']:>10,.0f} events/s  "
-        f"({job['steady_s']:.1f} s from the first row in PostgreSQL)"
-    )
-    print(
-        f"  job, per JVM CPU-second {job['events_per_jvm_cpu_s']:>10,.0f} events/s  "
-        f"({job['jvm_cpu_s']:.1f} CPU-s)"
-    )
-    if job["scoring_us_in_job"] is not None:
-        print(
-            f"  scoring inside the job  {job['scoring_us_in_job']:>10.1f} us per update  "
-            f"({job['scoring_samples']:,} sampled calls)"
-        )
-    print(
-        f"  plain-Python ceiling    {ceil['events_per_s']:>10,.0f} events/s  "
-        f"({ceil['wall_s']:.1f} s, one core)"
-    )
-    print(f"  ratio steady/ceiling    {r['ratio_steady_to_ceiling']:>10.3f}")
+    parser.add_argument("--repeat", type=int, default=1, help="floor and job runs, alternated")
+    parser.add_argument("--freshness-seconds", type=float, default=60.0)
+    parser.add_argument("--freshness-rate", type=float, help="default: half the job's rate")
+    parser.add_argument("--scale-users", type=int, nargs=2, default=[10_000, 1_000_000])
+    parser.add_argument("--scale-events-per-user", type=int, default=2)
+    args = parser.parse_args(argv)
+    parts = tuple(args.part or DEFAULT_PARTS)
+
+    java = install_java()
+    install_connector_jars()
+    work = Path(tempfile.mkdtemp(prefix="profilestream-bench-"))
+    if not (os.environ.get(ENV_KEY_FILE) or os.environ.get("PROFILESTREAM_PSEUDONYM_KEY")):
+        ensure_key_file(work / "pseudonym.key")
+    out: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "python": platform.python_version(),
+            "java": f"{java.major} ({java.origin})",
+            "native_udfs": _native_mode(),
+        },
+        "events": args.events,
+        "users": args.users,
+        "parallelism": args.parallelism,
+        "parts": list(parts),
+    }
+    say(f"generating {args.events:,} synthetic events for {args.users:,} users ...")
+    spec = SyntheticSpec(events=args.events, users=args.users, seed=args.seed)
+    raws = [m.SerializeToString() for m in synthetic_events(spec)]
+    pg = EmbeddedPostgres(work / "pgdata", database="bench")
+    broker = LocalBroker(work / "broker.log")
+    try:
+        pg.start()
+        bench = Bench(work, pg, broker.start(), args.parallelism)
+        offsets = None
+        if {"floor", "job", "ablation"} & set(parts):
+            say(f"producing {len(raws):,} events ...")
+            offsets = bench.produce("bench-events", raws)
+        floors: list[dict[str, Any]] = []
+        jobs: list[dict[str, Any]] = []
+        for i in range(args.repeat):
+            if "floor" in parts:
+                say(f"floor (run {i + 1}) ...")
+                floors.append(bench.run("floor", "bench-events", len(raws), offsets))
+                say("  floor   " + _rate(floors[-1]))
+            if "job" in parts:
+                say(f"job (run {i + 1}) ...")
+                jobs.append(bench.run("job", "bench-events", len(raws), offsets))
+                say("  job     " + _rate(jobs[-1]))
+                pgc = jobs[-1].get("pg", {})
+                if pgc.get("events_folded") != len(raws) or pgc.get("profiles") != args.users:
+                    raise SystemExit(f"incomplete job run: {pgc}")
+        if floors:
+            out["floor_runs"] = floors
+            out["floor_events_per_s"] = statistics.median(r["events_per_s"] for r in floors)
+        if jobs:
+            out["job_runs"] = jobs
+            out["job_events_per_s"] = statistics.median(r["events_per_s"] for r in jobs)
+            scoring = [r["scoring_us"] for r in jobs if r.get("scoring_us")]
+            out["scoring_us"] = statistics.median(scoring) if scoring else None
+            out["scoring_us_standalone"] = scoring_standalone(
+                DEFAULT_MODEL_DIR, raws, ProfileParams()
+            )
+        if floors and jobs:
+            ratios = [
+                j["events_per_s"] / f["events_per_s"] for f, j in zip(floors, jobs, strict=True)
+            ]
+            out["job_over_floor"] = statistics.median(ratios)
+            out["job_over_floor_runs"] = ratios
+        if "ablation" in parts:
+            out["ablation"] = {}
+            for stage in ABLATION:
+                say(f"ablation: {stage} ...")
+                r = bench.run(stage, "bench-events", len(raws), offsets)
+                out["ablation"][stage] = r
+                say(f"  {stage:<8}" + _rate(r))
+        if "ceiling" in parts:
+            say("plain-Python ceiling ...")
+            ceiling = plain_python(raws, DEFAULT_MODEL_DIR, ProfileParams())
+            out["ceiling"] = ceiling
+            out["ceiling_events_per_s"] = ceiling["events_per_s"]
+            out["ceiling_us_per_event"] = ceiling["us_per_event"]
+            out["state_bytes_per_user"] = ceiling["state_bytes_per_user"]
+            if jobs:
+                out["job_over_ceiling"] = out["job_events_per_s"] / ceiling["events_per_s"]
+        del raws
+        if "freshness" in parts:
+            rate = args.freshness_rate or (out.get("job_events_per_s", 0.0) / 2)
+            if not rate:
+                raise SystemExit("freshness needs --freshness-rate, or the job part in the run")
+            say(f"freshness at {rate:,.0f} events/s ...")
+            fresh = freshness(bench, rate, args.freshness_seconds, users=args.users)
+            out["freshness"] = fresh
+            out["freshness_p50_ms"] = fresh["p50_ms"]
+            out["freshness_p99_ms"] = fresh["p99_ms"]
+            say(f"  p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms")
+        if "scale" in parts:
+            small, large = args.scale_users
+            runs = [
+                scale_run(bench, small, args.scale_events_per_user, args.seed + 1),
+                scale_run(bench, large, args.scale_events_per_user, args.seed + 2),
+            ]
+            out["scale"] = {"runs": runs, "memory_settings": rocksdb_settings()}
+            out["scale_users_small"] = runs[0]["events_per_s"]
+            out["scale_users_large"] = runs[1]["events_per_s"]
+            out["scale_large_over_small"] = runs[1]["events_per_s"] / runs[0]["events_per_s"]
+            for r in runs:
+                say(f"  {r['users']:>9,} users  {r['events_per_s']:>9,.0f} events/s   "
+                    f"{r['state_bytes_per_user']:.0f} state bytes per user")  # fmt: skip
+    finally:
+        broker.stop()
+        pg.stop()
+    report(out)
+
+
+def _native_mode() -> str:
+    from udfs.native import status
+
+    return str(status()["mode"])
+
+
+def report(out: dict[str, Any]) -> None:
+    say("")
+    say(f"{out['events']:,} events, {out['users']:,} users, parallelism {out['parallelism']}, "
+        f"udfs {out['machine']['native_udfs']}")  # fmt: skip
+    rows = [
+        ("floor (plumbing)", out.get("floor_events_per_s"), "events/s"),
+        ("job (end to end)", out.get("job_events_per_s"), "events/s"),
+        ("plain-Python ceiling", out.get("ceiling_events_per_s"), "events/s"),
+        ("ceiling, per event", out.get("ceiling_us_per_event"), "us"),
+        ("job / floor", out.get("job_over_floor"), ""),
+        ("job / ceiling", out.get("job_over_ceiling"), ""),
+        ("scoring in the job", out.get("scoring_us"), "us per update"),
+        ("state per user", out.get("state_bytes_per_user"), "bytes"),
+        ("freshness p50", out.get("freshness_p50_ms"), "ms"),
+        ("freshness p99", out.get("freshness_p99_ms"), "ms"),
+        ("10k users", out.get("scale_users_small"), "events/s"),
+        ("1M users", out.get("scale_users_large"), "events/s"),
+        ("1M / 10k users", out.get("scale_large_over_small"), ""),
+    ]
+    for name, value, unit in rows:
+        if value is None:
+            continue
+        text = f"{value:>12.3f}" if value < 10 else f"{value:>12,.0f}"
+        say(f"  {name:<22}{text} {unit}")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"e2e-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(r, indent=2) + "\n")
-    print(f"  written to {out}")
+    path = RESULTS / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    say(f"  written to {path}")
 
 
 if __name__ == "__main__":
