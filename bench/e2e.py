@@ -52,7 +52,7 @@ from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
 from udfs.events import VIEW as EVENT_VIEW
 from udfs.events import decode_event, make_message
-from udfs.host import MemoryHost
+from udfs.host import MemoryHost, tune_gc
 from udfs.profile import ProfileParams, encode_profile
 from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, ensure_key_file, load_key
 from udfs.scoring import Scorer
@@ -79,6 +79,7 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
     scorer = Scorer(model_dir)
     engine = ProfileEngine(params, scorer.score, scorer.version, Pseudonymiser(load_key()))
     host = MemoryHost(engine, ProfileCache())
+    tune_gc()  # what the job's operator does
     now_ms = int(time.time() * 1000)
     start_cpu, start = time.process_time(), time.perf_counter()
     for raw in raws:

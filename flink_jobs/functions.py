@@ -20,6 +20,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from udfs.cache import DEFAULT_CAPACITY, ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
+from udfs.host import tune_gc
 from udfs.profile import Profile, ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
@@ -191,6 +192,7 @@ class UpdateProfile(DecodingFunction):
             Pseudonymiser(load_key(self.pseudonym_key_file)),
         )
         self.cache = ProfileCache(self.cache_entries)
+        tune_gc()
         self.erased = group.counter("users_erased")
         self.late = group.counter("events_late")
         self.duplicates = group.counter("events_duplicate")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from udfs.events import ERASE, Event, Reason
-from udfs.features import compute_features, feature_vector
+from udfs.features import features_and_vector
 from udfs.profile import (
     Outcome,
     Profile,
@@ -79,8 +79,8 @@ class ProfileEngine:
         return decode_profile(stored) if stored is not None else None
 
     def _row(self, user_id: str, profile: Profile, now_ms: int, expired: bool) -> ProfileRow:
-        features = compute_features(profile, now_ms, self.params)
-        score = self.score(feature_vector(features))
+        features, vector = features_and_vector(profile, now_ms, self.params)
+        score = self.score(vector)
         return profile_row(
             user_id,
             self.pseudonym(user_id),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -129,22 +130,34 @@ class Event(NamedTuple):
 
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
 _CONTROL_BUT_SPACE = _CONTROL - {"\t", "\n", "\r"}
+# The same sets as regular expressions (one scan in C instead of a set probe per character).
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_SPACE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _has_control_chars(text: str) -> bool:
-    return not _CONTROL.isdisjoint(text)
+    if text.isascii() and text.isprintable():  # the common case: printable ASCII
+        return False
+    return _CONTROL_RE.search(text) is not None
+
+
+def _utf8_len_over(text: str, limit: int) -> bool:
+    """Whether `text` is over `limit` bytes in UTF-8 (at most 4 bytes a character)."""
+    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
 
 
 def _optional_text(msg: pb.UserEvent, field: str) -> str | None:
     if not msg.HasField(field):
         return None
     value: str = getattr(msg, field)
-    if len(value.encode("utf-8")) > MAX_FIELD_BYTES:
+    if _utf8_len_over(value, MAX_FIELD_BYTES):
         raise InvalidEvent(Reason.FIELD_TOO_LONG, f"{field} is over {MAX_FIELD_BYTES} bytes")
     # NUL cannot be stored in PostgreSQL text or jsonb; other control characters in identifiers
     # are producer bugs. Free text (search_query) may hold tabs and line breaks.
-    forbidden = _CONTROL_BUT_SPACE if field == "search_query" else _CONTROL
-    if not forbidden.isdisjoint(value):
+    if value.isascii() and value.isprintable():
+        return value
+    forbidden = _CONTROL_BUT_SPACE_RE if field == "search_query" else _CONTROL_RE
+    if forbidden.search(value) is not None:
         raise InvalidEvent(Reason.INVALID_CHARS, f"{field} holds control characters")
     return value
 
@@ -179,7 +192,7 @@ def decode_event(raw: bytes, now_ms: int) -> Event:
         raise InvalidEvent(Reason.DECODE_ERROR, f"not a UserEvent: {exc}") from None
     try:
         _check_wire_types(msg)
-        return validate_message(msg, now_ms)._replace(raw=raw)
+        return validate_message(msg, now_ms, raw)
     except InvalidEvent as exc:
         exc.user_id = _usable_user_id(msg.user_id)
         if msg.HasField("event_time") and abs(msg.event_time.seconds) < 10**12:
@@ -193,12 +206,13 @@ def _usable_user_id(user_id: str) -> str | None:
     return None if _has_control_chars(user_id) else user_id
 
 
-def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
-    """Check a parsed `UserEvent` against the contract and convert it to an `Event`."""
+def validate_message(msg: pb.UserEvent, now_ms: int, raw: bytes = b"") -> Event:
+    """Check a parsed `UserEvent` against the contract and convert it to an `Event` (carrying
+    `raw`, the message as received)."""
     event_id = msg.event_id
     if not event_id:
         raise InvalidEvent(Reason.MISSING_EVENT_ID, "event_id is empty")
-    if len(event_id.encode("utf-8")) > MAX_EVENT_ID_BYTES:
+    if _utf8_len_over(event_id, MAX_EVENT_ID_BYTES):
         raise InvalidEvent(Reason.EVENT_ID_TOO_LONG, f"event_id is over {MAX_EVENT_ID_BYTES} bytes")
     if _has_control_chars(event_id):
         raise InvalidEvent(Reason.INVALID_CHARS, "event_id holds control characters")
@@ -206,7 +220,7 @@ def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
     user_id = msg.user_id
     if not user_id or user_id.isspace():
         raise InvalidEvent(Reason.MISSING_USER_ID, "user_id is empty")
-    if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+    if _utf8_len_over(user_id, MAX_USER_ID_BYTES):
         raise InvalidEvent(Reason.USER_ID_TOO_LONG, f"user_id is over {MAX_USER_ID_BYTES} bytes")
     if _has_control_chars(user_id):
         raise InvalidEvent(Reason.USER_ID_INVALID_CHARS, "user_id holds control characters")
@@ -263,20 +277,24 @@ def validate_message(msg: pb.UserEvent, now_ms: int) -> Event:
         if not 1 <= quantity <= MAX_QUANTITY:
             raise InvalidEvent(Reason.INVALID_QUANTITY, f"quantity {quantity} not in 1..10000")
 
+    category_id = _optional_text(msg, "category_id")
+    brand = _optional_text(msg, "brand")
+    session_id = _optional_text(msg, "session_id")
     return Event(
-        event_id=event_id,
-        user_id=user_id,
-        event_type=event_type,
-        event_time_ms=event_time_ms,
-        item_id=item_id,
-        category_id=_optional_text(msg, "category_id"),
-        brand=_optional_text(msg, "brand"),
-        price_micros=price_micros,
-        currency=currency,
-        quantity=quantity,
-        session_id=_optional_text(msg, "session_id"),
-        search_query=search_query,
-        channel=channel,
+        event_id,
+        user_id,
+        event_type,
+        event_time_ms,
+        item_id,
+        category_id,
+        brand,
+        price_micros,
+        currency,
+        quantity,
+        session_id,
+        search_query,
+        channel,
+        raw,
     )
 
 

@@ -70,8 +70,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ten_active_days",
 )
 
-_CNT_KEYS = tuple(tuple(f"cnt_{k}_{w}" for w in (*WINDOWS, "life")) for k in TYPE_KEYS)
-_DCY_KEYS = tuple(f"dcy_{TYPE_KEYS[t - 1]}_{h}" for t in DECAY_TYPES for h in HALF_LIFE_KEYS)
 
 SEGMENTS = (
     "new",
@@ -88,95 +86,206 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else NAN
 
 
+def round6(x: float) -> float:
+    """`round(x, 6)` exactly (CPython rounds the exact decimal value of x, half to even), without
+    its decimal conversion in all but the cases that need it: y = x * 1e6 is within |y| * 2**-53
+    of the exact value, so unless y is that close to a half, rounding y decides the same integer
+    n, and n / 1e6 is the double nearest to n * 10**-6, as round() returns."""
+    y = x * 1e6
+    if math.isfinite(y) and abs(y) < 2.0**52:
+        n = round(y)
+        if 0.5 - abs(y - n) > abs(y) * 1e-15:
+            return n / 1e6
+    return round(x, 6)
+
+
 def _shares(prefs: Preferences, top: list[int]) -> list[Any]:
     total = prefs.total
-    return [[prefs.names.get(h, ""), round(prefs.slots[h] / total, 6) if total else 0] for h in top]
+    out: list[Any] = []
+    for h in top:
+        share: object = round6(prefs.slots[h] / total) if total else 0
+        out.append([prefs.names.get(h, ""), share])
+    return out
 
 
 def _entropy(prefs: Preferences) -> float:
-    if prefs.total <= 0:
+    total = prefs.total
+    if total <= 0:
         return NAN
-    shares = [v / prefs.total for v in prefs.slots.values()]
-    rest = max(0.0, 1.0 - sum(shares))  # affinity of keys evicted from the bounded slots
-    return -sum(p * math.log2(p) for p in (*shares, rest) if p > 0)
+    shares: list[float] = []
+    covered = 0.0
+    for v in prefs.slots.values():
+        share = v / total
+        shares.append(share)
+        covered += share
+    rest = max(0.0, 1.0 - covered)  # affinity of keys evicted from the bounded slots
+    acc = 0.0
+    for p in shares:
+        if p > 0:
+            acc += p * math.log2(p)
+    if rest > 0:
+        acc += rest * math.log2(rest)
+    return -acc
 
 
 def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> dict[str, Any]:
     """Every feature as of event time `now_ms` (>= profile.last_ms): the numeric model inputs
     (FEATURE_NAMES) plus the list-valued ones kept for BI (`pref_top_*`, `rec_*`, `hab_hours`)."""
-    f: dict[str, Any] = {}
+    return features_and_vector(profile, now_ms, params)[0]
+
+
+def features_and_vector(
+    profile: Profile, now_ms: int, params: ProfileParams
+) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """`compute_features` and the model input (`feature_vector` of it), computed together."""
     short = window_counts(profile.ring_short, now_ms, RING_SHORT, N_TYPES)
     mid = window_counts(profile.ring_mid, now_ms, RING_MID, N_TYPES)
     week, month = _week_and_month(profile.ring_day, now_ms)
-    for i, (k1h, k24h, k7d, k30d, klife) in enumerate(_CNT_KEYS):
-        f[k1h] = short[i]
-        f[k24h] = mid[i]
-        f[k7d] = week[i]
-        f[k30d] = month[i]
-        f[klife] = profile.counts[i]
-    factors = [2.0 ** (-(now_ms - profile.ref_ms) / h) for h in DECAY_HALF_LIVES_MS]
-    for key, value, j in zip(_DCY_KEYS, profile.decay, (0, 1, 2) * 3, strict=True):
-        f[key] = value * factors[j]
-    f["act_score"] = profile.decayed(profile.activity, params.activity_half_life_ms, now_ms)
+    counts = profile.counts
+    views = counts[0]
+    carts = counts[1]
+    purchases = counts[4]
+
+    since_ref = now_ms - profile.ref_ms
+    factor_1h = 2.0 ** (-since_ref / DECAY_HALF_LIVES_MS[0])
+    factor_1d = 2.0 ** (-since_ref / DECAY_HALF_LIVES_MS[1])
+    factor_7d = 2.0 ** (-since_ref / DECAY_HALF_LIVES_MS[2])
+    decay = profile.decay
+    act_score = profile.decayed(profile.activity, params.activity_half_life_ms, now_ms)
 
     hour_ms = 3_600_000
-    views, carts, _, _, purchases, _ = profile.counts
-    f["rfm_hours_since_last_event"] = (now_ms - profile.last_ms) / hour_ms
-    f["rfm_hours_since_last_purchase"] = (
+    hours_since_last_event = (now_ms - profile.last_ms) / hour_ms
+    hours_since_last_purchase = (
         (now_ms - profile.last_purchase_ms) / hour_ms if profile.last_purchase_ms else NAN
     )
-    f["rfm_spend_30d"] = month[N_TYPES] / 1e6
-    f["rfm_spend_30d_micros"] = month[N_TYPES]
-    f["rfm_spend_life"] = profile.spend_micros / 1e6
-    f["rfm_aov"] = _ratio(profile.spend_micros / 1e6, profile.priced_purchases)
+    spend_30d_micros = month[N_TYPES]
+    spend_30d = spend_30d_micros / 1e6
+    spend_life = profile.spend_micros / 1e6
+    aov = _ratio(profile.spend_micros / 1e6, profile.priced_purchases)
 
-    f["fun_view_to_cart"] = _ratio(carts, views)
-    f["fun_cart_to_purchase"] = _ratio(purchases, carts)
-    f["fun_abandoned_carts"] = profile.abandoned_carts
-    f["fun_converted_carts"] = profile.converted_carts
-    f["fun_cart_abandonment_rate"] = _ratio(
-        profile.abandoned_carts, profile.abandoned_carts + profile.converted_carts
-    )
+    view_to_cart = _ratio(carts, views)
+    cart_to_purchase = _ratio(purchases, carts)
+    abandoned = profile.abandoned_carts
+    converted = profile.converted_carts
+    abandonment_rate = _ratio(abandoned, abandoned + converted)
 
     cats = profile.categories
     top = cats.top(params.top_k)
-    f["pref_top_category_share"] = _ratio(cats.slots[top[0]], cats.total) if top else NAN
-    f["pref_category_entropy"] = _entropy(cats)
-    f["pref_distinct_categories"] = profile.distinct_categories
-    f["pref_top_categories"] = _shares(cats, top)
+    top_share = _ratio(cats.slots[top[0]], cats.total) if top else NAN
+    entropy = _entropy(cats)
+    distinct = profile.distinct_categories
+    top_categories = _shares(cats, top)
     brands = profile.brands
-    f["pref_top_brands"] = _shares(brands, brands.top(params.top_k)) if brands.slots else []
+    top_brands = _shares(brands, brands.top(params.top_k)) if brands.slots else []
 
-    open_events = sum(s[2] for s in profile.sessions)
-    open_ms = sum(s[1] - s[0] for s in profile.sessions)
+    open_events = 0
+    open_ms = 0
+    for s in profile.sessions:
+        open_events += s[2]
+        open_ms += s[1] - s[0]
     n_sessions = profile.sessions_closed + len(profile.sessions)
-    f["ses_count"] = n_sessions
-    f["ses_mean_events"] = _ratio(profile.sessions_closed_events + open_events, n_sessions)
-    f["ses_mean_minutes"] = _ratio((profile.sessions_closed_ms + open_ms) / 60_000, n_sessions)
-    f["ses_current_depth"] = profile.sessions[-1][2] if profile.sessions else 0
+    ses_mean_events = _ratio(profile.sessions_closed_events + open_events, n_sessions)
+    ses_mean_minutes = _ratio((profile.sessions_closed_ms + open_ms) / 60_000, n_sessions)
+    ses_depth = profile.sessions[-1][2] if profile.sessions else 0
 
     viewed = _ratio(profile.view_price_sum / 1e6, profile.view_price_n)
     bought = _ratio(profile.buy_price_sum / 1e6, profile.buy_price_n)
-    f["prc_mean_viewed"] = viewed
-    f["prc_mean_bought"] = bought
-    f["prc_bought_to_viewed"] = _ratio(bought, viewed) if not math.isnan(viewed) else NAN
+    bought_to_viewed = _ratio(bought, viewed) if not math.isnan(viewed) else NAN
 
     hours = profile.hour_hist
-    total_hours = sum(hours)
-    f["hab_peak_hour"] = hours.index(max(hours)) if total_hours else NAN  # ties: earliest
-    f["hab_hours"] = [v / total_hours for v in hours] if total_hours else [0.0] * 24
+    total_hours = 0.0
+    peak = 0
+    for i in range(24):
+        total_hours += hours[i]
+        if hours[i] > hours[peak]:
+            peak = i  # ties: the earliest hour
+    peak_hour: object = peak if total_hours else NAN
+    hab_hours = [v / total_hours for v in hours] if total_hours else [0.0] * 24
 
     active_days = profile.retired_active_days + len(profile.ring_day)
-    f["ten_days"] = (now_ms - profile.first_ms) / DAY_MS
-    f["ten_active_days"] = active_days
-    # Intensity, comparable across tenures (lifetime totals grow with tenure).
-    f["rfm_purchases_per_active_day"] = _ratio(purchases, active_days)
-    f["rfm_events_per_active_day"] = _ratio(profile.event_count, active_days)
-    f["fun_carts_per_active_day"] = _ratio(carts, active_days)
-    f["ten_first_seen_ms"] = profile.first_ms
-    f["rec_viewed_items"] = [item for _, item in reversed(profile.recent_viewed)]
-    f["rec_carted_items"] = [item for _, item in reversed(profile.recent_carted)]
-    return f
+    ten_days = (now_ms - profile.first_ms) / DAY_MS
+    purchases_per_day = _ratio(purchases, active_days)
+    events_per_day = _ratio(profile.event_count, active_days)
+    carts_per_day = _ratio(carts, active_days)
+
+    # The order of the keys is the order of the JSON the job writes: keep it.
+    features: dict[str, Any] = {
+        "cnt_view_1h": short[0],
+        "cnt_view_24h": mid[0],
+        "cnt_view_7d": week[0],
+        "cnt_view_30d": month[0],
+        "cnt_view_life": views,
+        "cnt_cart_1h": short[1],
+        "cnt_cart_24h": mid[1],
+        "cnt_cart_7d": week[1],
+        "cnt_cart_30d": month[1],
+        "cnt_cart_life": carts,
+        "cnt_remove_1h": short[2],
+        "cnt_remove_24h": mid[2],
+        "cnt_remove_7d": week[2],
+        "cnt_remove_30d": month[2],
+        "cnt_remove_life": counts[2],
+        "cnt_fav_1h": short[3],
+        "cnt_fav_24h": mid[3],
+        "cnt_fav_7d": week[3],
+        "cnt_fav_30d": month[3],
+        "cnt_fav_life": counts[3],
+        "cnt_purchase_1h": short[4],
+        "cnt_purchase_24h": mid[4],
+        "cnt_purchase_7d": week[4],
+        "cnt_purchase_30d": month[4],
+        "cnt_purchase_life": purchases,
+        "cnt_search_1h": short[5],
+        "cnt_search_24h": mid[5],
+        "cnt_search_7d": week[5],
+        "cnt_search_30d": month[5],
+        "cnt_search_life": counts[5],
+        "dcy_view_1h": decay[0] * factor_1h,
+        "dcy_view_1d": decay[1] * factor_1d,
+        "dcy_view_7d": decay[2] * factor_7d,
+        "dcy_cart_1h": decay[3] * factor_1h,
+        "dcy_cart_1d": decay[4] * factor_1d,
+        "dcy_cart_7d": decay[5] * factor_7d,
+        "dcy_purchase_1h": decay[6] * factor_1h,
+        "dcy_purchase_1d": decay[7] * factor_1d,
+        "dcy_purchase_7d": decay[8] * factor_7d,
+        "act_score": act_score,
+        "rfm_hours_since_last_event": hours_since_last_event,
+        "rfm_hours_since_last_purchase": hours_since_last_purchase,
+        "rfm_spend_30d": spend_30d,
+        "rfm_spend_30d_micros": spend_30d_micros,
+        "rfm_spend_life": spend_life,
+        "rfm_aov": aov,
+        "fun_view_to_cart": view_to_cart,
+        "fun_cart_to_purchase": cart_to_purchase,
+        "fun_abandoned_carts": abandoned,
+        "fun_converted_carts": converted,
+        "fun_cart_abandonment_rate": abandonment_rate,
+        "pref_top_category_share": top_share,
+        "pref_category_entropy": entropy,
+        "pref_distinct_categories": distinct,
+        "pref_top_categories": top_categories,
+        "pref_top_brands": top_brands,
+        "ses_count": n_sessions,
+        "ses_mean_events": ses_mean_events,
+        "ses_mean_minutes": ses_mean_minutes,
+        "ses_current_depth": ses_depth,
+        "prc_mean_viewed": viewed,
+        "prc_mean_bought": bought,
+        "prc_bought_to_viewed": bought_to_viewed,
+        "hab_peak_hour": peak_hour,
+        "hab_hours": hab_hours,
+        "ten_days": ten_days,
+        "ten_active_days": active_days,
+        "rfm_purchases_per_active_day": purchases_per_day,
+        "rfm_events_per_active_day": events_per_day,
+        "fun_carts_per_active_day": carts_per_day,
+        "ten_first_seen_ms": profile.first_ms,
+        "rec_viewed_items": [item for _, item in reversed(profile.recent_viewed)],
+        "rec_carted_items": [item for _, item in reversed(profile.recent_carted)],
+    }
+    vector: tuple[Any, ...] = _MODEL_INPUTS(features)
+    return features, vector
 
 
 _MODEL_INPUTS = itemgetter(*FEATURE_NAMES)
@@ -190,12 +299,13 @@ def feature_vector(features: dict[str, Any]) -> tuple[float, ...]:
 
 def _week_and_month(ring: dict[int, list[int]], now_ms: int) -> tuple[list[int], list[int]]:
     head = now_ms // RING_DAY[0]
-    week = [0] * (N_TYPES + 1)
-    month = [0] * (N_TYPES + 1)
+    week = [0, 0, 0, 0, 0, 0, 0]
+    month = [0, 0, 0, 0, 0, 0, 0]
     for bucket, cell in ring.items():
         age = head - bucket
         if 0 <= age < RING_DAY[1]:
-            for i, v in enumerate(cell):
+            for i in range(len(cell)):
+                v = cell[i]
                 month[i] += v
                 if age < 7:
                     week[i] += v
