@@ -139,7 +139,7 @@ def steady_rate(samples: list[tuple[float, int]], total: int) -> tuple[float, fl
 # Thread name prefixes (Linux keeps 15 characters) -> what runs there.
 THREAD_GROUPS = (
     ("update profile", "keyed"),  # the keyed Python operator's task (and what is chained to it)
-    ("Source: kafka", "source"),  # Kafka source + decode (Python) task
+    ("Source", "source"),  # the Kafka source task (Java only: decoding happens in the keyed task)
     ("DataStreamToTab", "sink"),  # the JDBC sink task
 )
 

@@ -29,7 +29,7 @@ from flink_jobs.functions import DecodingFunction
 from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
 from udfs.events import Event
-from udfs.features import compute_features, feature_vector
+from udfs.features import features_and_vector
 from udfs.profile import ProfileParams
 from udfs.scoring import Scorer
 
@@ -88,9 +88,9 @@ class Stage(DecodingFunction):
         if step.timer_register:
             ctx.timer_service().register_event_time_timer(step.timer_register)
         if stage != "update":
-            features = compute_features(folded, folded.last_ms, self.params)
+            _, vector = features_and_vector(folded, folded.last_ms, self.params)
             if stage == "scoring":
-                self.scorer.score(feature_vector(features))
+                self.scorer.score(vector)
         self.engine.store(step, folded)
         assert step.state is not None
         self.state.update(step.state)
