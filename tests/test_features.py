@@ -50,7 +50,7 @@ def seg(p: Profile) -> str:
 
 def test_feature_names_follow_the_scheme_and_are_unique() -> None:
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
-    families = {"cnt", "dcy", "act", "rfm", "fun", "pref", "ses", "prc", "hab", "ten"}
+    families = {"cnt", "dcy", "act", "rfm", "fun", "pref", "ses", "prc", "hab", "ten", "rec"}
     for name in FEATURE_NAMES:
         assert re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", name) and name.split("_")[0] in families
 

@@ -6,6 +6,7 @@ import math
 import random
 import struct
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -356,7 +357,7 @@ events_strategy = st.lists(
 def test_encoding_round_trips_and_the_round_trip_changes_nothing(events: list[Event]) -> None:
     p = replay(sorted(events, key=lambda e: e.event_time_ms), P).get("u", Profile())
     data = encode_profile(p)
-    assert data[0] == 2  # format version byte
+    assert data[0] == 3  # format version byte
     assert decode_profile(data) == p
     # The job round-trips through bytes on every event; offline replays do not.
     q: Profile | None = None
@@ -392,10 +393,26 @@ def test_v1_state_from_issue_2_is_upgraded() -> None:
     )
 
 
+def test_v2_state_reads_as_v3_without_score_reasons_yet() -> None:
+    """Format 3 is format 2 plus `explained_micros`; state written before issue 10 (format 2)
+    reads back with it unset, so the next row computes score reasons."""
+    p = folded([event(ev.VIEW, T0), event(ev.ADD_TO_CART, T0 + 60_000)])
+    p.explained_micros = 123_456
+    v3 = encode_profile(p)
+    assert v3[0] == 3 and decode_profile(v3) == p
+    fields = msgpack.unpackb(v3[1:], raw=False)
+    v2 = b"\x02" + msgpack.packb(fields[:-1], use_bin_type=True, use_single_float=True)
+    old = decode_profile(v2)
+    assert old.explained_micros == -1
+    old.explained_micros = 123_456
+    assert old == p
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
         (b"", "empty"),
+        (b"\x03\x93\x01\x02\x03", "corrupt v3"),
         (b"\x09rest", "unknown profile format version 9"),
         (b"\x01\x00\x00", "corrupt v1"),
         (b"\x02\x93\x01\x02\x03", "corrupt v2"),

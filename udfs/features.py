@@ -68,7 +68,20 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hab_peak_hour",
     "ten_days",
     "ten_active_days",
+    "rec_hours_since_last_cart",
+    "rec_hours_since_last_fav",
+    "rec_repeat_view_share_24h",
+    "fun_open_carts",
+    "fun_view_to_purchase_smoothed",
+    "rfm_buy_day_rate",
+    "act_24h_vs_mean",
 )
+
+# fun_view_to_purchase_smoothed: purchases per view shrunk towards a prior rate, as if every
+# user had also made PRIOR_VIEWS views converting at PRIOR_RATE (a shopper with 3 views and 0
+# purchases is not "0 %" but close to the prior)
+CONVERSION_PRIOR_RATE = 0.02
+CONVERSION_PRIOR_VIEWS = 50.0
 
 
 SEGMENTS = (
@@ -208,6 +221,26 @@ def features_and_vector(
     events_per_day = _ratio(profile.event_count, active_days)
     carts_per_day = _ratio(carts, active_days)
 
+    last_cart = 0
+    for t, _ in profile.recent_carted:
+        last_cart = max(last_cart, t)
+    hours_since_last_cart = (now_ms - last_cart) / hour_ms if last_cart else NAN
+    hours_since_last_fav = _hours_since_newest(profile, 3, now_ms)
+    views_24h = mid[0]
+    distinct_24h = 0
+    for t, _ in profile.recent_viewed:
+        if now_ms - t < DAY_MS:
+            distinct_24h += 1
+    repeat_share = 1.0 - min(distinct_24h, views_24h) / views_24h if views_24h else NAN
+    smoothed_conversion = (purchases + CONVERSION_PRIOR_RATE * CONVERSION_PRIOR_VIEWS) / (
+        views + CONVERSION_PRIOR_VIEWS
+    )
+    buy_day_rate = _buy_day_rate(profile.ring_day, now_ms)
+    events_24h = 0
+    for i in range(N_TYPES):
+        events_24h += mid[i]
+    activity_vs_mean = _ratio(events_24h, events_per_day)
+
     # The order of the keys is the order of the JSON the job writes: keep it.
     features: dict[str, Any] = {
         "cnt_view_1h": short[0],
@@ -280,6 +313,13 @@ def features_and_vector(
         "rfm_purchases_per_active_day": purchases_per_day,
         "rfm_events_per_active_day": events_per_day,
         "fun_carts_per_active_day": carts_per_day,
+        "rec_hours_since_last_cart": hours_since_last_cart,
+        "rec_hours_since_last_fav": hours_since_last_fav,
+        "rec_repeat_view_share_24h": repeat_share,
+        "fun_open_carts": len(profile.pending_carts),
+        "fun_view_to_purchase_smoothed": smoothed_conversion,
+        "rfm_buy_day_rate": buy_day_rate,
+        "act_24h_vs_mean": activity_vs_mean,
         "ten_first_seen_ms": profile.first_ms,
         "rec_viewed_items": [item for _, item in reversed(profile.recent_viewed)],
         "rec_carted_items": [item for _, item in reversed(profile.recent_carted)],
@@ -295,6 +335,38 @@ def feature_vector(features: dict[str, Any]) -> tuple[float, ...]:
     """The model input: FEATURE_NAMES in order (ints or floats; NaN = missing)."""
     values: tuple[float, ...] = _MODEL_INPUTS(features)
     return values
+
+
+def _hours_since_newest(profile: Profile, kind: int, now_ms: int) -> float:
+    """Hours from the start of the newest ring bucket holding an event of type index `kind` to
+    now: 10-minute resolution within the hour, 2 hours within the day, a day within 30 days;
+    NaN when there is none in 30 days."""
+    for ring, (width, n) in (
+        (profile.ring_short, RING_SHORT),
+        (profile.ring_mid, RING_MID),
+        (profile.ring_day, RING_DAY),
+    ):
+        head = now_ms // width
+        newest = -1
+        for bucket, cell in ring.items():
+            if 0 <= head - bucket < n and cell[kind] > 0 and bucket > newest:
+                newest = bucket
+        if newest >= 0:
+            return max(0.0, (now_ms - newest * width) / 3_600_000)
+    return NAN
+
+
+def _buy_day_rate(ring: dict[int, list[int]], now_ms: int) -> float:
+    """Share of the active days of the last 30 with a purchase."""
+    head = now_ms // RING_DAY[0]
+    active = 0
+    buying = 0
+    for bucket, cell in ring.items():
+        if 0 <= head - bucket < RING_DAY[1]:
+            active += 1
+            if cell[4] > 0:
+                buying += 1
+    return buying / active if active else NAN
 
 
 def _week_and_month(ring: dict[int, list[int]], now_ms: int) -> tuple[list[int], list[int]]:

@@ -214,6 +214,9 @@ class Profile:
     recent_ids: list[int] = field(default_factory=list)  # 64-bit event id hashes, oldest first
     inactivity: int = Inactivity.ACTIVE
     timer_ms: int = 0  # the inactivity timer the job has registered (0 = none)
+    # the score (in millionths) when the row last carried score reasons (-1 = never): reasons
+    # are recomputed only when the score moves by a set step (udfs.engine)
+    explained_micros: int = -1
 
     @property
     def event_count(self) -> int:
@@ -611,13 +614,15 @@ def replay(events: Iterable[Event], params: ProfileParams) -> dict[str, Profile]
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoding. Format 2: byte 0x02, then a MessagePack array of the fields in `encode_profile`
+# Encoding. Format 3: byte 0x03, then a MessagePack array of the fields in `encode_profile`
 # order; times inside lists are stored relative to last_ms, ring buckets by their age, floats as
-# float32 (exact: the state only holds float32 values). Format 1 (issue 2's struct layout) is
-# still read and upgraded. A new layout gets a new version byte.
+# float32 (exact: the state only holds float32 values). Format 2 is format 3 without its last
+# field (`explained_micros`, issue 10) and is still read, as is format 1 (issue 2's struct
+# layout), which is upgraded. A new layout gets a new version byte.
 # ---------------------------------------------------------------------------------------------
 FORMAT_V1 = 1
 FORMAT_V2 = 2
+FORMAT_V3 = 3
 _HEADER_V1 = struct.Struct("<BQqq6IqIdH")
 
 
@@ -664,7 +669,7 @@ def _pairs(flat: list[Any], last: int) -> list[tuple[int, str]]:
 
 # One packer (its C method runs whole under the GIL); what msgpack.packb would make.
 _PACKER = msgpack.Packer(use_bin_type=True, use_single_float=True)
-_V2_BYTE = bytes([FORMAT_V2])
+_V3_BYTE = bytes([FORMAT_V3])
 
 
 def _ids_out(ids: list[int]) -> bytes:
@@ -695,16 +700,16 @@ def encode_profile(p: Profile) -> bytes:
         p.sessions_closed, p.sessions_closed_events, p.sessions_closed_ms,
         p.view_price_sum, p.view_price_n, p.buy_price_sum, p.buy_price_n,
         _ids_out(p.recent_ids),
-        int(p.inactivity), p.timer_ms,
+        int(p.inactivity), p.timer_ms, p.explained_micros,
     ]  # fmt: skip
     packed: bytes = _PACKER.pack(body)
-    return _V2_BYTE + packed
+    return _V3_BYTE + packed
 
 
 def decode_profile(data: bytes) -> Profile:
     if not data:
         raise ProfileEncodingError("empty profile bytes")
-    if data[0] == FORMAT_V2:
+    if data[0] == FORMAT_V3 or data[0] == FORMAT_V2:
         return _decode_v2(data)
     if data[0] == FORMAT_V1:
         return _decode_v1(data)
@@ -712,13 +717,15 @@ def decode_profile(data: bytes) -> Profile:
 
 
 def _decode_v2(data: bytes) -> Profile:
+    """Formats 2 and 3 (format 3 adds `explained_micros` at the end)."""
+    fmt = data[0]
     try:
+        fields = msgpack.unpackb(data[1:], raw=False)
+        explained = fields.pop() if fmt == FORMAT_V3 else -1
         (epoch, version, first, last, counts, spend, priced, other, last_purchase, r_short,
          r_mid, r_day, retired, ref, activity, decay, hours, cats, brands, d_exact, d_hll,
          viewed, carted, pending, purchases, abandoned, converted, sessions, s_closed, s_events,
-         s_ms, vps, vpn, bps, bpn, ids, inactivity, timer) = msgpack.unpackb(
-            data[1:], raw=False
-        )  # fmt: skip
+         s_ms, vps, vpn, bps, bpn, ids, inactivity, timer) = fields  # fmt: skip
         profile = Profile(
             epoch_ms=epoch, version=version, first_ms=first, last_ms=last, counts=counts,
             spend_micros=spend, priced_purchases=priced, other_purchases=other,
@@ -737,12 +744,12 @@ def _decode_v2(data: bytes) -> Profile:
             sessions_closed=s_closed, sessions_closed_events=s_events, sessions_closed_ms=s_ms,
             view_price_sum=vps, view_price_n=vpn, buy_price_sum=bps, buy_price_n=bpn,
             recent_ids=_ids_in(ids),
-            inactivity=inactivity, timer_ms=timer,
+            inactivity=inactivity, timer_ms=timer, explained_micros=explained,
         )  # fmt: skip
-    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
-        raise ProfileEncodingError(f"corrupt v2 profile ({len(data)} bytes): {exc}") from None
+    except (ValueError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as exc:
+        raise ProfileEncodingError(f"corrupt v{fmt} profile ({len(data)} bytes): {exc}") from None
     if len(profile.counts) != N_TYPES or len(profile.decay) != 9 or len(profile.hour_hist) != 24:
-        raise ProfileEncodingError(f"corrupt v2 profile ({len(data)} bytes): wrong shapes")
+        raise ProfileEncodingError(f"corrupt v{fmt} profile ({len(data)} bytes): wrong shapes")
     return profile
 
 
