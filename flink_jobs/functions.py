@@ -130,15 +130,28 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
 
 class _TimedScorer:
     """Scores through `Scorer`, timing one call in SCORE_SAMPLE_EVERY into two Flink counters
-    (`scoring_sampled_ns` / `scoring_samples` is the in-job cost of one scoring call). Counters,
-    not a gauge: a Python gauge is read from a Java metrics thread, which blocks the task in
-    thread mode."""
+    (`scoring_sampled_ns` / `scoring_samples` is the in-job cost of one scoring call; the same
+    for `explain_*`, the score's reasons). Counters, not a gauge: a Python gauge is read from a
+    Java metrics thread, which blocks the task in thread mode."""
 
     def __init__(self, scorer: Scorer, group: Any) -> None:
         self.scorer = scorer
         self.calls = 0
         self.sampled_ns = group.counter("scoring_sampled_ns")
         self.samples = group.counter("scoring_samples")
+        self.explain_calls = 0
+        self.explain_ns = group.counter("explain_sampled_ns")
+        self.explain_samples = group.counter("explain_samples")
+
+    def explain(self, features: Any) -> bytes:
+        self.explain_calls += 1
+        if self.explain_calls % SCORE_SAMPLE_EVERY:
+            return self.scorer.explain(features)
+        start = time.perf_counter_ns()
+        reasons = self.scorer.explain(features)
+        self.explain_ns.inc(time.perf_counter_ns() - start)
+        self.explain_samples.inc()
+        return reasons
 
     def __call__(self, features: Any) -> float:
         self.calls += 1
@@ -185,11 +198,13 @@ class UpdateProfile(DecodingFunction):
         )
         group = runtime_context.get_metrics_group()
         self.scorer = Scorer(self.model_dir)
+        timed = _TimedScorer(self.scorer, group)
         self.engine = ProfileEngine(
             self.params,
-            _TimedScorer(self.scorer, group),
+            timed,
             self.scorer.version,
             Pseudonymiser(load_key(self.pseudonym_key_file)),
+            explain=timed.explain,
         )
         self.cache = ProfileCache(self.cache_entries)
         tune_gc()

@@ -71,7 +71,7 @@ def verify(
     spec: Any = None,
 ) -> VerifyReport:
     scorer = Scorer(model_dir)
-    engine = ProfileEngine(params, scorer.score, scorer.version, pseudonym)
+    engine = ProfileEngine(params, scorer.score, scorer.version, pseudonym, explain=scorer.explain)
     expected = recompute(
         message_bytes(fmt, path, spec=spec),
         engine,

@@ -132,7 +132,7 @@ def test_model_with_wrong_feature_contract(tmp_path: Path) -> None:
         "--model-dir",
         str(model),
     )
-    assert_one_line_error(proc, "was trained on features", "retrain")
+    assert_one_line_error(proc, "uses features", "retrain")
 
 
 def test_missing_jars(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ def test_demo_prints_summary_with_profiles(tmp_path: Path) -> None:
     assert re.search(r"events read\s+3,000 \(of 3,000 produced\)", out), out
     assert re.search(r"profiles written\s+200\b", out), out
     assert re.search(r"dead letters\s+0\b", out), out
-    assert "ten highest-scoring users" in out and "taobao-v1" in out
+    assert "ten highest-scoring users" in out and "taobao-v2" in out
     dsn = re.search(r"(postgresql://\S+)", out.split("Open the database")[1])
     assert dsn is not None
     conn = psycopg2.connect(dsn.group(1))

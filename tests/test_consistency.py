@@ -28,7 +28,13 @@ def raw(user: str, kind: int = ev.VIEW, t: int = T, eid: str | None = None) -> b
 
 def engine() -> ProfileEngine:
     scorer = Scorer(DEFAULT_MODEL_DIR)
-    return ProfileEngine(ProfileParams(), scorer.score, scorer.version, Pseudonymiser(b"k" * 32))
+    return ProfileEngine(
+        ProfileParams(),
+        scorer.score,
+        scorer.version,
+        Pseudonymiser(b"k" * 32),
+        explain=scorer.explain,
+    )
 
 
 def test_recompute_folds_valid_and_keeps_invalid_late_and_duplicate() -> None:
@@ -55,7 +61,7 @@ def test_recompute_folds_valid_and_keeps_invalid_late_and_duplicate() -> None:
         2,
         2,
         1,
-        "taobao-v1",
+        "taobao-v2",
     )
 
 
@@ -106,3 +112,40 @@ def test_compare_reads_the_features_json_like_postgresql_returns_it() -> None:
     assert [m.column for m in compare_profiles(expected, {"a": tuple(row)})] == [
         "features.cnt_view_life"
     ]
+
+
+def test_score_reasons_follow_the_score_in_steps_and_the_table_keeps_the_last() -> None:
+    """The engine recomputes reasons on a profile's first row and whenever the score moved by
+    the step since; rows in between carry None, and the recomputation (like the database)
+    keeps the last reasons, which the engine with or without its cache agrees on."""
+    import orjson
+
+    from udfs.cache import ProfileCache
+    from udfs.engine import DEFAULT_EXPLAIN_STEP
+    from udfs.events import decode_event
+    from udfs.host import MemoryHost
+
+    kinds = [ev.VIEW] * 6 + [ev.ADD_TO_CART, ev.VIEW, ev.FAVORITE, ev.PURCHASE] + [ev.VIEW] * 10
+    msgs = [raw("a", k, T + i * 600_000) for i, k in enumerate(kinds)]
+    hosts = [MemoryHost(engine()), MemoryHost(engine(), ProfileCache(8))]
+    rows = [[host.on_event(decode_event(m, NOW), "", NOW).row for m in msgs] for host in hosts]
+    assert rows[0] == rows[1]
+    i_score = PROFILE_COLUMN_NAMES.index("score")
+    i_reasons = PROFILE_COLUMN_NAMES.index("score_reasons")
+    explained = None
+    computed = 0
+    for row in rows[0]:
+        assert row is not None
+        score, reasons = row[i_score], row[i_reasons]
+        if explained is None or abs(score - explained) >= DEFAULT_EXPLAIN_STEP + 1e-6:
+            assert reasons is not None  # moved by a step (or first): new reasons
+        if reasons is not None:
+            assert len(orjson.loads(reasons)) == 3
+            explained = score
+            computed += 1
+        else:
+            assert abs(score - explained) < DEFAULT_EXPLAIN_STEP + 1e-6
+    assert 1 <= computed < len(rows[0])  # some rows reuse the reasons, some refresh them
+    (final,) = recompute(msgs, engine(), now_ms=NOW).profiles["a"]
+    last = next(r[i_reasons] for r in reversed(rows[0]) if r is not None and r[i_reasons])
+    assert final[i_reasons] == last

@@ -105,7 +105,13 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
 
     # The good users' profiles equal a run without the bad messages.
     scorer = Scorer(DEFAULT_MODEL_DIR)
-    engine = ProfileEngine(ProfileParams(), scorer.score, scorer.version, Pseudonymiser(load_key()))
+    engine = ProfileEngine(
+        ProfileParams(),
+        scorer.score,
+        scorer.version,
+        Pseudonymiser(load_key()),
+        explain=scorer.explain,
+    )
     expected = recompute(valid, engine, now_ms=now_ms, topic=topic)
     assert expected.invalid_messages == 0
     actual = fetch_profiles(pg_dsn)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import orjson
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
@@ -15,27 +17,59 @@ from udfs.features import FEATURE_NAMES
 from udfs.scoring import ModelError, Scorer, read_metadata
 
 
-def test_committed_model_metadata_names_the_code_features() -> None:
+def test_committed_model_metadata_names_a_subset_of_the_code_features() -> None:
     info = read_metadata(DEFAULT_MODEL_DIR)
-    assert info.feature_names == FEATURE_NAMES
-    assert info.version == "taobao-v1"
+    assert set(info.feature_names) < set(FEATURE_NAMES)
+    assert info.version == "taobao-v2"
     assert info.metadata["data"]["file"] == "taobao_userbehavior_head.csv"
+    assert info.calibration.kind in ("platt", "isotonic")
     booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
-    assert tuple(booster.feature_name()) == FEATURE_NAMES
+    assert tuple(booster.feature_name()) == info.feature_names
+    # every profile feature is either a model input or excluded with a reason
+    excluded = info.metadata["excluded_features"]
+    assert set(FEATURE_NAMES) == set(info.feature_names) | set(excluded)
+    assert all(isinstance(r, str) and r for r in excluded.values())
 
 
-def test_fast_scoring_equals_lightgbm_predict() -> None:
-    scorer = Scorer(DEFAULT_MODEL_DIR)
-    booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
+def _random_vectors(n: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    x = rng.lognormal(mean=1.0, sigma=1.5, size=(5000, len(FEATURE_NAMES)))
+    x = rng.lognormal(mean=1.0, sigma=1.5, size=(n, len(FEATURE_NAMES)))
     x[::7, 4] = 0.0  # exact zeros
     x[::5, 10] = np.nan  # missing values
     x[1::11, :] = rng.random((len(x[1::11]), len(FEATURE_NAMES)))
-    expected = booster.predict(x)
+    return x
+
+
+def test_fast_scoring_equals_lightgbm_predict_then_the_calibration() -> None:
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
+    x = _random_vectors(5000)
+    cols = [FEATURE_NAMES.index(n) for n in scorer.names]
+    expected_raw = booster.predict(x[:, cols])
+    raw = np.array([scorer.raw_score(list(row)) for row in x])
+    assert np.array_equal(raw, expected_raw)  # bit-identical
     got = np.array([scorer.score(list(row)) for row in x])
-    assert np.max(np.abs(got - expected)) <= 1e-9
-    assert len(set(np.round(got, 6))) > 100  # a real model, not a constant
+    assert np.array_equal(got, [scorer.calibration.apply(float(r)) for r in expected_raw])
+    assert len(set(np.round(got, 6))) > 20  # a real model, not a constant
+    scorer.close()
+
+
+def test_reasons_are_lightgbm_shap_values_that_add_up_to_the_raw_log_odds() -> None:
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
+    x = _random_vectors(300)
+    cols = [FEATURE_NAMES.index(n) for n in scorer.names]
+    shap = booster.predict(x[:, cols], pred_contrib=True)
+    for row, expected in zip(x, shap, strict=True):
+        contributions = scorer.contributions(list(row))
+        assert np.allclose(contributions, expected, rtol=0, atol=1e-12)
+        raw = scorer.raw_score(list(row))
+        assert math.isclose(sum(contributions), math.log(raw / (1 - raw)), abs_tol=1e-9)
+        reasons = orjson.loads(scorer.explain(list(row)))
+        assert len(reasons) == 3
+        top = sorted(range(len(cols)), key=lambda i: -abs(expected[i]))[:3]
+        assert [r["feature"] for r in reasons] == [scorer.names[i] for i in top]
+        assert [r["contribution"] for r in reasons] == [contributions[i] for i in top]
     scorer.close()
 
 
@@ -50,22 +84,37 @@ def test_missing_model_names_the_setting(tmp_path: Path) -> None:
         Scorer(tmp_path / "nope")
 
 
-def test_feature_contract_mismatch_is_refused(tmp_path: Path) -> None:
+def test_a_model_feature_the_code_does_not_compute_is_refused(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["feature_names"][0] = "cnt_unicorns_1h"
+    (model / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"uses features \['cnt_unicorns_1h'\].*retrain"):
+        Scorer(model)
+
+
+def test_a_bad_calibration_is_refused_with_its_field(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["calibration"] = {"kind": "isotonic", "x": [0.1, 0.2], "y": [0.5]}
+    (model / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="not valid model metadata"):
+        Scorer(model)
+
+
+def test_metadata_order_must_match_the_booster(tmp_path: Path) -> None:
     model = _copy_model(tmp_path)
     meta = json.loads((model / "metadata.json").read_text())
     meta["feature_names"] = list(reversed(meta["feature_names"]))
     (model / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="was trained on features"):
+    with pytest.raises(ModelError, match="inconsistent"):
         Scorer(model)
 
 
 def test_metadata_and_booster_must_agree(tmp_path: Path) -> None:
     model = _copy_model(tmp_path)
-    text = (
-        (model / "model.txt")
-        .read_text()
-        .replace("feature_names=cnt_view_1h", "feature_names=cnt_vue_1h")
-    )
+    first = read_metadata(model).feature_names[0]
+    text = (model / "model.txt").read_text().replace(f"feature_names={first}", "feature_names=xx")
     (model / "model.txt").write_text(text)
     with pytest.raises(ModelError, match="inconsistent"):
         Scorer(model)

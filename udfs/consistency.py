@@ -19,7 +19,13 @@ import orjson
 from udfs.engine import ProfileEngine, StepOutcome
 from udfs.events import InvalidEvent, decode_event
 from udfs.host import MemoryHost
-from udfs.rows import PROFILE_COLUMN_NAMES, ProfileRow, dead_letter_id, user_id_field_bytes
+from udfs.rows import (
+    PROFILE_COLUMN_NAMES,
+    PROFILE_COLUMNS,
+    ProfileRow,
+    dead_letter_id,
+    user_id_field_bytes,
+)
 
 HOUR_MS = 3_600_000
 
@@ -75,7 +81,7 @@ def recompute(
             _erase(event.user_id, rows, out.dead_letters, named)
             continue
         if step.row is not None:
-            rows[event.user_id] = step.row
+            rows[event.user_id] = carry_reasons(rows.get(event.user_id), step.row)
 
     # The watermark a bounded run ends with (before Flink's final MAX, which fires nothing here).
     final = max_time - max_out_of_orderness_ms - 1 if max_time else 0
@@ -112,8 +118,19 @@ def _fire_timers(
 ) -> dict[str, ProfileRow]:
     for user_id, step in host.fire(watermark):
         if step.row is not None:
-            rows[user_id] = step.row
+            rows[user_id] = carry_reasons(rows.get(user_id), step.row)
     return rows
+
+
+_REASONS = PROFILE_COLUMN_NAMES.index("score_reasons")
+
+
+def carry_reasons(previous: ProfileRow | None, row: ProfileRow) -> ProfileRow:
+    """A row without score reasons leaves the stored ones in place (the database keeps them):
+    what the table shows is the last reasons the user's rows carried."""
+    if row[_REASONS] is not None or previous is None:
+        return row
+    return (*row[:_REASONS], previous[_REASONS], *row[_REASONS + 1 :])
 
 
 @dataclass(frozen=True)
@@ -140,13 +157,13 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def _json_diff(user_id: str, want: object, have: object) -> list[Mismatch]:
+def _json_diff(user_id: str, want: object, have: object, column: str) -> list[Mismatch]:
     w = orjson.loads(want) if isinstance(want, str | bytes) else want
     h = orjson.loads(have) if isinstance(have, str | bytes) else have
     if not isinstance(w, dict) or not isinstance(h, dict):
-        return [] if w == h else [Mismatch(user_id, "features", w, h)]
+        return [] if w == h else [Mismatch(user_id, column, w, h)]
     return [
-        Mismatch(user_id, f"features.{key}", w.get(key), h.get(key))
+        Mismatch(user_id, f"{column}.{key}", w.get(key), h.get(key))
         for key in sorted(w.keys() | h.keys())
         if not _same(w.get(key), h.get(key))
     ]
@@ -154,9 +171,9 @@ def _json_diff(user_id: str, want: object, have: object) -> list[Mismatch]:
 
 def _row_diff(user_id: str, want: ProfileRow, have: tuple[object, ...]) -> list[Mismatch]:
     out = []
-    for name, w, h in zip(PROFILE_COLUMN_NAMES, want, have, strict=True):
-        if name == "features":
-            out.extend(_json_diff(user_id, w, h))
+    for (name, kind), w, h in zip(PROFILE_COLUMNS, want, have, strict=True):
+        if kind == "json":
+            out.extend(_json_diff(user_id, w, h, name))
         elif not _same(w, h):
             out.append(Mismatch(user_id, name, w, h))
     return out

@@ -36,6 +36,12 @@ from udfs.profile import (
 from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row
 
 ScoreFn = Callable[[Sequence[float]], float]
+ExplainFn = Callable[[Sequence[float]], bytes]
+# Score reasons (SHAP values) cost tens of microseconds, more than the rest of the row: a row
+# carries new reasons only when its score moved by at least this much since the reasons were
+# last computed (and on a profile's first row); otherwise None, which the database reads as
+# "unchanged" (the reasons still explain a score within this step of the current one).
+DEFAULT_EXPLAIN_STEP = 0.02
 PseudonymFn = Callable[[str], str]
 DeadLetter = DeadLetterRow
 
@@ -66,10 +72,23 @@ class Step:
 
 class ProfileEngine:
     def __init__(
-        self, params: ProfileParams, score: ScoreFn, model_version: str, pseudonym: PseudonymFn
+        self,
+        params: ProfileParams,
+        score: ScoreFn,
+        model_version: str,
+        pseudonym: PseudonymFn,
+        explain: ExplainFn | None = None,
+        explain_step: float = DEFAULT_EXPLAIN_STEP,
     ) -> None:
+        """`score` maps the feature vector (FEATURE_NAMES order) to the row's score; `explain`
+        to its `score_reasons` JSON (None: rows carry no reasons), recomputed when the score
+        moves by `explain_step` (0: on every row)."""
+        if not 0 <= explain_step < 1:
+            raise ValueError(f"explain_step {explain_step} must be in [0, 1)")
         self.params = params
         self.score = score
+        self.explain = explain
+        self.explain_step_micros = round(explain_step * 1e6)
         self.model_version = model_version
         self.pseudonym = pseudonym
 
@@ -81,6 +100,14 @@ class ProfileEngine:
     def _row(self, user_id: str, profile: Profile, now_ms: int, expired: bool) -> ProfileRow:
         features, vector = features_and_vector(profile, now_ms, self.params)
         score = self.score(vector)
+        reasons: bytes | None = None
+        explain = self.explain
+        if explain is not None:
+            micros = round(score * 1e6)
+            last = profile.explained_micros
+            if last < 0 or abs(micros - last) >= self.explain_step_micros:
+                reasons = explain(vector)
+                profile.explained_micros = micros
         return profile_row(
             user_id,
             self.pseudonym(user_id),
@@ -90,6 +117,7 @@ class ProfileEngine:
             self.model_version,
             now_ms,
             expired=expired,
+            reasons=reasons,
         )
 
     def store(self, step: Step, profile: Profile) -> None:

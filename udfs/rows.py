@@ -28,6 +28,9 @@ PROFILE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("segment", "string"),
     ("score", "double"),
     ("model_version", "string"),
+    # the score's top 3 SHAP contributions (udfs.scoring.explain); None = unchanged (the engine
+    # recomputes them when the score moves by a set step; the database keeps the last ones)
+    ("score_reasons", "json"),
     ("event_count", "bigint"),
     ("views", "bigint"),
     ("carts", "bigint"),
@@ -77,6 +80,7 @@ def profile_row(
     now_ms: int,
     *,
     expired: bool = False,
+    reasons: bytes | None = None,
 ) -> ProfileRow:
     """The `user_profiles` row for `profile` with features computed as of `now_ms`."""
     views, carts, removes, favorites, purchases, searches = profile.counts
@@ -91,6 +95,7 @@ def profile_row(
         segment(profile, features),
         score,
         model_version,
+        reasons,
         views + carts + removes + favorites + purchases + searches,
         views,
         carts,

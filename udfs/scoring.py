@@ -1,9 +1,17 @@
 """Purchase-propensity scoring with a LightGBM model directory and its feature contract.
 
 A model directory holds `model.txt` (LightGBM's native text format) and `metadata.json`
-(`name`, `version`, `feature_names` in order, provenance, metrics). `Scorer` checks that the
-metadata, the model file and the code (`udfs.features.FEATURE_NAMES`) agree, and fails with one
-line naming the mismatch otherwise.
+(`name`, `version`, `feature_names`: the model's inputs in order, a subset of the profile's
+features; `calibration`; provenance, metrics). `Scorer` checks that the metadata, the model file
+and the code (`udfs.features.FEATURE_NAMES`) agree, and fails with one line naming the mismatch
+otherwise. It takes the profile's whole feature vector (FEATURE_NAMES order) and picks the
+model's inputs by name; the score is the model's probability mapped through the calibration
+(`udfs.calibration`), i.e. a calibrated probability.
+
+`explain` gives the reasons for a score: LightGBM's own SHAP values (`C_API_PREDICT_CONTRIB`
+on the single-row fast path): per feature, its contribution to the log-odds; the contributions
+of all features plus the bias (expected value) add up to the model's raw log-odds. The three
+largest in magnitude are kept.
 
 Scoring calls LightGBM's own C library (`lib_lightgbm.so` from the lightgbm wheel) through ctypes:
 the model is loaded with `LGBM_BoosterCreateFromModelfile` and each row goes through
@@ -20,16 +28,22 @@ import contextlib
 import ctypes
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from udfs.calibration import Calibration
 from udfs.features import FEATURE_NAMES
 
 _C_API_DTYPE_FLOAT64 = 1
 _C_API_PREDICT_NORMAL = 0
+_C_API_PREDICT_CONTRIB = 3
+REASONS = 3
 
 
 class ModelError(RuntimeError):
@@ -43,6 +57,7 @@ class ModelInfo:
     feature_names: tuple[str, ...]
     path: Path
     metadata: dict[str, Any]
+    calibration: Calibration
 
 
 def read_metadata(model_dir: Path) -> ModelInfo:
@@ -51,7 +66,7 @@ def read_metadata(model_dir: Path) -> ModelInfo:
         raise ModelError(
             f"no model at {model_dir} (needs model.txt and metadata.json): set --model-dir / "
             "PROFILESTREAM_MODEL_DIR to a model directory such as "
-            "models/purchase_propensity/taobao-v1"
+            "models/purchase_propensity/taobao-v2"
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -61,6 +76,7 @@ def read_metadata(model_dir: Path) -> ModelInfo:
             feature_names=tuple(meta["feature_names"]),
             path=model_dir,
             metadata=meta,
+            calibration=Calibration.from_json(meta.get("calibration")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{meta_path} is not valid model metadata: {exc!r}") from None
@@ -118,20 +134,26 @@ def _model_feature_names(lib: ctypes.PyDLL, handle: ctypes.c_void_p) -> list[str
 class Scorer:
     """A loaded model. Not thread-safe: make one per operator instance (Flink's `open()`)."""
 
-    def __init__(self, model_dir: Path | str, expected_features: Sequence[str] = FEATURE_NAMES):
+    def __init__(self, model_dir: Path | str, computed_features: Sequence[str] = FEATURE_NAMES):
         model_dir = Path(model_dir)
         self.info = read_metadata(model_dir)
-        expected = tuple(expected_features)
-        if self.info.feature_names != expected:
+        expected = self.info.feature_names
+        computed = tuple(computed_features)
+        unknown = [name for name in expected if name not in computed]
+        if unknown or not expected:
             raise ModelError(
-                f"model {self.info.version} at {model_dir} was trained on features "
-                f"{list(self.info.feature_names)} but this code computes {list(expected)}: "
-                "retrain the model (`profilestream train`) or point --model-dir at one built "
-                "for this code"
+                f"model {self.info.version} at {model_dir} uses features {unknown or '(none)'} "
+                "that this code does not compute: retrain the model (`profilestream train`) or "
+                "point --model-dir at one built for this code"
             )
+        index = [computed.index(name) for name in expected]
+        self._pick: Callable[[Sequence[Any]], tuple[Any, ...]] = (
+            itemgetter(*index) if len(index) > 1 else (lambda v: (v[index[0]],))
+        )
         lib = self._lib = _library()
         self._handle = ctypes.c_void_p()
         self._fast = ctypes.c_void_p()
+        self._fast_contrib = ctypes.c_void_p()
         iterations = ctypes.c_int()
         try:
             _check(
@@ -151,41 +173,74 @@ class Scorer:
                 f"{list(expected)}: the directory is inconsistent"
             )
         self.version = self.info.version
+        self.names = expected
+        self.calibration = self.info.calibration
+        self._calibrated = self.calibration.kind != "identity"
         self._n = len(expected)
-        _check(
-            lib.LGBM_BoosterPredictForMatSingleRowFastInit(
-                self._handle,
-                ctypes.c_int(_C_API_PREDICT_NORMAL),
-                ctypes.c_int(0),
-                ctypes.c_int(-1),
-                ctypes.c_int(_C_API_DTYPE_FLOAT64),
-                ctypes.c_int32(self._n),
-                ctypes.c_char_p(b""),
-                ctypes.byref(self._fast),
+        for kind, handle in (
+            (_C_API_PREDICT_NORMAL, self._fast),
+            (_C_API_PREDICT_CONTRIB, self._fast_contrib),
+        ):
+            _check(
+                lib.LGBM_BoosterPredictForMatSingleRowFastInit(
+                    self._handle,
+                    ctypes.c_int(kind),
+                    ctypes.c_int(0),
+                    ctypes.c_int(-1),
+                    ctypes.c_int(_C_API_DTYPE_FLOAT64),
+                    ctypes.c_int32(self._n),
+                    ctypes.c_char_p(b"num_threads=1"),
+                    ctypes.byref(handle),
+                )
             )
-        )
         self._row = (ctypes.c_double * self._n)()
         self._out_len = ctypes.c_int64()
         self._out = ctypes.c_double()
+        self._contrib = (ctypes.c_double * (self._n + 1))()
         self._predict = lib.LGBM_BoosterPredictForMatSingleRowFast
         self._row_ref = ctypes.byref(self._row)
         self._out_len_ref = ctypes.byref(self._out_len)
         self._out_ref = ctypes.byref(self._out)
+        self._contrib_ref = ctypes.byref(self._contrib)
 
-    def score(self, features: Sequence[float]) -> float:
-        """Probability for one feature row (what `Booster.predict` returns; NaN = missing)."""
-        self._row[:] = features  # type: ignore[call-overload]
+    def raw_score(self, features: Sequence[Any]) -> float:
+        """The model's probability (what `Booster.predict` returns for the model's inputs picked
+        from the profile's feature vector; NaN = missing), before calibration."""
+        self._row[:] = self._pick(features)  # type: ignore[call-overload]
         ret = self._predict(self._fast, self._row_ref, self._out_len_ref, self._out_ref)
         if ret != 0:
             _check(ret)
         value: float = self._out.value
         return value
 
+    def score(self, features: Sequence[Any]) -> float:
+        """The calibrated probability for one profile feature vector (FEATURE_NAMES order)."""
+        raw = self.raw_score(features)
+        return self.calibration.apply(raw) if self._calibrated else raw
+
+    def contributions(self, features: Sequence[Any]) -> list[float]:
+        """SHAP values of the model's inputs (log-odds), then the bias as the last element; they
+        add up to the raw score's log-odds."""
+        self._row[:] = self._pick(features)  # type: ignore[call-overload]
+        ret = self._predict(self._fast_contrib, self._row_ref, self._out_len_ref, self._contrib_ref)
+        if ret != 0:
+            _check(ret)
+        return list(self._contrib)
+
+    def explain(self, features: Sequence[Any]) -> bytes:
+        """`score_reasons`: the REASONS largest contributions as JSON
+        `[{"feature": name, "contribution": log-odds}]`, largest magnitude first."""
+        values = self.contributions(features)
+        order = sorted(range(self._n), key=lambda i: -abs(values[i]))[:REASONS]
+        return orjson.dumps([{"feature": self.names[i], "contribution": values[i]} for i in order])
+
     def close(self) -> None:
-        if self._fast:
-            self._lib.LGBM_FastConfigFree(self._fast)
-            self._fast = ctypes.c_void_p()
-        if self._handle:
+        for name in ("_fast", "_fast_contrib"):
+            handle = getattr(self, name, None)
+            if handle:
+                self._lib.LGBM_FastConfigFree(handle)
+                setattr(self, name, ctypes.c_void_p())
+        if getattr(self, "_handle", None):
             self._lib.LGBM_BoosterFree(self._handle)
             self._handle = ctypes.c_void_p()
 
