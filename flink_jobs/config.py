@@ -19,7 +19,7 @@ from udfs.cache import DEFAULT_CAPACITY as DEFAULT_CACHE_ENTRIES
 from udfs.profile import ProfileParams
 
 DEFAULT_TOPIC = "user-events"
-DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v1"
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2"
 DEFAULT_STATE_DIR = Path(os.environ.get("PROFILESTREAM_STATE_DIR", PROJECT_ROOT / ".profilestream"))
 
 
