@@ -77,13 +77,24 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
     write-through cache, a dict for state and a table for timers (`udfs.host.MemoryHost`):
     the same features, segments, scoring, rows and state bytes."""
     scorer = Scorer(model_dir)
-    engine = ProfileEngine(params, scorer.score, scorer.version, Pseudonymiser(load_key()))
+    explained = 0
+
+    def explain(vector: Any) -> bytes:
+        nonlocal explained
+        explained += 1
+        return scorer.explain(vector)
+
+    engine = ProfileEngine(
+        params, scorer.score, scorer.version, Pseudonymiser(load_key()), explain=explain
+    )
     host = MemoryHost(engine, ProfileCache())
     tune_gc()  # what the job's operator does
     now_ms = int(time.time() * 1000)
+    rows = 0
     start_cpu, start = time.process_time(), time.perf_counter()
     for raw in raws:
-        host.on_event(decode_event(raw, now_ms), "bench", now_ms)
+        if host.on_event(decode_event(raw, now_ms), "bench", now_ms).row is not None:
+            rows += 1
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     scorer.close()
     sizes = [len(b) for b in host.states.values()]
@@ -94,12 +105,14 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
         "us_per_event": wall / len(raws) * 1e6,
         "state_bytes_per_user": sum(sizes) / len(sizes) if sizes else 0.0,
         "state_bytes_max": max(sizes, default=0),
+        "rows": rows,
+        "rows_with_new_reasons": explained,
     }
 
 
 def scoring_standalone(model_dir: Path, raws: list[bytes], params: ProfileParams) -> float:
     """Microseconds per LightGBM single-row score outside the job (same rows)."""
-    from udfs.features import compute_features, feature_vector
+    from udfs.features import features_and_vector
 
     scorer = Scorer(model_dir)
     host = MemoryHost(ProfileEngine(params, scorer.score, "bench", str))
@@ -108,7 +121,7 @@ def scoring_standalone(model_dir: Path, raws: list[bytes], params: ProfileParams
         step = host.on_event(decode_event(raw, 2**62), "bench", 0)
         if step.profile is not None:
             p = step.profile
-            vectors.append(feature_vector(compute_features(p, p.last_ms, params)))
+            vectors.append(features_and_vector(p, p.last_ms, params)[1])
     start = time.perf_counter()
     for v in vectors:
         scorer.score(v)
@@ -486,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
             out["job_events_per_s"] = statistics.median(r["events_per_s"] for r in jobs)
             scoring = [r["scoring_us"] for r in jobs if r.get("scoring_us")]
             out["scoring_us"] = statistics.median(scoring) if scoring else None
+            explain = [r["explain_us"] for r in jobs if r.get("explain_us")]
+            out["explain_us"] = statistics.median(explain) if explain else None
             out["scoring_us_standalone"] = scoring_standalone(
                 DEFAULT_MODEL_DIR, raws, ProfileParams()
             )
@@ -509,6 +524,7 @@ def main(argv: list[str] | None = None) -> None:
             out["ceiling_events_per_s"] = ceiling["events_per_s"]
             out["ceiling_us_per_event"] = ceiling["us_per_event"]
             out["state_bytes_per_user"] = ceiling["state_bytes_per_user"]
+            out["reasons_share"] = ceiling["rows_with_new_reasons"] / max(1, ceiling["rows"])
             if jobs:
                 out["job_over_ceiling"] = out["job_events_per_s"] / ceiling["events_per_s"]
         del raws
@@ -559,6 +575,8 @@ def report(out: dict[str, Any]) -> None:
         ("job / floor", out.get("job_over_floor"), ""),
         ("job / ceiling", out.get("job_over_ceiling"), ""),
         ("scoring in the job", out.get("scoring_us"), "us per update"),
+        ("score reasons, job", out.get("explain_us"), "us per explanation"),
+        ("rows with new reasons", out.get("reasons_share"), "of rows"),
         ("state per user", out.get("state_bytes_per_user"), "bytes"),
         ("freshness p50", out.get("freshness_p50_ms"), "ms"),
         ("freshness p99", out.get("freshness_p99_ms"), "ms"),

@@ -224,7 +224,9 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
 
     def tick() -> None:
         sampler.tick()
-        got = sampler.metric_sum(["scoring_sampled_ns", "scoring_samples"])
+        got = sampler.metric_sum(
+            ["scoring_sampled_ns", "scoring_samples", "explain_sampled_ns", "explain_samples"]
+        )
         if got.get("scoring_samples"):
             scoring.update(got)
         sampler.checkpoint_stats()
@@ -266,6 +268,9 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     if scoring.get("scoring_samples"):
         out["scoring_us"] = scoring["scoring_sampled_ns"] / scoring["scoring_samples"] / 1000
         out["scoring_samples"] = int(scoring["scoring_samples"])
+    if scoring.get("explain_samples"):
+        # per computed explanation; the engine computes one only when the score moved
+        out["explain_us"] = scoring["explain_sampled_ns"] / scoring["explain_samples"] / 1000
     if sampler.checkpoint:
         out["checkpoint"] = sampler.checkpoint
     return out
