@@ -79,7 +79,7 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
     scorer = Scorer(model_dir)
     explained = 0
 
-    def explain(vector: Any) -> bytes:
+    def explain(vector: Any) -> list[int]:
         nonlocal explained
         explained += 1
         return scorer.explain(vector)

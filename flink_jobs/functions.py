@@ -143,7 +143,7 @@ class _TimedScorer:
         self.explain_ns = group.counter("explain_sampled_ns")
         self.explain_samples = group.counter("explain_samples")
 
-    def explain(self, features: Any) -> bytes:
+    def explain(self, features: Any) -> list[int]:
         self.explain_calls += 1
         if self.explain_calls % SCORE_SAMPLE_EVERY:
             return self.scorer.explain(features)

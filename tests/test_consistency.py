@@ -114,10 +114,10 @@ def test_compare_reads_the_features_json_like_postgresql_returns_it() -> None:
     ]
 
 
-def test_score_reasons_follow_the_score_in_steps_and_the_table_keeps_the_last() -> None:
-    """The engine recomputes reasons on a profile's first row and whenever the score moved by
-    the step since; rows in between carry None, and the recomputation (like the database)
-    keeps the last reasons, which the engine with or without its cache agrees on."""
+def test_score_reasons_follow_the_score_in_steps() -> None:
+    """The engine computes reasons on a profile's first row and again whenever the score moved
+    by the step since; rows in between carry the stored ones. With or without the cache (state
+    decoded from bytes) the rows are the same."""
     import orjson
 
     from udfs.cache import ProfileCache
@@ -132,20 +132,19 @@ def test_score_reasons_follow_the_score_in_steps_and_the_table_keeps_the_last() 
     assert rows[0] == rows[1]
     i_score = PROFILE_COLUMN_NAMES.index("score")
     i_reasons = PROFILE_COLUMN_NAMES.index("score_reasons")
-    explained = None
-    computed = 0
+    explained_at = None
+    previous = None
+    changes = 0
     for row in rows[0]:
         assert row is not None
         score, reasons = row[i_score], row[i_reasons]
-        if explained is None or abs(score - explained) >= DEFAULT_EXPLAIN_STEP + 1e-6:
-            assert reasons is not None  # moved by a step (or first): new reasons
-        if reasons is not None:
-            assert len(orjson.loads(reasons)) == 3
-            explained = score
-            computed += 1
-        else:
-            assert abs(score - explained) < DEFAULT_EXPLAIN_STEP + 1e-6
-    assert 1 <= computed < len(rows[0])  # some rows reuse the reasons, some refresh them
-    (final,) = recompute(msgs, engine(), now_ms=NOW).profiles["a"]
-    last = next(r[i_reasons] for r in reversed(rows[0]) if r is not None and r[i_reasons])
-    assert final[i_reasons] == last
+        assert reasons is not None and len(orjson.loads(reasons)) == 3
+        moved = explained_at is None or abs(score - explained_at) >= DEFAULT_EXPLAIN_STEP + 1e-6
+        if moved:
+            explained_at = score
+        elif abs(score - explained_at) < DEFAULT_EXPLAIN_STEP - 1e-6:
+            assert reasons == previous  # within the step: the stored reasons
+        if reasons != previous:
+            changes += 1
+        previous = reasons
+    assert 1 < changes < len(rows[0])  # refreshed sometimes, not on every row

@@ -16,13 +16,14 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.config import JobConfig, parse_offsets
+from flink_jobs.config import DEFAULT_MODEL_DIR, JobConfig, parse_offsets
 from flink_jobs.job import preflight, run_job
 from flink_jobs.producer import ensure_topic
 from tests.conftest import shared_file
 from udfs import events as ev
 from udfs.events import Reason, make_message, validate_message
 from udfs.rows import dead_letter_id
+from udfs.scoring import read_metadata
 from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration]
@@ -180,7 +181,19 @@ def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_pat
         segments = dict(cur.fetchall())
         cur.execute("SELECT count(*) FROM user_profiles WHERE user_id LIKE 'victim%'")
         (victims,) = cur.fetchone()
+        cur.execute("SELECT score_reasons FROM user_profiles")
+        reasons = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT count(DISTINCT user_pseudonym), count(*) FROM bi_score_reasons")
+        (explained_users, reason_rows) = cur.fetchone()
     conn.close()
+    # Every row explains its score (verify compared the values with the offline recomputation):
+    # three of the model's features, largest contribution first.
+    model_features = set(read_metadata(DEFAULT_MODEL_DIR).feature_names)
+    for r in reasons:
+        assert len(r) == 3 and {x["feature"] for x in r} <= model_features, r
+        sizes = [abs(x["contribution"]) for x in r]
+        assert sizes == sorted(sizes, reverse=True)
+    assert (explained_users, reason_rows) == (len(reasons), 3 * len(reasons))
     # Every malformed message is in the dead-letter table, once, with its reason and bytes.
     assert len(dead) == len(bad) + 1
     for raw, reason in bad:

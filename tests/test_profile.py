@@ -394,17 +394,18 @@ def test_v1_state_from_issue_2_is_upgraded() -> None:
 
 
 def test_v2_state_reads_as_v3_without_score_reasons_yet() -> None:
-    """Format 3 is format 2 plus `explained_micros`; state written before issue 10 (format 2)
-    reads back with it unset, so the next row computes score reasons."""
+    """Format 3 is format 2 plus the score reasons (`explained_micros`, `reasons`); state
+    written before issue 10 (format 2) reads back without them, so the next row computes them."""
     p = folded([event(ev.VIEW, T0), event(ev.ADD_TO_CART, T0 + 60_000)])
     p.explained_micros = 123_456
+    p.reasons = [3, -51_234, 70, 8_765]
     v3 = encode_profile(p)
     assert v3[0] == 3 and decode_profile(v3) == p
     fields = msgpack.unpackb(v3[1:], raw=False)
-    v2 = b"\x02" + msgpack.packb(fields[:-1], use_bin_type=True, use_single_float=True)
+    v2 = b"\x02" + msgpack.packb(fields[:-2], use_bin_type=True, use_single_float=True)
     old = decode_profile(v2)
-    assert old.explained_micros == -1
-    old.explained_micros = 123_456
+    assert (old.explained_micros, old.reasons) == (-1, [])
+    old.explained_micros, old.reasons = p.explained_micros, p.reasons
     assert old == p
 
 

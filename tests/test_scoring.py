@@ -14,6 +14,7 @@ import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from udfs.features import FEATURE_NAMES
+from udfs.rows import reasons_json
 from udfs.scoring import ModelError, Scorer, read_metadata
 
 
@@ -65,11 +66,14 @@ def test_reasons_are_lightgbm_shap_values_that_add_up_to_the_raw_log_odds() -> N
         assert np.allclose(contributions, expected, rtol=0, atol=1e-12)
         raw = scorer.raw_score(list(row))
         assert math.isclose(sum(contributions), math.log(raw / (1 - raw)), abs_tol=1e-9)
-        reasons = orjson.loads(scorer.explain(list(row)))
+        reasons = orjson.loads(reasons_json(scorer.explain(list(row))))
         assert len(reasons) == 3
         top = sorted(range(len(cols)), key=lambda i: -abs(expected[i]))[:3]
         assert [r["feature"] for r in reasons] == [scorer.names[i] for i in top]
-        assert [r["contribution"] for r in reasons] == [contributions[i] for i in top]
+        # stored and shown in millionths of log-odds
+        assert [r["contribution"] for r in reasons] == [
+            round(contributions[i] * 1e6) / 1e6 for i in top
+        ]
     scorer.close()
 
 

@@ -20,7 +20,6 @@ from udfs.engine import ProfileEngine, StepOutcome
 from udfs.events import InvalidEvent, decode_event
 from udfs.host import MemoryHost
 from udfs.rows import (
-    PROFILE_COLUMN_NAMES,
     PROFILE_COLUMNS,
     ProfileRow,
     dead_letter_id,
@@ -81,7 +80,7 @@ def recompute(
             _erase(event.user_id, rows, out.dead_letters, named)
             continue
         if step.row is not None:
-            rows[event.user_id] = carry_reasons(rows.get(event.user_id), step.row)
+            rows[event.user_id] = step.row
 
     # The watermark a bounded run ends with (before Flink's final MAX, which fires nothing here).
     final = max_time - max_out_of_orderness_ms - 1 if max_time else 0
@@ -118,19 +117,8 @@ def _fire_timers(
 ) -> dict[str, ProfileRow]:
     for user_id, step in host.fire(watermark):
         if step.row is not None:
-            rows[user_id] = carry_reasons(rows.get(user_id), step.row)
+            rows[user_id] = step.row
     return rows
-
-
-_REASONS = PROFILE_COLUMN_NAMES.index("score_reasons")
-
-
-def carry_reasons(previous: ProfileRow | None, row: ProfileRow) -> ProfileRow:
-    """A row without score reasons leaves the stored ones in place (the database keeps them):
-    what the table shows is the last reasons the user's rows carried."""
-    if row[_REASONS] is not None or previous is None:
-        return row
-    return (*row[:_REASONS], previous[_REASONS], *row[_REASONS + 1 :])
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,15 @@ from udfs.profile import (
     next_timer_ms,
     settle_order,
 )
-from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row
+from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row, reasons_json
 
 ScoreFn = Callable[[Sequence[float]], float]
-ExplainFn = Callable[[Sequence[float]], bytes]
-# Score reasons (SHAP values) cost tens of microseconds, more than the rest of the row: a row
-# carries new reasons only when its score moved by at least this much since the reasons were
-# last computed (and on a profile's first row); otherwise None, which the database reads as
-# "unchanged" (the reasons still explain a score within this step of the current one).
+ExplainFn = Callable[[Sequence[float]], list[int]]
+# Score reasons (SHAP values) cost tens of microseconds, more than the rest of the row: they are
+# recomputed only when the score moved by at least this much since they were computed (and on a
+# profile's first row); in between a row carries the stored ones, which still explain a score
+# within this step of the current one. They live in the state, so crashes and replays give the
+# same rows.
 DEFAULT_EXPLAIN_STEP = 0.02
 PseudonymFn = Callable[[str], str]
 DeadLetter = DeadLetterRow
@@ -81,8 +82,8 @@ class ProfileEngine:
         explain_step: float = DEFAULT_EXPLAIN_STEP,
     ) -> None:
         """`score` maps the feature vector (FEATURE_NAMES order) to the row's score; `explain`
-        to its `score_reasons` JSON (None: rows carry no reasons), recomputed when the score
-        moves by `explain_step` (0: on every row)."""
+        to its reasons (`udfs.scoring.Scorer.explain`; None: rows carry no reasons), recomputed
+        when the score moves by `explain_step` (0: on every row)."""
         if not 0 <= explain_step < 1:
             raise ValueError(f"explain_step {explain_step} must be in [0, 1)")
         self.params = params
@@ -97,7 +98,13 @@ class ProfileEngine:
         """The profile held by a key's stored state (None: the key has no state)."""
         return decode_profile(stored) if stored is not None else None
 
-    def _row(self, user_id: str, profile: Profile, now_ms: int, expired: bool) -> ProfileRow:
+    def _row(
+        self, user_id: str, profile: Profile, now_ms: int, expired: bool, refresh: bool = True
+    ) -> ProfileRow:
+        """The profile's row. Reasons are refreshed (when the score moved by the step) on event
+        rows only: a timer row carries the stored ones, so the state after an event does not
+        depend on which timer rows the job happened to emit before it (the offline
+        recomputation catches inactivity up lazily and emits none)."""
         features, vector = features_and_vector(profile, now_ms, self.params)
         score = self.score(vector)
         reasons: bytes | None = None
@@ -105,9 +112,10 @@ class ProfileEngine:
         if explain is not None:
             micros = round(score * 1e6)
             last = profile.explained_micros
-            if last < 0 or abs(micros - last) >= self.explain_step_micros:
-                reasons = explain(vector)
+            if refresh and (last < 0 or abs(micros - last) >= self.explain_step_micros):
+                profile.reasons = explain(vector)
                 profile.explained_micros = micros
+            reasons = reasons_json(profile.reasons)
         return profile_row(
             user_id,
             self.pseudonym(user_id),
@@ -184,12 +192,12 @@ class ProfileEngine:
             return Step(
                 StepOutcome.EXPIRED,
                 clear=True,
-                row=self._row(user_id, profile, timer_ms, expired=True),
+                row=self._row(user_id, profile, timer_ms, expired=True, refresh=False),
             )
         step = Step(StepOutcome.TRANSITION)
         profile.timer_ms = 0  # the firing timer is gone
         self._schedule(profile, step)
-        step.row = self._row(user_id, profile, timer_ms, expired=False)
+        step.row = self._row(user_id, profile, timer_ms, expired=False, refresh=False)
         self.store(step, profile)
         return step
 

@@ -38,6 +38,7 @@ WINDOWS = ("1h", "24h", "7d", "30d")
 HALF_LIFE_KEYS = ("1h", "1d", "7d")
 assert len(TYPE_KEYS) == len(EVENT_TYPES) == N_TYPES
 
+# Append only: stored score reasons (udfs.profile, `reasons`) name features by their index here.
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"cnt_{k}_{w}" for k in TYPE_KEYS for w in (*WINDOWS, "life")),
     *(f"dcy_{TYPE_KEYS[t - 1]}_{h}" for t in DECAY_TYPES for h in HALF_LIFE_KEYS),

@@ -214,9 +214,10 @@ class Profile:
     recent_ids: list[int] = field(default_factory=list)  # 64-bit event id hashes, oldest first
     inactivity: int = Inactivity.ACTIVE
     timer_ms: int = 0  # the inactivity timer the job has registered (0 = none)
-    # the score (in millionths) when the row last carried score reasons (-1 = never): reasons
-    # are recomputed only when the score moves by a set step (udfs.engine)
+    # score reasons (udfs.engine): the score in millionths when they were computed (-1 = never)
+    # and the reasons, flat [feature index in FEATURE_NAMES, contribution in millionths, ...]
     explained_micros: int = -1
+    reasons: list[int] = field(default_factory=list)
 
     @property
     def event_count(self) -> int:
@@ -617,8 +618,8 @@ def replay(events: Iterable[Event], params: ProfileParams) -> dict[str, Profile]
 # Encoding. Format 3: byte 0x03, then a MessagePack array of the fields in `encode_profile`
 # order; times inside lists are stored relative to last_ms, ring buckets by their age, floats as
 # float32 (exact: the state only holds float32 values). Format 2 is format 3 without its last
-# field (`explained_micros`, issue 10) and is still read, as is format 1 (issue 2's struct
-# layout), which is upgraded. A new layout gets a new version byte.
+# two fields (`explained_micros`, `reasons`: issue 10) and is still read, as is format 1 (issue
+# 2's struct layout), which is upgraded. A new layout gets a new version byte.
 # ---------------------------------------------------------------------------------------------
 FORMAT_V1 = 1
 FORMAT_V2 = 2
@@ -700,7 +701,7 @@ def encode_profile(p: Profile) -> bytes:
         p.sessions_closed, p.sessions_closed_events, p.sessions_closed_ms,
         p.view_price_sum, p.view_price_n, p.buy_price_sum, p.buy_price_n,
         _ids_out(p.recent_ids),
-        int(p.inactivity), p.timer_ms, p.explained_micros,
+        int(p.inactivity), p.timer_ms, p.explained_micros, p.reasons,
     ]  # fmt: skip
     packed: bytes = _PACKER.pack(body)
     return _V3_BYTE + packed
@@ -721,6 +722,7 @@ def _decode_v2(data: bytes) -> Profile:
     fmt = data[0]
     try:
         fields = msgpack.unpackb(data[1:], raw=False)
+        reasons = fields.pop() if fmt == FORMAT_V3 else []
         explained = fields.pop() if fmt == FORMAT_V3 else -1
         (epoch, version, first, last, counts, spend, priced, other, last_purchase, r_short,
          r_mid, r_day, retired, ref, activity, decay, hours, cats, brands, d_exact, d_hll,
@@ -744,7 +746,7 @@ def _decode_v2(data: bytes) -> Profile:
             sessions_closed=s_closed, sessions_closed_events=s_events, sessions_closed_ms=s_ms,
             view_price_sum=vps, view_price_n=vpn, buy_price_sum=bps, buy_price_n=bpn,
             recent_ids=_ids_in(ids),
-            inactivity=inactivity, timer_ms=timer, explained_micros=explained,
+            inactivity=inactivity, timer_ms=timer, explained_micros=explained, reasons=reasons,
         )  # fmt: skip
     except (ValueError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as exc:
         raise ProfileEncodingError(f"corrupt v{fmt} profile ({len(data)} bytes): {exc}") from None

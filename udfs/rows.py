@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from udfs.features import segment
+from udfs.features import FEATURE_NAMES, segment
 from udfs.profile import Profile
 
 # kind: "string" | "bigint" | "int" | "double" | "boolean" | "bytes" | "json" (a JSON text as
@@ -28,8 +28,8 @@ PROFILE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("segment", "string"),
     ("score", "double"),
     ("model_version", "string"),
-    # the score's top 3 SHAP contributions (udfs.scoring.explain); None = unchanged (the engine
-    # recomputes them when the score moves by a set step; the database keeps the last ones)
+    # the score's top 3 SHAP contributions (udfs.scoring.explain, udfs.engine); None without a
+    # model that explains
     ("score_reasons", "json"),
     ("event_count", "bigint"),
     ("views", "bigint"),
@@ -68,6 +68,16 @@ DEAD_LETTER_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 ProfileRow = tuple[Any, ...]
+
+
+def reasons_json(flat: list[int]) -> bytes:
+    """`score_reasons` JSON from the stored form [feature index, contribution in millionths of
+    log-odds, ...]: `[{"feature": name, "contribution": log-odds}, ...]`."""
+    out: list[Any] = []
+    for i in range(0, len(flat), 2):
+        out.append({"feature": FEATURE_NAMES[flat[i]], "contribution": flat[i + 1] / 1e6})
+    data: bytes = orjson.dumps(out)
+    return data
 
 
 def profile_row(

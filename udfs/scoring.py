@@ -35,8 +35,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from udfs.calibration import Calibration
 from udfs.features import FEATURE_NAMES
 
@@ -147,6 +145,7 @@ class Scorer:
                 "point --model-dir at one built for this code"
             )
         index = [computed.index(name) for name in expected]
+        self._code_index = index
         self._pick: Callable[[Sequence[Any]], tuple[Any, ...]] = (
             itemgetter(*index) if len(index) > 1 else (lambda v: (v[index[0]],))
         )
@@ -227,12 +226,17 @@ class Scorer:
             _check(ret)
         return list(self._contrib)
 
-    def explain(self, features: Sequence[Any]) -> bytes:
-        """`score_reasons`: the REASONS largest contributions as JSON
-        `[{"feature": name, "contribution": log-odds}]`, largest magnitude first."""
+    def explain(self, features: Sequence[Any]) -> list[int]:
+        """The score's reasons: the REASONS largest contributions by magnitude, largest first,
+        flat [index in FEATURE_NAMES, contribution in millionths of log-odds, ...] (what the
+        state stores; `udfs.rows.reasons_json` renders it)."""
         values = self.contributions(features)
         order = sorted(range(self._n), key=lambda i: -abs(values[i]))[:REASONS]
-        return orjson.dumps([{"feature": self.names[i], "contribution": values[i]} for i in order])
+        out: list[int] = []
+        for i in order:
+            out.append(self._code_index[i])
+            out.append(round(values[i] * 1e6))
+        return out
 
     def close(self) -> None:
         for name in ("_fast", "_fast_contrib"):

@@ -3,8 +3,10 @@
 --   [{"feature": "cnt_cart_24h", "contribution": 0.41}, ...]
 -- All contributions plus the model's bias add up to the log-odds of the uncalibrated score; the
 -- score itself is that probability mapped through the model's calibration (monotone), so a
--- positive contribution always pushes the score up. Rows written before this migration get it
--- on their next update (NULL until then).
+-- positive contribution always pushes the score up. The job recomputes reasons when the score
+-- has moved by 0.02 since they were computed (they cost more than the rest of the row); in
+-- between rows carry the last ones. Rows written before this migration get it on their next
+-- update (NULL until then).
 ALTER TABLE user_profiles ADD COLUMN score_reasons jsonb;
 
 -- BI sees it in the same view, as a new last column (existing queries are unaffected).
@@ -28,14 +30,3 @@ SELECT p.user_pseudonym, p.score, p.model_version, p.segment, r.ordinality AS ra
 
 GRANT SELECT ON bi_score_reasons TO bi_reader;
 
--- Reasons cost more than the rest of a row, so the job recomputes them only when the score has
--- moved by a set step (0.02) since they were computed; in between it sends NULL, which means
--- "unchanged": keep the stored reasons.
-CREATE FUNCTION user_profiles_keep_reasons() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.score_reasons := coalesce(NEW.score_reasons, OLD.score_reasons);
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER user_profiles_keep_reasons BEFORE UPDATE ON user_profiles
-    FOR EACH ROW EXECUTE FUNCTION user_profiles_keep_reasons();
