@@ -39,6 +39,7 @@ def row(version: int, score: float = 0.5, epoch: int = 1_735_689_600_000) -> tup
         activity_score=1.0,
         top_category="shoes",
         features='{"cnt_view_life": 1}',
+        score_reasons='[{"feature": "cnt_cart_24h", "contribution": 0.25}]',
     )
     return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
 
@@ -210,6 +211,19 @@ def test_bi_views(pg_dsn: str) -> None:
     assert (v2c, c2p) == (pytest.approx(0.1), pytest.approx(0.5))
 
 
+def test_bi_score_reasons_has_one_row_per_reason(pg_dsn: str) -> None:
+    reasons = (
+        '[{"feature": "cnt_cart_24h", "contribution": 0.41},'
+        ' {"feature": "rec_hours_since_last_cart", "contribution": -0.2}]'
+    )
+    query(pg_dsn, UPSERT, _with(1, user_id="u1", user_pseudonym="p1", score_reasons=reasons))
+    assert query(
+        pg_dsn, "SELECT user_pseudonym, rank, feature, contribution FROM bi_score_reasons"
+    ) == [("p1", 1, "cnt_cart_24h", 0.41), ("p1", 2, "rec_hours_since_last_cart", -0.2)]
+    ((listed,),) = query(pg_dsn, "SELECT score_reasons FROM bi_user_profiles")
+    assert listed[0]["feature"] == "cnt_cart_24h"
+
+
 def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
     query(pg_dsn, UPSERT, row(1))
     conn = psycopg2.connect(pg_dsn)
@@ -222,6 +236,7 @@ def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
             "bi_segment_sizes",
             "bi_score_distribution",
             "bi_funnel_totals",
+            "bi_score_reasons",
             "bi_segment_trend",
         ):
             cur.execute(f"SELECT count(*) FROM {table}")
