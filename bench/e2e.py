@@ -164,16 +164,16 @@ class Bench:
             raise SystemExit(f"the broker refused {report.failed} messages: {report.errors[:3]}")
         return report.stopping_offsets(PARTITIONS)
 
-    def run(self, variant: str, topic: str, events: int, offsets: dict[int, int] | None,
-            **extra: Any) -> dict[str, Any]:  # fmt: skip
-        """One Flink run in a fresh process; its JSON result."""
-        dsn = self.fresh_database()
+    def runner(self, variant: str, dsn: str, topic: str, events: int,
+               offsets: dict[int, int] | None, state: str,
+               **extra: Any) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """`python -m bench.runner` for one Flink run in a fresh process and JVM."""
         spec = {
             "variant": variant,
             "bootstrap": self.bootstrap,
             "pg_dsn": dsn,
             "topic": topic,
-            "state_dir": str(self.work / f"state-{self.runs}"),
+            "state_dir": str(self.work / state),
             "stopping_offsets": offsets,
             "rest_port": free_port(),
             "events": events,
@@ -181,12 +181,18 @@ class Bench:
             "flink_settings": self.flink_settings,
             **extra,
         }
-        proc = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-m", "bench.runner", json.dumps(spec)],
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
+
+    def run(self, variant: str, topic: str, events: int, offsets: dict[int, int] | None,
+            **extra: Any) -> dict[str, Any]:  # fmt: skip
+        """One Flink run in a fresh process; its JSON result."""
+        dsn = self.fresh_database()
+        proc = self.runner(variant, dsn, topic, events, offsets, f"state-{self.runs}", **extra)
         lines = proc.stdout.strip().splitlines()
         try:
             result: dict[str, Any] = json.loads(lines[-1])
@@ -232,25 +238,10 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
         try:
             dsn = bench.fresh_database()
             dsn_holder.append(dsn)
-            spec = {
-                "variant": "job",
-                "bootstrap": bench.bootstrap,
-                "pg_dsn": dsn,
-                "topic": topic,
-                "state_dir": str(bench.work / f"state-fresh-{bench.runs}"),
-                "stopping_offsets": None,
-                "rest_port": free_port(),
-                "events": int(rate * seconds),
-                "parallelism": bench.parallelism,
-                "flink_settings": bench.flink_settings,
+            proc = bench.runner(
+                "job", dsn, topic, int(rate * seconds), None, f"state-fresh-{bench.runs}",
                 **spec_extra,
-            }
-            proc = subprocess.run(
-                [sys.executable, "-m", "bench.runner", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
+            )  # fmt: skip
             result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)

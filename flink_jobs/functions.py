@@ -8,7 +8,7 @@ They move state, timers and outputs between Flink and `udfs.engine.ProfileEngine
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,40 +128,27 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
         return iter(())
 
 
-class _TimedScorer:
-    """Scores through `Scorer`, timing one call in SCORE_SAMPLE_EVERY into two Flink counters
-    (`scoring_sampled_ns` / `scoring_samples` is the in-job cost of one scoring call; the same
-    for `explain_*`, the score's reasons). Counters, not a gauge: a Python gauge is read from a
-    Java metrics thread, which blocks the task in thread mode."""
+class _Timed:
+    """Calls `fn`, timing one call in SCORE_SAMPLE_EVERY into two Flink counters
+    (`<name>_sampled_ns` / `<name>_samples` is the in-job cost of one call: `scoring` for the
+    score, `explain` for its reasons). Counters, not a gauge: a Python gauge is read from a Java
+    metrics thread, which blocks the task in thread mode."""
 
-    def __init__(self, scorer: Scorer, group: Any) -> None:
-        self.scorer = scorer
+    def __init__(self, fn: Callable[[Any], Any], group: Any, name: str) -> None:
+        self.fn = fn
         self.calls = 0
-        self.sampled_ns = group.counter("scoring_sampled_ns")
-        self.samples = group.counter("scoring_samples")
-        self.explain_calls = 0
-        self.explain_ns = group.counter("explain_sampled_ns")
-        self.explain_samples = group.counter("explain_samples")
+        self.sampled_ns = group.counter(f"{name}_sampled_ns")
+        self.samples = group.counter(f"{name}_samples")
 
-    def explain(self, features: Any) -> list[int]:
-        self.explain_calls += 1
-        if self.explain_calls % SCORE_SAMPLE_EVERY:
-            return self.scorer.explain(features)
-        start = time.perf_counter_ns()
-        reasons = self.scorer.explain(features)
-        self.explain_ns.inc(time.perf_counter_ns() - start)
-        self.explain_samples.inc()
-        return reasons
-
-    def __call__(self, features: Any) -> float:
+    def __call__(self, features: Any) -> Any:
         self.calls += 1
         if self.calls % SCORE_SAMPLE_EVERY:
-            return self.scorer.score(features)
+            return self.fn(features)
         start = time.perf_counter_ns()
-        score = self.scorer.score(features)
+        out = self.fn(features)
         self.sampled_ns.inc(time.perf_counter_ns() - start)
         self.samples.inc()
-        return score
+        return out
 
 
 class UpdateProfile(DecodingFunction):
@@ -198,13 +185,12 @@ class UpdateProfile(DecodingFunction):
         )
         group = runtime_context.get_metrics_group()
         self.scorer = Scorer(self.model_dir)
-        timed = _TimedScorer(self.scorer, group)
         self.engine = ProfileEngine(
             self.params,
-            timed,
+            _Timed(self.scorer.score, group, "scoring"),
             self.scorer.version,
             Pseudonymiser(load_key(self.pseudonym_key_file)),
-            explain=timed.explain,
+            explain=_Timed(self.scorer.explain, group, "explain"),
         )
         self.cache = ProfileCache(self.cache_entries)
         tune_gc()

@@ -110,7 +110,6 @@ class Predictions:
 
     y: Array
     users: Array
-    period: Array
     p: dict[str, Array]
 
 
@@ -290,7 +289,6 @@ def run_protocol(ex: Examples, features: list[str], n_boot: int = BOOTSTRAP) -> 
     pred = Predictions(
         y=ex.y[idx],
         users=ex.users[idx],
-        period=ex.period[idx],
         p={name: np.concatenate(parts) for name, parts in pooled.items()},
     )
     boot = cluster_bootstrap(pred.y, pred.p, pred.users, n_boot=n_boot)

@@ -154,7 +154,7 @@ def features_and_vector(
     """`compute_features` and the model input (`feature_vector` of it), computed together."""
     short = window_counts(profile.ring_short, now_ms, RING_SHORT, N_TYPES)
     mid = window_counts(profile.ring_mid, now_ms, RING_MID, N_TYPES)
-    week, month = _week_and_month(profile.ring_day, now_ms)
+    week, month, buy_day_rate = _week_and_month(profile.ring_day, now_ms)
     counts = profile.counts
     views = counts[0]
     carts = counts[1]
@@ -236,7 +236,6 @@ def features_and_vector(
     smoothed_conversion = (purchases + CONVERSION_PRIOR_RATE * CONVERSION_PRIOR_VIEWS) / (
         views + CONVERSION_PRIOR_VIEWS
     )
-    buy_day_rate = _buy_day_rate(profile.ring_day, now_ms)
     events_24h = 0
     for i in range(N_TYPES):
         events_24h += mid[i]
@@ -357,32 +356,26 @@ def _hours_since_newest(profile: Profile, kind: int, now_ms: int) -> float:
     return NAN
 
 
-def _buy_day_rate(ring: dict[int, list[int]], now_ms: int) -> float:
-    """Share of the active days of the last 30 with a purchase."""
-    head = now_ms // RING_DAY[0]
-    active = 0
-    buying = 0
-    for bucket, cell in ring.items():
-        if 0 <= head - bucket < RING_DAY[1]:
-            active += 1
-            if cell[4] > 0:
-                buying += 1
-    return buying / active if active else NAN
-
-
-def _week_and_month(ring: dict[int, list[int]], now_ms: int) -> tuple[list[int], list[int]]:
+def _week_and_month(ring: dict[int, list[int]], now_ms: int) -> tuple[list[int], list[int], float]:
+    """Counts (and spend) of the last 7 and 30 days, and the share of the active days of the
+    last 30 with a purchase (NaN without active days), in one pass over the daily ring."""
     head = now_ms // RING_DAY[0]
     week = [0, 0, 0, 0, 0, 0, 0]
     month = [0, 0, 0, 0, 0, 0, 0]
+    active = 0
+    buying = 0
     for bucket, cell in ring.items():
         age = head - bucket
         if 0 <= age < RING_DAY[1]:
+            active += 1
+            if cell[4] > 0:
+                buying += 1
             for i in range(len(cell)):
                 v = cell[i]
                 month[i] += v
                 if age < 7:
                     week[i] += v
-    return week, month
+    return week, month, buying / active if active else NAN
 
 
 # ---------------------------------------------------------------------------------------------
