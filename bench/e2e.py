@@ -9,7 +9,7 @@ Parts (each Flink run is a fresh process and JVM, parallelism 1, on the local br
 embedded PostgreSQL; bench/runner.py explains how throughput is measured):
 - floor     the same Kafka source, key_by and decoding as the job; a keyed function that reads
             no state and emits nothing (bench/stages.py)
-- job       the production job (flink_jobs.job.run_job) end to end into PostgreSQL
+- job       the production job (flink_jobs.job.run.run_job) end to end into PostgreSQL
 - ceiling   the same udfs code over the same bytes in a plain Python loop: decode, then the
             job's engine with its write-through cache and a dict for state (udfs.host)
 - ablation  floor -> + state -> + profile update -> + features -> + scoring (-> the job)
@@ -42,12 +42,12 @@ from typing import Any
 
 import psutil
 
-from flink_jobs import db
+from flink_jobs.cli.demo import pg_counts
 from flink_jobs.config import DEFAULT_MODEL_DIR
-from flink_jobs.demo import pg_counts
-from flink_jobs.producer import EventPublisher, PublishReport, ensure_topic
-from flink_jobs.runtime import install_connector_jars, install_java
-from flink_jobs.services import EmbeddedPostgres, LocalBroker, free_port
+from flink_jobs.io import db
+from flink_jobs.io.producer import EventPublisher, PublishReport, ensure_topic
+from flink_jobs.ops.runtime import install_connector_jars, install_java
+from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
 from udfs.events import VIEW as EVENT_VIEW

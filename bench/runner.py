@@ -3,7 +3,7 @@ warm-up) and report its throughput as JSON on stdout's last line.
 
     python -m bench.runner '<json spec>'
 
-Variants: "job" (the production pipeline, `flink_jobs.job.run_job`, into PostgreSQL) or a stage
+Variants: "job" (the production pipeline, `flink_jobs.job.run.run_job`, into PostgreSQL) or a stage
 of `bench.stages` ("floor", "state", "update", "features", "scoring": the same source, decode
 and key_by, a keyed function doing part of the work, nothing written).
 
@@ -27,8 +27,8 @@ from typing import Any
 import psutil
 
 from flink_jobs.config import JobConfig
-from flink_jobs.job import run_job
-from flink_jobs.runtime import find_java
+from flink_jobs.job.run import run_job
+from flink_jobs.ops.runtime import find_java
 from udfs.profile import ProfileParams
 
 KEYED_OPERATOR = "update profile"  # name prefix of the keyed operator's vertex
@@ -282,7 +282,7 @@ def _run_stage(variant: str, config: JobConfig, java: Any, spec: dict[str, Any],
     from pyflink.java_gateway import get_gateway
 
     from bench.stages import Stage
-    from flink_jobs.pipeline import (
+    from flink_jobs.job.pipeline import (
         by_user_key,
         create_environment,
         kafka_source,

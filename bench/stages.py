@@ -1,6 +1,6 @@
 """Keyed functions for the benchmark's plumbing floor and its ablation of the job's per-event cost.
 
-All run on the job's own source, key_by and decoding (`flink_jobs.functions.DecodingFunction`),
+All run on the job's own source, key_by and decoding (`flink_jobs.job.functions.DecodingFunction`),
 emit nothing, and do the job's per-event work up to a point, so the difference between two
 stages' throughput is what the added step costs inside the running job:
 
@@ -12,7 +12,7 @@ stages' throughput is what the added step costs inside the running job:
     scoring   + the model's score
 
 The whole job (+ pseudonym, row, JSON and the JDBC sink) is the production pipeline itself
-(`flink_jobs.job.run_job`).
+(`flink_jobs.job.run.run_job`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from flink_jobs.functions import DecodingFunction
+from flink_jobs.job.functions import DecodingFunction
 from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
 from udfs.events import Event

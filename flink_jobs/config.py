@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flink_jobs.runtime import PROJECT_ROOT
 from udfs.cache import DEFAULT_CAPACITY as DEFAULT_CACHE_ENTRIES
 from udfs.profile import ProfileParams
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOPIC = "user-events"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2"
 DEFAULT_STATE_DIR = Path(os.environ.get("PROFILESTREAM_STATE_DIR", PROJECT_ROOT / ".profilestream"))

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs import db
-from flink_jobs.services import EmbeddedPostgres, LocalBroker
+from flink_jobs.io import db
+from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker
 from udfs.pseudonym import ENV_KEY, ENV_KEY_FILE
 
 # The pseudonym key every job, CLI run and cluster in the suite uses (set before any starts).

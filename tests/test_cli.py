@@ -259,8 +259,8 @@ def test_unwritable_checkpoint_directory(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_pseudonym_key_that_does_not_match_the_database(kafka: str, pg_dsn: str) -> None:
-    from flink_jobs import db
-    from flink_jobs.producer import ensure_topic
+    from flink_jobs.io import db
+    from flink_jobs.io.producer import ensure_topic
     from udfs.pseudonym import Pseudonymiser
 
     ensure_topic(kafka, "t-keys", 1)

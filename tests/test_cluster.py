@@ -21,11 +21,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
+from flink_jobs.cli.verify import print_report, verify
 from flink_jobs.config import DEFAULT_MODEL_DIR
-from flink_jobs.producer import EventPublisher, ensure_topic
-from flink_jobs.services import EmbeddedPostgres, free_port
-from flink_jobs.verify import print_report, verify
+from flink_jobs.io.producer import EventPublisher, ensure_topic
+from flink_jobs.ops.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
+from flink_jobs.ops.services import EmbeddedPostgres, free_port
 from udfs.profile import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.sources import SyntheticSpec, synthetic_events, write_delimited

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs import runtime
 from flink_jobs.config import ConfigError, JobConfig, parse_offsets, redact_dsn
-from flink_jobs.runtime import SetupError, find_java
+from flink_jobs.ops import runtime
+from flink_jobs.ops.runtime import SetupError, find_java
 
 OK = {"kafka_bootstrap": "127.0.0.1:9092", "pg_dsn": "postgresql://u:secret@db:5433/app"}
 

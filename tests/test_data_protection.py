@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from flink_jobs import db
+from flink_jobs.io import db
 from tests.test_db import UPSERT, _with, query
 from udfs.pseudonym import Pseudonymiser
 from udfs.rows import dead_letter_row, user_id_field_bytes

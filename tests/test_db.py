@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs import db
+from flink_jobs.io import db
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_row
 
 pytestmark = pytest.mark.integration

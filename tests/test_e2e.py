@@ -17,8 +17,8 @@ import psycopg2
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR, JobConfig, parse_offsets
-from flink_jobs.job import preflight, run_job
-from flink_jobs.producer import ensure_topic
+from flink_jobs.io.producer import ensure_topic
+from flink_jobs.job.run import preflight, run_job
 from tests.conftest import shared_file
 from udfs import events as ev
 from udfs.events import Reason, make_message, validate_message

@@ -304,7 +304,7 @@ def test_erase_needs_only_who_and_when() -> None:
 
 
 def test_the_producer_api_refuses_an_invalid_event_with_its_reason() -> None:
-    from flink_jobs.producer import EventPublisher
+    from flink_jobs.io.producer import EventPublisher
 
     publisher = EventPublisher("127.0.0.1:1", "t")  # refused before anything is sent
     bad = make_message(

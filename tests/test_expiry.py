@@ -15,8 +15,8 @@ import psycopg2
 import pytest
 
 from flink_jobs.config import JobConfig
-from flink_jobs.job import preflight, run_job
-from flink_jobs.producer import EventPublisher, ensure_topic
+from flink_jobs.io.producer import EventPublisher, ensure_topic
+from flink_jobs.job.run import preflight, run_job
 from udfs import events as ev
 from udfs.events import make_message
 from udfs.profile import DAY_MS

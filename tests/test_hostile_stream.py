@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from flink_jobs.cli.verify import fetch_profiles
 from flink_jobs.config import DEFAULT_MODEL_DIR
-from flink_jobs.producer import EventPublisher, ensure_topic
-from flink_jobs.verify import fetch_profiles
+from flink_jobs.io.producer import EventPublisher, ensure_topic
 from tests import hostile
 from tests.test_e2e import cli, produce_file, run_bounded
 from udfs import events as ev

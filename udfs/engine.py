@@ -1,5 +1,5 @@
 """The job's per-key logic as pure functions of (profile, input): what to store, which row and
-dead letter to emit, which timer to register. The Flink adapter (flink_jobs/functions.py) only
+dead letter to emit, which timer to register. The Flink adapter (flink_jobs/job/functions.py) only
 moves these between Flink's state, timers and outputs; the consistency checker, the benchmark and
 the tests drive the very same engine with a dict for state and a table for timers.
 

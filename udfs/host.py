@@ -2,7 +2,7 @@
 event-time timers (at most one per key), and optionally the job's write-through profile cache.
 
 The consistency checker, the benchmark's plain-Python loop and the tests use it; the Flink adapter
-(flink_jobs/functions.py) does the same moves with Flink's state and timer service.
+(flink_jobs/job/functions.py) does the same moves with Flink's state and timer service.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 
 from flink_jobs.config import ConfigError
-from flink_jobs.db import Erased
-from flink_jobs.db import erase_user as erase_rows
-from flink_jobs.producer import EventPublisher, _client_config
+from flink_jobs.io.db import Erased
+from flink_jobs.io.db import erase_user as erase_rows
+from flink_jobs.io.producer import EventPublisher, _client_config
 from udfs.events import ERASE, InvalidEvent, make_message, validate_message
 
 

@@ -19,8 +19,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from flink_jobs.config import redact_dsn
-from flink_jobs.runtime import PROJECT_ROOT
+from flink_jobs.config import PROJECT_ROOT, redact_dsn
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from flink_jobs import db
 from flink_jobs.config import DEFAULT_STATE_DIR, JobConfig, redact_dsn
-from flink_jobs.job import preflight, run_job
-from flink_jobs.producer import ensure_topic, produce_dataset
-from flink_jobs.runtime import install_connector_jars, install_java
-from flink_jobs.services import EmbeddedPostgres, LocalBroker, which_psql
+from flink_jobs.io import db
+from flink_jobs.io.producer import ensure_topic, produce_dataset
+from flink_jobs.job.run import preflight, run_job
+from flink_jobs.ops.runtime import install_connector_jars, install_java
+from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, which_psql
 from udfs.pseudonym import ensure_key_file
 from udfs.sources import SyntheticSpec
 

@@ -4,7 +4,7 @@ project (RocksDB, checkpoints, restart strategy, loopback only), and job submiss
 `flink run`.
 
     profilestream cluster start --taskmanagers 2
-    profilestream submit --bootstrap ... --pg-dsn ...        # flink run -pym flink_jobs.entry
+    profilestream submit --bootstrap ... --pg-dsn ...        # flink run -pym flink_jobs.job.entry
     profilestream cluster status | stop
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.config import DEFAULT_STATE_DIR
-from flink_jobs.runtime import PROJECT_ROOT, Java, connector_jars, find_java, site_packages
+from flink_jobs.config import DEFAULT_STATE_DIR, PROJECT_ROOT
+from flink_jobs.ops.runtime import Java, connector_jars, find_java, site_packages
 
 
 class ClusterError(RuntimeError):
@@ -276,7 +276,7 @@ class LocalCluster:
             "-pyclientexec",
             sys.executable,
             "-pym",
-            "flink_jobs.entry",
+            "flink_jobs.job.entry",
             *job_args,
         ]
         env = {**self.environment(java), **(secrets or {})}

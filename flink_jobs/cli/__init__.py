@@ -269,7 +269,7 @@ def _require(value: str | None, setting: str, flag: str) -> str:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from flink_jobs.runtime import install_connector_jars, install_java, jar_dir
+    from flink_jobs.ops.runtime import install_connector_jars, install_java, jar_dir
 
     java = install_java()
     install_connector_jars()
@@ -278,7 +278,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flink_jobs.demo import DemoOptions, run_demo
+    from flink_jobs.cli.demo import DemoOptions, run_demo
 
     if args.dataset and not args.fmt:
         raise ConfigError("--dataset needs --format taobao|rees46 (make demo: FORMAT=...)")
@@ -294,7 +294,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from flink_jobs.producer import ensure_topic, produce_dataset
+    from flink_jobs.io.producer import ensure_topic, produce_dataset
 
     bootstrap = _require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap")
     if args.fmt != "synthetic" and not args.file:
@@ -331,7 +331,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flink_jobs.job import preflight, run_job
+    from flink_jobs.job.run import preflight, run_job
 
     config = JobConfig(
         kafka_bootstrap=_require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap"),
@@ -470,7 +470,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from flink_jobs.verify import print_report, verify
+    from flink_jobs.cli.verify import print_report, verify
     from udfs.profile import ProfileParams
     from udfs.pseudonym import Pseudonymiser, load_key
 
@@ -491,7 +491,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from flink_jobs.cluster import LocalCluster
+    from flink_jobs.ops.cluster import LocalCluster
 
     cluster = LocalCluster(
         rest_port=args.rest_port,
@@ -524,10 +524,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from flink_jobs.cluster import LocalCluster
     from flink_jobs.config import split_password
-    from flink_jobs.db import check_pseudonym_key, require_schema
-    from flink_jobs.producer import check_broker
+    from flink_jobs.io.db import check_pseudonym_key, require_schema
+    from flink_jobs.io.producer import check_broker
+    from flink_jobs.ops.cluster import LocalCluster
     from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, load_key
 
     config = JobConfig(
@@ -571,7 +571,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:
-    from flink_jobs.cluster import LocalCluster, stop_with_savepoint
+    from flink_jobs.ops.cluster import LocalCluster, stop_with_savepoint
 
     path = stop_with_savepoint(LocalCluster(rest_port=args.rest_port), args.job_id)
     print(f"job {args.job_id} stopped; savepoint {path}")
@@ -580,7 +580,7 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from flink_jobs import db
+    from flink_jobs.io import db
 
     dsn = _require(args.pg_dsn, "PG_DSN", "--pg-dsn")
     if args.db_command == "rotate-pseudonyms":
@@ -604,7 +604,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from flink_jobs.erase import erase_user
+    from flink_jobs.cli.erase import erase_user
 
     return erase_user(
         args.user_id,
@@ -618,7 +618,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from flink_jobs.demo import embedded_postgres
+    from flink_jobs.cli.demo import embedded_postgres
 
     pg = embedded_postgres()
     if pg.running():
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("flink_jobs", "udfs", "models"):  # dependencies may raise the root level later
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
-    from flink_jobs.job import setup_error_types
+    from flink_jobs.job.run import setup_error_types
 
     try:
         return COMMANDS[args.command](args)

@@ -1,6 +1,6 @@
 """The job's entry point under `flink run` (a JobManager given with -m):
 
-    flink run -m host:8081 -d -j <connector jars> -pym flink_jobs.entry \
+    flink run -m host:8081 -d -j <connector jars> -pym flink_jobs.job.entry \
         --bootstrap broker:9092 --pg-dsn postgresql://user@host/db [--topic T] [--model-dir D] ...
 
 `profilestream submit` builds that command. Flink options go before `-pym`, job options after.
@@ -27,7 +27,7 @@ from flink_jobs.config import (
 
 
 def parse(argv: list[str]) -> JobConfig:
-    p = argparse.ArgumentParser(prog="flink_jobs.entry")
+    p = argparse.ArgumentParser(prog="flink_jobs.job.entry")
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--pg-dsn", required=True)
     p.add_argument("--topic", default=DEFAULT_TOPIC)
@@ -52,7 +52,7 @@ def parse(argv: list[str]) -> JobConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flink_jobs.pipeline import (
+    from flink_jobs.job.pipeline import (
         JdbcSinks,
         build_pipeline,
         cluster_environment,

@@ -29,13 +29,13 @@ from pyflink.table import ChangelogMode, DataTypes, Schema, StreamTableEnvironme
 from pyflink.table.expressions import col
 
 from flink_jobs.config import JobConfig
-from flink_jobs.functions import (
+from flink_jobs.job.functions import (
     DEAD_LETTERS,
     PROFILE_ROW_TYPE,
     SOURCE_ROW_TYPE,
     UpdateProfile,
 )
-from flink_jobs.runtime import Java, connector_jars, prepare_process_env
+from flink_jobs.ops.runtime import Java, connector_jars, prepare_process_env
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
     to the DEAD_LETTERS side output with its reason. Subclasses get the valid events.
 
     Decoding here, not in a operator of its own, keeps Python out of the source task (see
-    flink_jobs/pipeline.py)."""
+    flink_jobs/job/pipeline.py)."""
 
     def __init__(self, topic: str) -> None:
         self.topic = topic

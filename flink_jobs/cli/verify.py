@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flink_jobs import db
+from flink_jobs.io import db
 from udfs.consistency import Expected, Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import Reason

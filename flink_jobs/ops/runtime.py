@@ -24,9 +24,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from flink_jobs.config import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 CONNECTOR_WHEEL = "shigawire-apache-flink-libraries"
 CONNECTOR_WHEEL_VERSION = "2.0.0.post1"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flink_jobs.config import ConfigError, JobConfig
-from flink_jobs.db import check_pseudonym_key, require_schema
-from flink_jobs.producer import KafkaUnavailable, check_broker
-from flink_jobs.runtime import Java, SetupError, connector_jars, find_java
+from flink_jobs.io.db import check_pseudonym_key, require_schema
+from flink_jobs.io.producer import KafkaUnavailable, check_broker
+from flink_jobs.ops.runtime import Java, SetupError, connector_jars, find_java
 from udfs.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
 from udfs.scoring import Scorer
 
@@ -88,7 +88,7 @@ def run_job(
     """Build the production pipeline (Kafka -> profiles -> PostgreSQL) and run it until it ends
     (bounded by stopping offsets) or is interrupted (Ctrl-C cancels the job; the last
     checkpoint is retained for a restore)."""
-    from flink_jobs.pipeline import (
+    from flink_jobs.job.pipeline import (
         JdbcSinks,
         build_pipeline,
         create_environment,
@@ -145,10 +145,10 @@ def run_job(
 
 
 def setup_error_types() -> tuple[type[Exception], ...]:
-    from flink_jobs.cluster import ClusterError
     from flink_jobs.config import ConfigError
-    from flink_jobs.db import DatabaseError
-    from flink_jobs.services import ServiceError
+    from flink_jobs.io.db import DatabaseError
+    from flink_jobs.ops.cluster import ClusterError
+    from flink_jobs.ops.services import ServiceError
     from models.errors import TrainingError
     from udfs.scoring import ModelError
 
