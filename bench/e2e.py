@@ -42,9 +42,9 @@ from typing import Any
 
 import psutil
 
-from flink_jobs.cli.demo import pg_counts
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.io import db
+from flink_jobs.io.db import pg_counts
 from flink_jobs.io.producer import EventPublisher, PublishReport, ensure_topic
 from flink_jobs.ops.runtime import install_connector_jars, install_java
 from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port

@@ -1,30 +1,127 @@
-"""The job's one typed configuration object, validated at start-up.
+"""The settings tree: every setting of ProfileStream, its default, and the environment variable
+that sets it, resolved in this one module and validated at start-up.
+
+    Environment          the environment variables below, read once per command
+    JobConfig            the profile job (Kafka, PostgreSQL, checkpoints, tuning)
+      .profile           udfs.params.ProfileParams (windows, thresholds)
+      .cluster           ClusterSettings (the standalone cluster: ports, slots, retention)
 
 Values come from CLI flags, then environment variables (`PROFILESTREAM_*`, plus the conventional
-`KAFKA_BOOTSTRAP` and `PG_DSN`), then defaults. Every validation error names the setting and the
-fix. No pyflink import here: the CLI validates before a JVM starts.
+`KAFKA_BOOTSTRAP`, `PG_DSN` and `PGPASSWORD`), then the defaults here. Every validation error is a
+`ConfigError` naming the setting and the fix. No pyflink import: the CLI validates before a JVM
+starts. `JobConfig.to_args()` / `JobConfig.from_args()` carry a config to the `flink run` entry
+point (flink_jobs.job.entry) and back.
+
+The pseudonym key is the one secret not read here: the workers read PROFILESTREAM_PSEUDONYM_KEY
+or PROFILESTREAM_PSEUDONYM_KEY_FILE themselves (udfs.pseudonym), so it never travels with a job.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from udfs.cache import DEFAULT_CAPACITY as DEFAULT_CACHE_ENTRIES
-from udfs.profile import ProfileParams
+from udfs.errors import ConfigError
+from udfs.params import ProfileParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOPIC = "user-events"
+DEFAULT_GROUP_ID = "profilestream"
+DEFAULT_JOB_NAME = "profilestream-profiles"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2"
-DEFAULT_STATE_DIR = Path(os.environ.get("PROFILESTREAM_STATE_DIR", PROJECT_ROOT / ".profilestream"))
+DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
+DEFAULT_REST_PORT = 8081
+DEFAULT_RPC_PORT = 6123
+
+# Every environment variable this module reads, and what it sets.
+ENVIRONMENT_VARIABLES: Mapping[str, str] = {
+    "KAFKA_BOOTSTRAP": "Kafka bootstrap servers host:port[,host:port] (--bootstrap)",
+    "PG_DSN": "postgresql://user[:password]@host:port/db (--pg-dsn)",
+    "PGPASSWORD": "the database password when PG_DSN has none (libpq's convention)",
+    "PROFILESTREAM_TOPIC": f"the events topic (--topic, default {DEFAULT_TOPIC})",
+    "PROFILESTREAM_MODEL_DIR": "the model directory (--model-dir)",
+    "PROFILESTREAM_STATE_DIR": "checkpoints, RocksDB files, the demo and the local cluster "
+    "(default .profilestream)",
+    "PROFILESTREAM_CACHE": "downloads: connector jars, Java (default .cache)",
+    "PROFILESTREAM_JAR_DIR": "the connector jars (default <cache>/jars)",
+    "PROFILESTREAM_PSEUDONYM_KEY_FILE": "a file holding the pseudonym key (read by the workers)",
+}
 
 
-class ConfigError(ValueError):
-    """An invalid setting. str() is one line naming the setting and the fix."""
+@dataclass(frozen=True)
+class Environment:
+    """The environment variables of ENVIRONMENT_VARIABLES, with their defaults applied."""
+
+    kafka_bootstrap: str | None = None
+    pg_dsn: str | None = None
+    pg_password: str = ""
+    topic: str = DEFAULT_TOPIC
+    model_dir: Path = DEFAULT_MODEL_DIR
+    state_dir: Path = PROJECT_ROOT / ".profilestream"
+    cache_dir: Path = PROJECT_ROOT / ".cache"
+    jar_dir: Path = PROJECT_ROOT / ".cache" / "jars"
+    pseudonym_key_file: Path | None = None
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return env.get(name) or None  # set but empty counts as unset
+
+        cache = Path(get("PROFILESTREAM_CACHE") or cls.cache_dir)
+        key_file = get("PROFILESTREAM_PSEUDONYM_KEY_FILE")
+        return cls(
+            kafka_bootstrap=get("KAFKA_BOOTSTRAP"),
+            pg_dsn=get("PG_DSN"),
+            pg_password=env.get("PGPASSWORD", ""),
+            topic=get("PROFILESTREAM_TOPIC") or DEFAULT_TOPIC,
+            model_dir=Path(get("PROFILESTREAM_MODEL_DIR") or DEFAULT_MODEL_DIR),
+            state_dir=Path(get("PROFILESTREAM_STATE_DIR") or cls.state_dir),
+            cache_dir=cache,
+            jar_dir=Path(get("PROFILESTREAM_JAR_DIR") or cache / "jars"),
+            pseudonym_key_file=Path(key_file) if key_file else None,
+        )
+
+
+def environment() -> Environment:
+    """The environment as it is now (read on each call: commands and tests may change it)."""
+    return Environment.read()
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """A Flink standalone cluster: where its REST API answers and how it is laid out."""
+
+    rest_port: int = DEFAULT_REST_PORT
+    rpc_port: int = DEFAULT_RPC_PORT
+    # host:port of a remote JobManager's REST endpoint; None: this machine's, on rest_port.
+    jobmanager: str | None = None
+    slots_per_taskmanager: int = 1
+    restart_attempts: int = 100
+    retained_checkpoints: int = 3  # older retained checkpoints to restore from (after a cancel)
+
+    def __post_init__(self) -> None:
+        for name in ("rest_port", "rpc_port"):
+            value = getattr(self, name)
+            if not 0 < value < 65536:
+                raise ConfigError(
+                    f"{name}={value} is not a TCP port: set --{name.replace('_', '-')}"
+                )
+        for name in ("slots_per_taskmanager", "retained_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+
+    @property
+    def address(self) -> str:
+        return self.jobmanager or f"127.0.0.1:{self.rest_port}"
 
 
 @dataclass(frozen=True)
@@ -32,12 +129,12 @@ class JobConfig:
     kafka_bootstrap: str
     pg_dsn: str
     topic: str = DEFAULT_TOPIC
-    group_id: str = "profilestream"
+    group_id: str = DEFAULT_GROUP_ID
     model_dir: Path = DEFAULT_MODEL_DIR
-    state_dir: Path = DEFAULT_STATE_DIR
-    job_name: str = "profilestream-profiles"
+    state_dir: Path = field(default_factory=lambda: environment().state_dir)
+    job_name: str = DEFAULT_JOB_NAME
     parallelism: int = 1
-    checkpoint_interval_ms: int = 10_000
+    checkpoint_interval_ms: int = DEFAULT_CHECKPOINT_INTERVAL_MS
     max_out_of_orderness_ms: int = 5_000
     idleness_ms: int = 30_000
     # Explicit end of a bounded run: partition -> offset to stop before. None = run forever.
@@ -53,6 +150,7 @@ class JobConfig:
     # from their environment. Never the key itself (udfs.pseudonym).
     pseudonym_key_file: Path | None = None
     profile: ProfileParams = field(default_factory=ProfileParams)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     # Extra Flink settings applied last (key, value), e.g. for benchmarks and tuning.
     flink_settings: tuple[tuple[str, str], ...] = ()
 
@@ -113,7 +211,70 @@ class JobConfig:
     def pg_password(self) -> str:
         # libpq's convention (psycopg2 follows it too): PGPASSWORD when the DSN has none.
         password = urlsplit(self.pg_dsn).password
-        return unquote(password) if password else os.environ.get("PGPASSWORD", "")
+        return unquote(password) if password else environment().pg_password
+
+    def secrets(self) -> dict[str, str]:
+        """What `to_args()` leaves out, as environment variables for the `flink run` client
+        (arguments are logged and shown by Flink; its environment is not)."""
+        password = split_password(self.pg_dsn)[1]
+        return {"PGPASSWORD": password} if password else {}
+
+    def to_args(self) -> list[str]:
+        """The `flink run` job arguments that `from_args` turns back into this config (the fields
+        of JOB_ARGUMENTS; the database password goes through `secrets()`)."""
+        args: list[str] = []
+        for flag, name, kind, _ in JOB_ARGUMENTS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name == "pg_dsn":
+                value = split_password(value)[0]
+            elif name == "stopping_offsets":
+                value = ",".join(f"{p}:{o}" for p, o in sorted(value.items()))
+            elif kind is Path:
+                value = Path(value).resolve()
+            args += [flag, str(value)]
+        return args
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str]) -> JobConfig:
+        """The config `to_args()` wrote (the `flink run` entry point's arguments)."""
+        parser = argparse.ArgumentParser(prog="flink_jobs.job.entry")
+        defaults = {f.name: f.default for f in fields(cls)}
+        for flag, name, kind, help_text in JOB_ARGUMENTS:
+            default = defaults[name] if name not in ("kafka_bootstrap", "pg_dsn") else None
+            convert = str if kind is dict else kind
+            parser.add_argument(flag, dest=name, type=convert, default=default, help=help_text)
+        args = parser.parse_args(list(argv))
+        values = vars(args)
+        values["kafka_bootstrap"] = require(args.kafka_bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap")
+        values["pg_dsn"] = require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+        if args.stopping_offsets is not None:
+            values["stopping_offsets"] = parse_offsets(args.stopping_offsets)
+        if args.model_dir is not None:
+            values["model_dir"] = Path(args.model_dir).resolve()
+        return cls(**values)
+
+
+# What travels to the `flink run` entry point: (flag, JobConfig field, type, help).
+JOB_ARGUMENTS: tuple[tuple[str, str, type, str], ...] = (
+    ("--bootstrap", "kafka_bootstrap", str, "Kafka bootstrap servers host:port"),
+    ("--pg-dsn", "pg_dsn", str, "postgresql://user@host:port/db (password: PGPASSWORD)"),
+    ("--topic", "topic", str, "the events topic"),
+    ("--model-dir", "model_dir", Path, "the model directory"),
+    ("--job-name", "job_name", str, "the Flink job name"),
+    ("--checkpoint-interval-ms", "checkpoint_interval_ms", int, "checkpoint interval"),
+    ("--stopping-offsets", "stopping_offsets", dict, "stop at partition:offset[,...]"),
+    ("--pseudonym-key-file", "pseudonym_key_file", Path, "a file the workers read the key from"),
+    # the tuning options (TUNING_OPTIONS, below)
+)
+
+
+def require(value: str | None, setting: str, flag: str) -> str:
+    """`value`, or a ConfigError naming the environment variable and the flag that set it."""
+    if not value:
+        raise ConfigError(f"{setting} is not set: pass {flag} or set {setting}", setting=setting)
+    return value
 
 
 # Performance settings shared by `profilestream run`, `submit` and the `flink run` entry point:
@@ -133,6 +294,9 @@ TUNING_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+JOB_ARGUMENTS += tuple((flag, name, int, text) for flag, name, text in TUNING_OPTIONS)
+
+
 def add_tuning_options(parser: Any) -> None:
     """Add the tuning flags to an argparse parser (defaults: JobConfig's)."""
     defaults = {f.name: f.default for f in fields(JobConfig)}
@@ -143,11 +307,6 @@ def add_tuning_options(parser: Any) -> None:
 def tuning_values(args: Any) -> dict[str, Any]:
     """The tuning fields of JobConfig from parsed arguments (keyword arguments for JobConfig)."""
     return {name: getattr(args, name) for _, name, _ in TUNING_OPTIONS}
-
-
-def tuning_args(config: JobConfig) -> list[str]:
-    """The tuning flags that reproduce `config` (for `flink run` job arguments)."""
-    return [x for flag, name, _ in TUNING_OPTIONS for x in (flag, str(getattr(config, name)))]
 
 
 def split_password(dsn: str) -> tuple[str, str | None]:

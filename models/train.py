@@ -42,7 +42,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from models.dataset import Array, Examples, ExampleSpec
-from models.errors import TrainingError
 from models.evaluation import (
     cluster_bootstrap,
     fit_calibration,
@@ -52,6 +51,7 @@ from models.evaluation import (
     user_holdout,
 )
 from udfs.calibration import Calibration
+from udfs.errors import TrainingError
 from udfs.features import FEATURE_NAMES
 
 MODEL_NAME = "purchase_propensity"

@@ -21,8 +21,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.cli.verify import print_report, verify
-from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.cli.data import print_report, verify
+from flink_jobs.config import DEFAULT_MODEL_DIR, ClusterSettings, JobConfig
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from flink_jobs.ops.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
 from flink_jobs.ops.services import EmbeddedPostgres, free_port
@@ -158,9 +158,9 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     # Enough retained checkpoints that one from before an event can still be restored later.
     c = LocalCluster(
         home=tmp_path / "cluster",
-        rest_port=free_port(),
-        rpc_port=free_port(),
-        retained_checkpoints=100,
+        settings=ClusterSettings(
+            rest_port=free_port(), rpc_port=free_port(), retained_checkpoints=100
+        ),
     )
     c.start(taskmanagers=2)
     yield c
@@ -192,19 +192,8 @@ def drain_and_verify(
 
 
 def submit(cluster: LocalCluster, kafka: str, dsn: str, topic: str, **kw: object) -> str:
-    return cluster.submit(
-        [
-            "--bootstrap",
-            kafka,
-            "--pg-dsn",
-            dsn,
-            "--topic",
-            topic,
-            "--checkpoint-interval-ms",
-            "2000",
-        ],
-        **kw,
-    )  # type: ignore[arg-type]
+    config = JobConfig(kafka_bootstrap=kafka, pg_dsn=dsn, topic=topic, checkpoint_interval_ms=2000)
+    return cluster.submit(config.to_args(), **kw)  # type: ignore[arg-type]
 
 
 def job_state(cluster: LocalCluster, job_id: str) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs.config import ConfigError, JobConfig, parse_offsets, redact_dsn
+from flink_jobs.config import JobConfig, parse_offsets, redact_dsn
 from flink_jobs.ops import runtime
-from flink_jobs.ops.runtime import SetupError, find_java
+from flink_jobs.ops.runtime import find_java
+from udfs.errors import ConfigError, SetupError
 
 OK = {"kafka_bootstrap": "127.0.0.1:9092", "pg_dsn": "postgresql://u:secret@db:5433/app"}
 
@@ -93,3 +94,70 @@ def test_altered_jar_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_installed_jars_verify() -> None:
     assert len(runtime.connector_jars(verify=True)) == 5
+
+
+def test_job_config_round_trips_through_the_flink_run_arguments() -> None:
+    from dataclasses import replace
+
+    config = JobConfig(
+        kafka_bootstrap="broker:9092",
+        pg_dsn="postgresql://app:s%40cret@db:5432/profiles",
+        topic="events-x",
+        job_name="nightly",
+        checkpoint_interval_ms=2_500,
+        stopping_offsets={0: 12, 1: 7},
+        pseudonym_key_file=Path("/keys/pseudonym.key"),
+        jdbc_flush_rows=64,
+        jdbc_flush_interval_ms=50,
+        profile_cache_entries=0,
+    )
+    args = config.to_args()
+    assert "s%40cret" not in " ".join(args) and "s@cret" not in " ".join(args)
+    assert config.secrets() == {"PGPASSWORD": "s@cret"}
+    back = JobConfig.from_args(args)
+    assert back == replace(config, pg_dsn="postgresql://app@db:5432/profiles")
+
+
+def test_job_arguments_name_the_missing_setting() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP is not set: pass --bootstrap"):
+        JobConfig.from_args(["--pg-dsn", "postgresql://u@h/db"])
+
+
+def test_environment_is_read_in_one_place(tmp_path: Path) -> None:
+    from flink_jobs.config import ENVIRONMENT_VARIABLES, Environment
+
+    env = Environment.read(
+        {
+            "KAFKA_BOOTSTRAP": "k:1",
+            "PROFILESTREAM_TOPIC": "",  # empty counts as unset
+            "PROFILESTREAM_CACHE": str(tmp_path),
+            "PGPASSWORD": "pw",
+        }
+    )
+    assert env.kafka_bootstrap == "k:1" and env.topic == "user-events"
+    assert env.jar_dir == tmp_path / "jars" and env.pg_password == "pw"
+    assert env.pg_dsn is None
+    assert {"KAFKA_BOOTSTRAP", "PG_DSN", "PROFILESTREAM_STATE_DIR"} <= set(ENVIRONMENT_VARIABLES)
+
+
+def test_the_three_flink_configurations_share_one_builder(tmp_path: Path) -> None:
+    from flink_jobs.config import ClusterSettings
+    from flink_jobs.ops.flink_config import flink_settings
+
+    config = JobConfig(
+        kafka_bootstrap="k:1", pg_dsn="postgresql://u@h/db", state_dir=tmp_path, restart_attempts=5
+    )
+    local = flink_settings("local", config)
+    submit = flink_settings("submit", config)
+    cluster = flink_settings(
+        "cluster", cluster=ClusterSettings(retained_checkpoints=7), cluster_home=tmp_path / "c"
+    )
+    for settings in (local, submit, cluster):
+        assert settings["python.execution-mode"] == "thread"
+        assert settings["execution.checkpointing.incremental"] == "true"
+    assert local["restart-strategy.fixed-delay.attempts"] == "5"
+    assert local["state.backend.type"] == cluster["state.backend.type"] == "rocksdb"
+    assert "state.backend.type" not in submit  # the cluster's own
+    assert submit["pipeline.jars"] == local["pipeline.jars"]
+    assert cluster["execution.checkpointing.num-retained"] == "7"
+    assert cluster["rest.port"] == "8081"

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.cli.verify import fetch_profiles
+from flink_jobs.cli.data import fetch_profiles
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from tests import hostile

@@ -13,9 +13,10 @@ import orjson
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
+from udfs.errors import ModelError
 from udfs.features import FEATURE_NAMES
 from udfs.rows import reasons_json
-from udfs.scoring import ModelError, Scorer, read_metadata
+from udfs.scoring import Scorer, read_metadata
 
 
 def test_committed_model_metadata_names_a_subset_of_the_code_features() -> None:

@@ -15,14 +15,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from udfs.errors import PseudonymKeyError
+
 ENV_KEY = "PROFILESTREAM_PSEUDONYM_KEY"
 ENV_KEY_FILE = "PROFILESTREAM_PSEUDONYM_KEY_FILE"
 MIN_KEY_BYTES = 16
 _KEY_ID_INPUT = b"profilestream pseudonym key id v1"
-
-
-class PseudonymKeyError(ValueError):
-    """The key is missing or unusable. str() names the setting and the fix, never the key."""
 
 
 def load_key(key_file: Path | str | None = None, environ: Mapping[str, str] = os.environ) -> bytes:

@@ -36,16 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from udfs.calibration import Calibration
+from udfs.errors import ModelError
 from udfs.features import FEATURE_NAMES
 
 _C_API_DTYPE_FLOAT64 = 1
 _C_API_PREDICT_NORMAL = 0
 _C_API_PREDICT_CONTRIB = 3
 REASONS = 3
-
-
-class ModelError(RuntimeError):
-    """The model directory is missing, unreadable, or breaks the feature contract."""
 
 
 @dataclass(frozen=True)

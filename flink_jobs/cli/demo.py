@@ -1,4 +1,6 @@
-"""`profilestream demo`: the whole pipeline on the embedded default, with progress and a summary.
+"""Trying it on one machine: `profilestream setup`, `demo` and `services stop`.
+
+`demo` runs the whole pipeline on the embedded default, with progress and a summary.
 
 Starts an embedded PostgreSQL (left running afterwards so you can open it with psql; `make stop`
 stops it) and a local Kafka-protocol broker (stopped at the end), applies the schema, produces a
@@ -8,8 +10,8 @@ prints what landed in PostgreSQL. PG_DSN / KAFKA_BOOTSTRAP switch to external se
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,20 +20,78 @@ from typing import Any
 
 from tqdm import tqdm
 
-from flink_jobs.config import DEFAULT_STATE_DIR, JobConfig, redact_dsn
+from flink_jobs.cli.parser import Subparsers
+from flink_jobs.config import Environment, JobConfig, environment, redact_dsn
 from flink_jobs.io import db
+from flink_jobs.io.db import pg_counts
 from flink_jobs.io.producer import ensure_topic, produce_dataset
 from flink_jobs.job.run import preflight, run_job
-from flink_jobs.ops.runtime import install_connector_jars, install_java
+from flink_jobs.ops.runtime import install_connector_jars, install_java, jar_dir
 from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, which_psql
+from udfs.errors import ConfigError
 from udfs.pseudonym import ensure_key_file
 from udfs.sources import SyntheticSpec
 
-DEMO_DIR = DEFAULT_STATE_DIR / "demo"
+
+def demo_dir() -> Path:
+    return environment().state_dir / "demo"
 
 
 def embedded_postgres() -> EmbeddedPostgres:
-    return EmbeddedPostgres(DEMO_DIR / "pgdata")
+    return EmbeddedPostgres(demo_dir() / "pgdata")
+
+
+def register(sub: Subparsers, env: Environment) -> None:
+    setup = sub.add_parser(
+        "setup", help="install the connector jars and, if the machine has none, Java"
+    )
+    setup.set_defaults(handler=cmd_setup)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default")
+    demo.add_argument("--dataset", type=Path, help="a Taobao or REES46 CSV instead of synthetic")
+    demo.add_argument(
+        "--format", dest="fmt", choices=["taobao", "rees46"], help="format of --dataset"
+    )
+    demo.add_argument("--events", type=int, default=50_000, help="synthetic events (50000)")
+    demo.add_argument("--users", type=int, default=5_000, help="synthetic users (5000)")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(handler=cmd_demo)
+
+    services = sub.add_parser("services", help="the embedded services the demo starts")
+    ssub = services.add_subparsers(dest="services_command", required=True)
+    stop = ssub.add_parser("stop", help="stop the embedded PostgreSQL left running by the demo")
+    stop.set_defaults(handler=cmd_services)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    java = install_java()
+    install_connector_jars()
+    print(f"ready: Java {java.major} ({java.origin}), connector jars in {jar_dir()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.dataset and not args.fmt:
+        raise ConfigError("--dataset needs --format taobao|rees46 (make demo: FORMAT=...)")
+    opts = DemoOptions(
+        dataset=args.dataset,
+        fmt=args.fmt or "synthetic",
+        events=args.events,
+        users=args.users,
+        seed=args.seed,
+    )
+    summary = run_demo(opts)
+    return 0 if summary["profiles"] > 0 else 1
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    pg = embedded_postgres()
+    if pg.running():
+        pg.stop()
+        print("embedded PostgreSQL stopped")
+    else:
+        print("embedded PostgreSQL is not running")
+    return 0
 
 
 @dataclass(frozen=True)
@@ -43,20 +103,6 @@ class DemoOptions:
     seed: int = 42
     partitions: int = 2
     checkpoint_interval_ms: int = 5_000
-
-
-def pg_counts(dsn: str) -> tuple[int, int, int]:
-    """(profiles, events folded into them, dead letters) as PostgreSQL sees them now."""
-    conn = db.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*), coalesce(sum(event_count), 0) FROM user_profiles")
-            profiles, events = cur.fetchone()
-            cur.execute("SELECT count(*) FROM dead_letter_events")
-            (dead,) = cur.fetchone()
-        return int(profiles), int(events), int(dead)
-    finally:
-        conn.close()
 
 
 def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
@@ -72,8 +118,9 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
     install_connector_jars()
     say(f"  Java {java.major} ({java.origin}: {java.home}); connector jars verified")
 
+    env = environment()
     with contextlib.ExitStack() as stack:
-        pg_dsn = os.environ.get("PG_DSN")
+        pg_dsn = env.pg_dsn
         pg: EmbeddedPostgres | None = None
         if pg_dsn:
             say(f"  PostgreSQL: external, PG_DSN={redact_dsn(pg_dsn)}")
@@ -85,12 +132,12 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         applied = db.migrate(pg_dsn)
         say(f"  schema: {len(applied)} migration(s) applied")
 
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        bootstrap = env.kafka_bootstrap
         if bootstrap:
             topic = f"profilestream-demo-{int(time.time())}"
             say(f"  Kafka: external, KAFKA_BOOTSTRAP={bootstrap}, fresh topic {topic}")
         else:
-            broker = LocalBroker(DEMO_DIR / "broker.log")
+            broker = LocalBroker(demo_dir() / "broker.log")
             bootstrap = broker.start()
             stack.callback(broker.stop)
             topic = "user-events"
@@ -111,7 +158,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
             + (f"; {report.rejected} invalid events refused" if report.rejected else "")
         )
 
-        key_file = ensure_key_file(DEMO_DIR / "pseudonym.key")
+        key_file = ensure_key_file(demo_dir() / "pseudonym.key")
         if key_file is not None:
             say(f"  pseudonym key: {key_file} (generated for the demo; BI sees HMAC pseudonyms)")
         config = JobConfig(
@@ -119,7 +166,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
             pg_dsn=pg_dsn,
             topic=topic,
             job_name="profilestream-demo",
-            state_dir=DEMO_DIR,
+            state_dir=demo_dir(),
             checkpoint_interval_ms=opts.checkpoint_interval_ms,
             stopping_offsets=report.stopping_offsets(partitions),
         )

@@ -20,14 +20,11 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from flink_jobs.config import PROJECT_ROOT, redact_dsn
+from udfs.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = PROJECT_ROOT / "schemas" / "sql" / "migrations"
-
-
-class DatabaseError(RuntimeError):
-    """PostgreSQL is unreachable or its schema does not fit; the message says what to fix."""
 
 
 def connect(dsn: str, *, timeout_s: int = 5) -> Any:
@@ -231,5 +228,19 @@ def erase_user(dsn: str, user_id: str, up_to_ms: int | None = None) -> Erased:
             cur.execute("SELECT * FROM erase_user_data(%s, %s)", (user_id, up_to_ms))
             profiles, history, dead_letters = cur.fetchone()
         return Erased(profiles, history, dead_letters)
+    finally:
+        conn.close()
+
+
+def pg_counts(dsn: str) -> tuple[int, int, int]:
+    """(profiles, events folded into them, dead letters) as PostgreSQL sees them now."""
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), coalesce(sum(event_count), 0) FROM user_profiles")
+            profiles, events = cur.fetchone()
+            cur.execute("SELECT count(*) FROM dead_letter_events")
+            (dead,) = cur.fetchone()
+        return int(profiles), int(events), int(dead)
     finally:
         conn.close()

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from udfs.errors import KafkaUnavailable
 from udfs.events import validate_message
 from udfs.sources import SyntheticSpec
 
@@ -29,17 +30,13 @@ _QUIET = logging.getLogger("profilestream.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)  # librdkafka's connection chatter; errors surface as exceptions
 
 
-class KafkaUnavailable(RuntimeError):
-    """The broker cannot be reached or refused the request; the message says what to fix."""
-
-
-def _client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+def client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, "logger": _QUIET, **extra}
 
 
 def check_broker(bootstrap: str, timeout_s: float = 8.0) -> dict[str, int]:
     """Fail fast when the broker is unreachable; return {topic: partition count}."""
-    admin = AdminClient(_client_config(bootstrap, **{"socket.connection.setup.timeout.ms": 5000}))
+    admin = AdminClient(client_config(bootstrap, **{"socket.connection.setup.timeout.ms": 5000}))
     try:
         meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -56,7 +53,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 2) -> int:
     existing = check_broker(bootstrap)
     if topic in existing:
         return existing[topic]
-    admin = AdminClient(_client_config(bootstrap))
+    admin = AdminClient(client_config(bootstrap))
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
     )
@@ -95,7 +92,7 @@ class EventPublisher:
         self.topic = topic
         self.validate = validate
         self.report = PublishReport()
-        config = _client_config(
+        config = client_config(
             bootstrap,
             **{
                 "partitioner": "murmur2_random",
@@ -252,7 +249,7 @@ def read_topic(
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
-        _client_config(
+        client_config(
             bootstrap,
             **{
                 "group.id": "profilestream-reader",

@@ -11,44 +11,10 @@ file named by --pseudonym-key-file.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from pathlib import Path
 
-from flink_jobs.config import (
-    DEFAULT_MODEL_DIR,
-    DEFAULT_TOPIC,
-    JobConfig,
-    add_tuning_options,
-    parse_offsets,
-    tuning_values,
-)
-
-
-def parse(argv: list[str]) -> JobConfig:
-    p = argparse.ArgumentParser(prog="flink_jobs.job.entry")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--pg-dsn", required=True)
-    p.add_argument("--topic", default=DEFAULT_TOPIC)
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--job-name", default="profilestream-profiles")
-    p.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
-    p.add_argument("--stopping-offsets")
-    p.add_argument("--pseudonym-key-file", type=Path)
-    add_tuning_options(p)
-    args = p.parse_args(argv)
-    return JobConfig(
-        kafka_bootstrap=args.bootstrap,
-        pg_dsn=args.pg_dsn,
-        topic=args.topic,
-        model_dir=args.model_dir.resolve(),
-        job_name=args.job_name,
-        checkpoint_interval_ms=args.checkpoint_interval_ms,
-        stopping_offsets=parse_offsets(args.stopping_offsets) if args.stopping_offsets else None,
-        pseudonym_key_file=args.pseudonym_key_file,
-        **tuning_values(args),
-    )
+from flink_jobs.config import JobConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     logging.basicConfig(level=logging.INFO)
-    config = parse(sys.argv[1:] if argv is None else argv)
+    config = JobConfig.from_args(sys.argv[1:] if argv is None else argv)
     env = cluster_environment(config)
     t_env = table_environment(env, config)
     sinks = JdbcSinks(t_env, config)

@@ -18,7 +18,6 @@ more than all of the job's own work (docs/performance.md). So the source, the ke
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any, Protocol
 
 from pyflink.common import Configuration
@@ -35,7 +34,8 @@ from flink_jobs.job.functions import (
     SOURCE_ROW_TYPE,
     UpdateProfile,
 )
-from flink_jobs.ops.runtime import Java, connector_jars, prepare_process_env
+from flink_jobs.ops.flink_config import flink_settings
+from flink_jobs.ops.runtime import Java, prepare_process_env
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -90,49 +90,13 @@ def by_user_key(source: DataStream) -> KeyedStream:
 
 def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironment:
     """A StreamExecutionEnvironment in thread mode with RocksDB, incremental checkpoints and the
-    connector jars. Local (MiniCluster) unless run through `flink run`."""
+    connector jars, on a local MiniCluster (`flink_settings("local")`)."""
     prepare_process_env(java)
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    tmp = config.state_dir / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    conf = Configuration()
-    settings = {
-        "python.execution-mode": "thread",
-        "python.executable": sys.executable,
-        "python.client.executable": sys.executable,
-        "state.backend.type": "rocksdb",
-        "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
-        # RocksDB's own LOG files (by default in Flink's log dir: site-packages/pyflink/log).
-        "state.backend.rocksdb.log.dir": str(tmp / "rocksdb-logs"),
-        "execution.checkpointing.interval": f"{config.checkpoint_interval_ms} ms",
-        "execution.checkpointing.dir": config.checkpoint_dir.resolve().as_uri(),
-        "execution.checkpointing.incremental": "true",
-        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-        "execution.checkpointing.num-retained": "3",
-        "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": str(config.restart_attempts),
-        "restart-strategy.fixed-delay.delay": "2 s",
-        "io.tmp.dirs": str(tmp),
-        "parallelism.default": str(config.parallelism),
-        "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
-        "pipeline.name": config.job_name,
-        # Table API operators (the JDBC sinks) get deterministic uids too.
-        "table.exec.uid.generation": "ALWAYS",
-    }
-    if config.restore_from:
-        settings["execution.state-recovery.path"] = config.restore_from
-    settings.update(config.flink_settings)
-    if config.rest_port is not None:
-        settings.update(
-            {
-                "rest.port": str(config.rest_port),
-                "rest.address": "127.0.0.1",
-                "rest.bind-address": "127.0.0.1",
-            }
-        )
-    for key, value in settings.items():
-        conf.set_string(key, value)
-    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    (config.state_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    env = StreamExecutionEnvironment.get_execution_environment(
+        _configuration(flink_settings("local", config))
+    )
     env.set_parallelism(config.parallelism)
     return env
 
@@ -140,19 +104,16 @@ def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironm
 def cluster_environment(config: JobConfig) -> StreamExecutionEnvironment:
     """The environment under `flink run`: the cluster's configuration (state backend, checkpoint
     directory, restart strategy, Python executable) applies; the job adds its own settings."""
+    return StreamExecutionEnvironment.get_execution_environment(
+        _configuration(flink_settings("submit", config))
+    )
+
+
+def _configuration(settings: dict[str, str]) -> Configuration:
     conf = Configuration()
-    for key, value in {
-        "execution.checkpointing.interval": f"{config.checkpoint_interval_ms} ms",
-        "execution.checkpointing.incremental": "true",
-        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-        "python.execution-mode": "thread",
-        "pipeline.name": config.job_name,
-        "table.exec.uid.generation": "ALWAYS",
-        # Shipped with the job (flink run's -j takes a single jar).
-        "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
-    }.items():
+    for key, value in settings.items():
         conf.set_string(key, value)
-    return StreamExecutionEnvironment.get_execution_environment(conf)
+    return conf
 
 
 def table_environment(env: StreamExecutionEnvironment, config: JobConfig) -> StreamTableEnvironment:

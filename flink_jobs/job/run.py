@@ -12,19 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from flink_jobs.config import ConfigError, JobConfig
+from flink_jobs.config import JobConfig
 from flink_jobs.io.db import check_pseudonym_key, require_schema
-from flink_jobs.io.producer import KafkaUnavailable, check_broker
-from flink_jobs.ops.runtime import Java, SetupError, connector_jars, find_java
-from udfs.pseudonym import Pseudonymiser, PseudonymKeyError, load_key
+from flink_jobs.io.producer import check_broker
+from flink_jobs.ops.runtime import Java, connector_jars, find_java
+from udfs.errors import ConfigError, JobFailed, KafkaUnavailable
+from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.scoring import Scorer
 
 log = logging.getLogger(__name__)
-
-
-class JobFailed(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -34,17 +32,23 @@ class JobResult:
     wall_s: float
 
 
-def preflight(config: JobConfig) -> Java:
-    """Everything that can be checked before a JVM starts; each failure is one actionable line."""
+def preflight(config: JobConfig, target: Literal["local", "cluster"] = "local") -> Java:
+    """Everything that can be checked before a job starts; each failure is one actionable line.
+
+    "local" (`run`, the demo): Java, the connector jars, the model, the pseudonym key, a writable
+    checkpoint directory, the broker and the topic, the database schema and the key it was
+    written with. "cluster" (`submit`): what the submitting machine can check (the model and the
+    checkpoint directory are the cluster's; the topic may be created after the job starts)."""
     java = find_java()
     connector_jars(verify=True)
-    Scorer(config.model_dir).close()  # raises ModelError on a missing or mismatched model
     pseudonymiser = Pseudonymiser(load_key(config.pseudonym_key_file))
-    check_writable(
-        config.checkpoint_dir, "checkpoint directory", "--state-dir or PROFILESTREAM_STATE_DIR"
-    )
+    if target == "local":
+        Scorer(config.model_dir).close()  # raises ModelError on a missing or mismatched model
+        check_writable(
+            config.checkpoint_dir, "checkpoint directory", "--state-dir or PROFILESTREAM_STATE_DIR"
+        )
     topics = check_broker(config.kafka_bootstrap)
-    if config.topic not in topics:
+    if target == "local" and config.topic not in topics:
         raise KafkaUnavailable(
             f"topic {config.topic!r} does not exist on {config.kafka_bootstrap} (topics: "
             f"{sorted(topics)[:10]}): create it (`profilestream produce` does) or fix --topic"
@@ -142,25 +146,3 @@ def run_job(
     if on_tick:
         on_tick()
     return JobResult(job_id=job_id, status=status, wall_s=time.monotonic() - start)
-
-
-def setup_error_types() -> tuple[type[Exception], ...]:
-    from flink_jobs.config import ConfigError
-    from flink_jobs.io.db import DatabaseError
-    from flink_jobs.ops.cluster import ClusterError
-    from flink_jobs.ops.services import ServiceError
-    from models.errors import TrainingError
-    from udfs.scoring import ModelError
-
-    return (
-        ConfigError,
-        DatabaseError,
-        KafkaUnavailable,
-        ModelError,
-        SetupError,
-        ServiceError,
-        JobFailed,
-        TrainingError,
-        ClusterError,
-        PseudonymKeyError,
-    )

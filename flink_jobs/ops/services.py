@@ -18,13 +18,11 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+from udfs.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-
-
-class ServiceError(RuntimeError):
-    pass
 
 
 def free_port() -> int:

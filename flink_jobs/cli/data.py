@@ -1,22 +1,88 @@
-"""`profilestream verify`: recompute every profile from an event log with the `udfs` code (the
-job's own engine, no Flink) and compare with what is in PostgreSQL."""
+"""The data in PostgreSQL: `profilestream db migrate|rotate-pseudonyms` (the schema and the
+pseudonyms in it) and `profilestream verify` (recompute every profile from an event log with the
+`udfs` code, the job's own engine without Flink, and compare with what is in PostgreSQL)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, add_pg, log_args
+from flink_jobs.config import Environment, require
 from flink_jobs.io import db
 from udfs.consistency import Expected, Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import Reason
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
+from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import PROFILE_COLUMN_NAMES
 from udfs.scoring import Scorer
 from udfs.sources import message_bytes
+
+
+def register(sub: Subparsers, env: Environment) -> None:
+    verify_p = sub.add_parser("verify", help="compare PostgreSQL with an offline recomputation")
+    add_log(verify_p, 10_000, 1_000)
+    add_pg(verify_p, env)
+    add_model_dir(verify_p, env)
+    verify_p.add_argument(
+        "--topic", default=env.topic, help="the topic the job read (dead letters record it)"
+    )
+    verify_p.add_argument("--examples", type=int, default=5, help="mismatches to print")
+    verify_p.set_defaults(handler=cmd_verify)
+
+    dbp = sub.add_parser("db", help="database schema")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    mig = dbsub.add_parser("migrate", help="apply pending SQL migrations (idempotent)")
+    add_pg(mig, env)
+    rot = dbsub.add_parser(
+        "rotate-pseudonyms",
+        help="rewrite every pseudonym with the key now in PROFILESTREAM_PSEUDONYM_KEY[_FILE]"
+        " (stop the job first)",
+    )
+    add_pg(rot, env)
+    dbp.set_defaults(handler=cmd_db)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    dsn = require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+    path, spec = log_args(args)
+    report = verify(
+        args.fmt,
+        path,
+        dsn,
+        args.model_dir,
+        ProfileParams(),
+        Pseudonymiser(load_key()),
+        topic=args.topic,
+        spec=spec,
+    )
+    print_report(report, args.examples)
+    return 0 if report.ok else 1
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    dsn = require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+    if args.db_command == "rotate-pseudonyms":
+        pseudonymiser = Pseudonymiser(load_key())
+        db.require_schema(dsn)
+        profiles, history = db.rotate_pseudonyms(dsn, pseudonymiser, pseudonymiser.key_id)
+        print(
+            f"pseudonyms rewritten with key id {pseudonymiser.key_id}: {profiles} profiles, "
+            f"{history} history rows"
+        )
+        return 0
+    applied = db.migrate(dsn)
+    version = db.schema_version(dsn)
+    print(
+        f"schema at version {version}; applied now: "
+        + (", ".join(m.path.name for m in applied) or "nothing (up to date)")
+    )
+    return 0
 
 
 @dataclass

@@ -1,0 +1,174 @@
+"""The model: `profilestream train` fits the purchase-propensity model on an event log and
+`profilestream evaluate` runs the evaluation protocol (rolling origin, baselines, user-clustered
+bootstrap intervals) on one. The training code itself is in models/ (no Flink)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, log_args
+from flink_jobs.config import Environment
+from udfs.errors import ConfigError
+from udfs.params import ProfileParams
+
+
+def register(sub: Subparsers, env: Environment) -> None:
+    train = sub.add_parser("train", help="train the purchase-propensity model on an event log")
+    add_log(train, 100_000, 5_000)
+    add_examples(train, defaults=True)
+    train.add_argument("--version", help="model version (default: <format>-<date>)")
+    train.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)"
+    )
+    train.add_argument(
+        "--out", type=Path, help="model directory (default: models/purchase_propensity/<version>)"
+    )
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="the evaluation protocol (rolling origin, baselines, bootstrap intervals) on a log",
+    )
+    add_model_dir(evaluate, env, flag="--model")
+    add_log(evaluate, 100_000, 5_000)
+    add_examples(evaluate, defaults=False)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)"
+    )
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+
+def add_examples(p: argparse.ArgumentParser, defaults: bool) -> None:
+    default = (lambda v: v) if defaults else (lambda v: None)
+    p.add_argument(
+        "--mode",
+        choices=["cutoff", "event"],
+        default=default("cutoff"),
+        help="one example per user and period at the cut-off, or after one random event "
+        "of the user in the period" + ("" if defaults else " (default: the model's)"),
+    )
+    p.add_argument(
+        "--horizon-hours",
+        type=float,
+        default=default(24.0),
+        help="label: a purchase within this many hours"
+        + ("" if defaults else " (default: the model's)"),
+    )
+    p.add_argument(
+        "--period-hours",
+        type=float,
+        help="hours between cut-offs (default: the horizon"
+        + ("" if defaults else ", or the model's")
+        + ")",
+    )
+    p.add_argument(
+        "--tz-offset-hours",
+        type=float,
+        default=default(8.0),
+        help="UTC offset of the data's local midnight, the daily cut-off (Taobao: +8)"
+        + ("" if defaults else " (default: the model's)"),
+    )
+
+
+def example_spec(args: argparse.Namespace, model: dict[str, Any] | None = None) -> Any:
+    from models.dataset import ExampleSpec
+
+    saved = (model or {}).get("examples", {})
+
+    def pick(name: str, key: str, fallback: Any) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else saved.get(key, fallback)
+
+    horizon = float(pick("horizon_hours", "horizon_hours", 24.0))
+    period = args.period_hours if args.period_hours is not None else saved.get("period_hours")
+    try:
+        return ExampleSpec(
+            horizon_ms=int(horizon * 3_600_000),
+            period_ms=int(float(period if period is not None else horizon) * 3_600_000),
+            tz_offset_hours=float(pick("tz_offset_hours", "tz_offset_hours", 8.0)),
+            mode=str(pick("mode", "mode", "cutoff")),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"examples: {exc}") from exc
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from models.train import MODELS_DIR, run_training
+
+    path, synthetic = log_args(args)
+    version = args.version or f"{args.fmt}-{datetime.now(UTC).strftime('%Y%m%d')}"
+    out = args.out or MODELS_DIR / version
+    meta = run_training(
+        args.fmt, path, out, version, ProfileParams(), example_spec(args), synthetic,
+        n_boot=args.bootstrap,
+    )  # fmt: skip
+    print(f"wrote {out}: model.txt, metadata.json, report.md and plots")
+    print_evaluation(meta["evaluation"])
+    return 0
+
+
+def print_evaluation(ev: dict[str, Any]) -> None:
+    from models.report import LABELS, verdict
+
+    mean = ev["rolling_origin_mean_roc_auc"]
+    print(
+        f"  {ev['examples']:,} test examples from {ev['users']:,} users over "
+        f"{len(ev['per_period'])} rolling-origin periods; 95 % user-clustered bootstrap intervals"
+    )
+    print(
+        f"  {'model':<26} {'mean AUC':>8}  {'pooled ROC-AUC':<24} {'PR-AUC':<24} "
+        f"{'log-loss':<24} {'ECE':<24}"
+    )
+
+    def ci(m: dict[str, Any], key: str) -> str:
+        lo, hi = m[f"{key}_ci"]
+        return "n/a" if m[key] is None else f"{m[key]:.4f} [{lo:.4f}, {hi:.4f}]"
+
+    for name, m in ev["pooled"].items():
+        print(
+            f"  {LABELS[name]:<26} {mean[name]:>8.4f}  {ci(m, 'roc_auc'):<24} "
+            f"{ci(m, 'pr_auc'):<24} {ci(m, 'log_loss'):<24} {ci(m, 'ece'):<24}"
+        )
+    held = ev["held_out_users"]
+    print(
+        f"  held-out users: ROC-AUC {held['roc_auc_held_out']:.4f} vs "
+        f"{held['roc_auc_seen']:.4f} on users fitted on"
+    )
+    for line in verdict(ev):
+        print("  " + line[2:])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from models.train import evaluate, load_examples, summary_json
+    from udfs.scoring import read_metadata
+
+    info = read_metadata(args.model)  # fails early, naming the fix, on a bad directory
+    path, synthetic = log_args(args)
+    spec = example_spec(args, info.metadata)
+    ex, provenance = load_examples(
+        args.fmt, path, ProfileParams(), spec, synthetic, show_progress=not args.json
+    )
+    result = evaluate(args.model, ex, n_boot=args.bootstrap)
+    if args.json:
+        print(json.dumps(summary_json(result), indent=2))
+        return 0
+    print(
+        f"model {info.name} {info.version} on {provenance['source']}: "
+        f"{provenance['events']:,} events, {provenance['time_range'][0]} .. "
+        f"{provenance['time_range'][1]}; {len(ex.y):,} examples ({spec.mode}, "
+        f"{spec.horizon_ms / 3_600_000:g} h label)"
+    )
+    print_evaluation(result)
+    shipped = result["shipped_model"]
+    print(
+        f"  the shipped model itself on every example: ROC-AUC {shipped['roc_auc']:.4f}, "
+        f"ECE {shipped['ece']:.4f} (in-sample when this is its training log)"
+    )
+    return 0

@@ -1,0 +1,129 @@
+"""The Flink configuration, built in one place for the three ways the job runs:
+
+- "local":   `profilestream run`, the demo and the tests: a MiniCluster in this process, with its
+             own RocksDB directories, checkpoints and restart strategy;
+- "submit":  the job under `flink run` (flink_jobs.job.entry): the cluster's configuration
+             applies, the job adds only what is its own (checkpoint interval, jars, uids);
+- "cluster": `profilestream cluster start`: the JobManager's and TaskManagers' config.yaml.
+
+The settings every mode shares (thread mode, RocksDB with incremental retained checkpoints, a
+fixed-delay restart strategy) are written once below.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from flink_jobs.config import ClusterSettings, JobConfig
+from flink_jobs.ops.runtime import connector_jars
+
+Mode = Literal["local", "submit", "cluster"]
+
+
+def _python() -> dict[str, str]:
+    return {
+        "python.execution-mode": "thread",
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+    }
+
+
+def _checkpointing(retained: int) -> dict[str, str]:
+    return {
+        "execution.checkpointing.incremental": "true",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": str(retained),
+    }
+
+
+def _state(tmp: Path, checkpoints: Path, restart_attempts: int) -> dict[str, str]:
+    return {
+        "state.backend.type": "rocksdb",
+        "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
+        "io.tmp.dirs": str(tmp),
+        "execution.checkpointing.dir": checkpoints.resolve().as_uri(),
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(restart_attempts),
+        "restart-strategy.fixed-delay.delay": "2 s",
+    }
+
+
+def _job(config: JobConfig) -> dict[str, str]:
+    return {
+        "execution.checkpointing.interval": f"{config.checkpoint_interval_ms} ms",
+        "pipeline.name": config.job_name,
+        # Shipped with the job (flink run's -j takes a single jar).
+        "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
+        # Table API operators (the source and the JDBC sinks) get deterministic uids too.
+        "table.exec.uid.generation": "ALWAYS",
+    }
+
+
+def _loopback_rest(port: int) -> dict[str, str]:
+    return {"rest.port": str(port), "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1"}
+
+
+def flink_settings(
+    mode: Mode,
+    config: JobConfig | None = None,
+    *,
+    cluster: ClusterSettings | None = None,
+    cluster_home: Path | None = None,
+) -> dict[str, str]:
+    """Flink's settings (key -> value) for `mode`: "local" and "submit" need the job's `config`;
+    "cluster" the cluster's `cluster` settings and its `cluster_home` directory."""
+    if mode == "cluster":
+        if cluster is None or cluster_home is None:
+            raise ValueError("flink_settings('cluster') needs cluster= and cluster_home=")
+        tmp = cluster_home / "tmp"
+        return {
+            "jobmanager.bind-host": "localhost",
+            "jobmanager.rpc.address": "localhost",
+            "jobmanager.rpc.port": str(cluster.rpc_port),
+            "jobmanager.memory.process.size": "1024m",
+            "taskmanager.bind-host": "localhost",
+            "taskmanager.host": "localhost",
+            "taskmanager.memory.process.size": "1536m",
+            "taskmanager.numberOfTaskSlots": str(cluster.slots_per_taskmanager),
+            **_loopback_rest(cluster.rest_port),
+            "blob.server.port": "0",
+            "parallelism.default": "1",
+            **_state(tmp, cluster_home / "checkpoints", cluster.restart_attempts),
+            "execution.checkpointing.savepoint-dir": (cluster_home / "savepoints")
+            .resolve()
+            .as_uri(),
+            **_checkpointing(cluster.retained_checkpoints),
+            # A killed TaskManager is noticed in seconds, not after the 50 s default.
+            "heartbeat.interval": "1000",
+            "heartbeat.timeout": "5000",
+            **_python(),
+            "env.pid.dir": str(cluster_home / "pids"),
+        }
+    if config is None:
+        raise ValueError(f"flink_settings({mode!r}) needs the job's config")
+    if mode == "submit":
+        # Everything else (state backend, directories, restart strategy, Python) is the cluster's.
+        return {
+            "python.execution-mode": "thread",
+            "execution.checkpointing.incremental": "true",
+            "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+            **_job(config),
+        }
+    tmp = config.state_dir / "tmp"
+    settings = {
+        **_python(),
+        **_state(tmp, config.checkpoint_dir, config.restart_attempts),
+        # RocksDB's own LOG files (by default in Flink's log dir: site-packages/pyflink/log).
+        "state.backend.rocksdb.log.dir": str(tmp / "rocksdb-logs"),
+        **_checkpointing(3),
+        "parallelism.default": str(config.parallelism),
+        **_job(config),
+    }
+    if config.restore_from:
+        settings["execution.state-recovery.path"] = config.restore_from
+    settings.update(config.flink_settings)
+    if config.rest_port is not None:
+        settings.update(_loopback_rest(config.rest_port))
+    return settings
