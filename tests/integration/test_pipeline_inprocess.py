@@ -31,9 +31,9 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 
 from flink_jobs.config import JobConfig
-from flink_jobs.functions import SOURCE_ROW_TYPE
-from flink_jobs.pipeline import build_pipeline, create_environment
-from flink_jobs.runtime import find_java
+from flink_jobs.job.functions import SOURCE_ROW_TYPE
+from flink_jobs.job.pipeline import build_pipeline, create_environment
+from flink_jobs.ops.runtime import find_java
 from udfs import events as ev
 from udfs.consistency import Expected, compare_profiles, recompute
 from udfs.engine import ProfileEngine
