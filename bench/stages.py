@@ -25,7 +25,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from flink_jobs.job.functions import DecodingFunction
+from flink_jobs.job.functions import DecodingFunction, apply_step
 from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
 from udfs.events import Event
@@ -83,18 +83,12 @@ class Stage(DecodingFunction):
         step, folded = self.engine.fold_event(profile, event, self.topic, now_ms)
         if folded is None:
             return
-        if step.timer_delete:
-            ctx.timer_service().delete_event_time_timer(step.timer_delete)
-        if step.timer_register:
-            ctx.timer_service().register_event_time_timer(step.timer_register)
         if stage != "update":
             _, vector = features_and_vector(folded, folded.last_ms, self.params)
             if stage == "scoring":
                 self.scorer.score(vector)
         self.engine.store(step, folded)
-        assert step.state is not None
-        self.state.update(step.state)
-        self.cache.put(key, folded)
+        apply_step(step, key, self.state, self.cache, ctx)
         return
         yield  # a generator that emits nothing
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from udfs.events import PURCHASE, Event, InvalidEvent, decode_event
 from udfs.features import FEATURE_NAMES, features_and_vector
+from udfs.params import HOUR_MS
 from udfs.profile import DAY_MS, Outcome, Profile, ProfileParams, fold
 
 Array = np.ndarray[Any, Any]
@@ -56,7 +57,7 @@ class ExampleSpec:
 
     @property
     def offset_ms(self) -> int:
-        return round(self.tz_offset_hours * 3_600_000)
+        return round(self.tz_offset_hours * HOUR_MS)
 
     def period_of(self, t_ms: int) -> int:
         """The index of the local period holding t (periods start at local cut-offs)."""
@@ -69,8 +70,8 @@ class ExampleSpec:
     def to_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
-            "horizon_hours": self.horizon_ms / 3_600_000,
-            "period_hours": self.period_ms / 3_600_000,
+            "horizon_hours": self.horizon_ms / HOUR_MS,
+            "period_hours": self.period_ms / HOUR_MS,
             "tz_offset_hours": self.tz_offset_hours,
             "seed": self.seed,
         }

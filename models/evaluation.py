@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from udfs.calibration import IDENTITY, Calibration
+from udfs.params import HOUR_MS
 
 Array = np.ndarray[Any, Any]
 DAY_MS: Final = 86_400_000
@@ -119,7 +120,7 @@ def day_index(t_ms: Array, tz_offset_hours: float) -> Array:
     epoch) in the fixed-offset time zone UTC+tz_offset_hours."""
     if not -24 < tz_offset_hours < 24:
         raise ValueError(f"tz_offset_hours must be within (-24, 24), got {tz_offset_hours}")
-    offset = round(tz_offset_hours * 3_600_000)
+    offset = round(tz_offset_hours * HOUR_MS)
     t = np.asarray(t_ms)
     if np.issubdtype(t.dtype, np.integer):
         return np.asarray((t.astype(np.int64) + offset) // DAY_MS)

@@ -11,7 +11,7 @@ from typing import Any
 from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, log_args
 from flink_jobs.config import Environment
 from udfs.errors import ConfigError
-from udfs.params import ProfileParams
+from udfs.params import HOUR_MS, ProfileParams
 
 
 def register(sub: Subparsers, env: Environment) -> None:
@@ -86,8 +86,8 @@ def example_spec(args: argparse.Namespace, model: dict[str, Any] | None = None) 
     period = args.period_hours if args.period_hours is not None else saved.get("period_hours")
     try:
         return ExampleSpec(
-            horizon_ms=int(horizon * 3_600_000),
-            period_ms=int(float(period if period is not None else horizon) * 3_600_000),
+            horizon_ms=int(horizon * HOUR_MS),
+            period_ms=int(float(period if period is not None else horizon) * HOUR_MS),
             tz_offset_hours=float(pick("tz_offset_hours", "tz_offset_hours", 8.0)),
             mode=str(pick("mode", "mode", "cutoff")),
         )
@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"model {info.name} {info.version} on {provenance['source']}: "
         f"{provenance['events']:,} events, {provenance['time_range'][0]} .. "
         f"{provenance['time_range'][1]}; {len(ex.y):,} examples ({spec.mode}, "
-        f"{spec.horizon_ms / 3_600_000:g} h label)"
+        f"{spec.horizon_ms / HOUR_MS:g} h label)"
     )
     print_evaluation(result)
     shipped = result["shipped_model"]

@@ -26,14 +26,21 @@ from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
 from udfs.scoring import Scorer
 
-_FLINK_TYPES = {
-    "string": Types.STRING,
-    "bigint": Types.LONG,
-    "int": Types.INT,
-    "double": Types.DOUBLE,
-    "boolean": Types.BOOLEAN,
-    "json": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),  # UTF-8 text; the sink casts it
-    "bytes": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),
+
+def _bytes() -> Any:
+    return Types.PRIMITIVE_ARRAY(Types.BYTE())
+
+
+# Column kind (udfs.rows) -> (its PyFlink type in the job's rows, its SQL type in the JDBC table,
+# its SQL type as the rows carry it). JSON text travels as UTF-8 bytes; the sink casts it.
+COLUMN_KINDS: dict[str, tuple[Callable[[], Any], str, str]] = {
+    "string": (Types.STRING, "STRING", "STRING"),
+    "bigint": (Types.LONG, "BIGINT", "BIGINT"),
+    "int": (Types.INT, "INT", "INT"),
+    "double": (Types.DOUBLE, "DOUBLE", "DOUBLE"),
+    "boolean": (Types.BOOLEAN, "BOOLEAN", "BOOLEAN"),
+    "json": (_bytes, "STRING", "BYTES"),
+    "bytes": (_bytes, "BYTES", "BYTES"),
 }
 MAX_WATERMARK = 2**63 - 1
 RECORD_SKEW_MS = 60_000  # record timestamp vs event_time beyond this is counted (contract breach)
@@ -41,7 +48,7 @@ SCORE_SAMPLE_EVERY = 64  # time one scoring call in this many
 
 
 def row_type(columns: tuple[tuple[str, str], ...]) -> Any:
-    return Types.ROW_NAMED([n for n, _ in columns], [_FLINK_TYPES[k]() for _, k in columns])
+    return Types.ROW_NAMED([n for n, _ in columns], [COLUMN_KINDS[k][0]() for _, k in columns])
 
 
 # What the source delivers: the Kafka record key as text (the user_id, by contract) and the value.
@@ -55,6 +62,25 @@ DEAD_LETTERS = OutputTag("dead-letters", DEAD_LETTER_ROW_TYPE)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def apply_step(step: Step, key: str, state: Any, cache: ProfileCache, ctx: Any) -> None:
+    """What a step asks of Flink: the key's ValueState, the write-through cache and the
+    event-time timer service (rows are the caller's). `udfs.host.MemoryHost.apply` is the same
+    in memory."""
+    if step.clear:
+        state.clear()
+        cache.drop(key)
+    elif step.state is not None:
+        state.update(step.state)
+        if step.profile is not None:
+            cache.put(key, step.profile)
+    if step.timer_delete or step.timer_register:
+        timers = ctx.timer_service()
+        if step.timer_delete:
+            timers.delete_event_time_timer(step.timer_delete)
+        if step.timer_register:
+            timers.register_event_time_timer(step.timer_register)
 
 
 class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
@@ -243,19 +269,7 @@ class UpdateProfile(DecodingFunction):
             row = Row(key, *([None] * (len(PROFILE_COLUMNS) - 1)))
             row.set_row_kind(RowKind.DELETE)
             yield row
-        if step.clear:
-            self.state.clear()
-            self.cache.drop(key)
-        elif step.state is not None:
-            self.state.update(step.state)
-            if step.profile is not None:
-                self.cache.put(key, step.profile)
-        if step.timer_delete or step.timer_register:
-            timers = ctx.timer_service()
-            if step.timer_delete:
-                timers.delete_event_time_timer(step.timer_delete)
-            if step.timer_register:
-                timers.register_event_time_timer(step.timer_register)
+        apply_step(step, key, self.state, self.cache, ctx)
         if step.row is not None:
             row = Row(*step.row)
             row.set_row_kind(RowKind.UPDATE_AFTER)

@@ -29,6 +29,7 @@ from pyflink.table.expressions import col
 
 from flink_jobs.config import JobConfig
 from flink_jobs.job.functions import (
+    COLUMN_KINDS,
     DEAD_LETTERS,
     PROFILE_ROW_TYPE,
     SOURCE_ROW_TYPE,
@@ -191,17 +192,9 @@ def _set_source_uid(stream: DataStream, uid: str) -> None:
 
 def _sql_type(kind: str, in_stream: bool = False) -> str:
     """The SQL type of a column kind (udfs.rows) in the JDBC table, or, with `in_stream`, as the
-    job's rows carry it (JSON text travels as UTF-8 bytes and is cast to STRING in the sink)."""
-    if kind == "json":
-        return "BYTES" if in_stream else "STRING"
-    return {
-        "string": "STRING",
-        "bigint": "BIGINT",
-        "int": "INT",
-        "double": "DOUBLE",
-        "boolean": "BOOLEAN",
-        "bytes": "BYTES",
-    }[kind]
+    job's rows carry it (`COLUMN_KINDS`)."""
+    _, table_type, stream_type = COLUMN_KINDS[kind]
+    return stream_type if in_stream else table_type
 
 
 def _escape(value: str) -> str:
