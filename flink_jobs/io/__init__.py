@@ -1,0 +1,7 @@
+"""Talking to the services the job reads and writes: the producer API for Kafka (producer.py:
+validated, keyed `UserEvent`s; topics; the broker check) and PostgreSQL (db.py: connections with
+actionable errors, numbered SQL migrations, erasure and pseudonym rotation).
+
+May import flink_jobs.config and udfs; never flink_jobs.job, .ops, .cli or pyflink: producers and
+BI-side tools use it without a JVM.
+"""
