@@ -146,6 +146,15 @@ def _utf8_len_over(text: str, limit: int) -> bool:
     return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
 
 
+def _check_identifier(
+    value: str, field: str, limit: int, too_long: Reason, bad_chars: Reason
+) -> None:
+    if _utf8_len_over(value, limit):
+        raise InvalidEvent(too_long, f"{field} is over {limit} bytes")
+    if _has_control_chars(value):
+        raise InvalidEvent(bad_chars, f"{field} holds control characters")
+
+
 def _optional_text(msg: pb.UserEvent, field: str) -> str | None:
     if not msg.HasField(field):
         return None
@@ -212,18 +221,16 @@ def validate_message(msg: pb.UserEvent, now_ms: int, raw: bytes = b"") -> Event:
     event_id = msg.event_id
     if not event_id:
         raise InvalidEvent(Reason.MISSING_EVENT_ID, "event_id is empty")
-    if _utf8_len_over(event_id, MAX_EVENT_ID_BYTES):
-        raise InvalidEvent(Reason.EVENT_ID_TOO_LONG, f"event_id is over {MAX_EVENT_ID_BYTES} bytes")
-    if _has_control_chars(event_id):
-        raise InvalidEvent(Reason.INVALID_CHARS, "event_id holds control characters")
+    _check_identifier(
+        event_id, "event_id", MAX_EVENT_ID_BYTES, Reason.EVENT_ID_TOO_LONG, Reason.INVALID_CHARS
+    )
 
     user_id = msg.user_id
     if not user_id or user_id.isspace():
         raise InvalidEvent(Reason.MISSING_USER_ID, "user_id is empty")
-    if _utf8_len_over(user_id, MAX_USER_ID_BYTES):
-        raise InvalidEvent(Reason.USER_ID_TOO_LONG, f"user_id is over {MAX_USER_ID_BYTES} bytes")
-    if _has_control_chars(user_id):
-        raise InvalidEvent(Reason.USER_ID_INVALID_CHARS, "user_id holds control characters")
+    _check_identifier(
+        user_id, "user_id", MAX_USER_ID_BYTES, Reason.USER_ID_TOO_LONG, Reason.USER_ID_INVALID_CHARS
+    )
 
     event_type = msg.event_type
     if event_type == pb.EVENT_TYPE_UNSPECIFIED:

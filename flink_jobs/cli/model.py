@@ -41,36 +41,36 @@ def register(sub: Subparsers, env: Environment) -> None:
     evaluate.set_defaults(handler=cmd_evaluate)
 
 
-def add_examples(p: argparse.ArgumentParser, defaults: bool) -> None:
-    default = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument(
+# (flag, type, default when training, help): how `train` builds examples; `evaluate` defaults to
+# what the model was trained with (its metadata), so there these default to None.
+EXAMPLE_OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
+    (
         "--mode",
-        choices=["cutoff", "event"],
-        default=default("cutoff"),
-        help="one example per user and period at the cut-off, or after one random event "
-        "of the user in the period" + ("" if defaults else " (default: the model's)"),
-    )
-    p.add_argument(
-        "--horizon-hours",
-        type=float,
-        default=default(24.0),
-        help="label: a purchase within this many hours"
-        + ("" if defaults else " (default: the model's)"),
-    )
-    p.add_argument(
-        "--period-hours",
-        type=float,
-        help="hours between cut-offs (default: the horizon"
-        + ("" if defaults else ", or the model's")
-        + ")",
-    )
-    p.add_argument(
+        str,
+        "cutoff",
+        "one example per user and period at the cut-off (cutoff), or after one random event of "
+        "the user in the period (event)",
+    ),
+    ("--horizon-hours", float, 24.0, "label: a purchase within this many hours"),
+    ("--period-hours", float, None, "hours between cut-offs (default: the horizon)"),
+    (
         "--tz-offset-hours",
-        type=float,
-        default=default(8.0),
-        help="UTC offset of the data's local midnight, the daily cut-off (Taobao: +8)"
-        + ("" if defaults else " (default: the model's)"),
-    )
+        float,
+        8.0,
+        "UTC offset of the data's local midnight, the daily cut-off (Taobao: +8)",
+    ),
+)
+
+
+def add_examples(p: argparse.ArgumentParser, defaults: bool) -> None:
+    for flag, kind, default, help_text in EXAMPLE_OPTIONS:
+        p.add_argument(
+            flag,
+            type=kind,
+            default=default if defaults else None,
+            choices=["cutoff", "event"] if flag == "--mode" else None,
+            help=help_text + ("" if defaults else " (default: the model's)"),
+        )
 
 
 def example_spec(args: argparse.Namespace, model: dict[str, Any] | None = None) -> Any:

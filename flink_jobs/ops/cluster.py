@@ -46,21 +46,10 @@ class LocalCluster:
     def rest_port(self) -> int:
         return self.settings.rest_port
 
-    @property
-    def conf_dir(self) -> Path:
-        return self.home / "conf"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.home / "checkpoints"
-
-    @property
-    def savepoint_dir(self) -> Path:
-        return self.home / "savepoints"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "log"
+    conf_dir = property(lambda self: self.home / "conf")
+    checkpoint_dir = property(lambda self: self.home / "checkpoints")
+    savepoint_dir = property(lambda self: self.home / "savepoints")
+    log_dir = property(lambda self: self.home / "log")
 
     @property
     def url(self) -> str:
