@@ -1,8 +1,9 @@
 """The compiled hot path (udfs/native.py): used wherever it can be built, and the pure-Python
 fallback computes exactly the same rows, dead letters, states and decoder verdicts (JVM-free).
 
-The golden corpus (tests/golden.py) runs in this process with whatever `udfs` selected (compiled
-on machines with a C compiler) and, here, in a child interpreter forced to the Python sources."""
+The golden corpus (tests/support/golden.py) runs in this process with whatever `udfs` selected
+(compiled on machines with a C compiler) and, here, in a child interpreter forced to the Python
+sources."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import hostile
-from tests.golden import GOLDEN, corpus, digests, engine, replay
+from tests.support import hostile
+from tests.support.golden import GOLDEN, corpus, digests, engine, replay
 from udfs import _impl, native
 from udfs.events import InvalidEvent, decode_event
 from udfs.host import MemoryHost
@@ -76,7 +77,7 @@ def test_the_pure_python_fallback_computes_exactly_the_same() -> None:
     child = _child(
         "import json\n"
         "from udfs import native\n"
-        "from tests.golden import corpus, digests, engine, replay\n"
+        "from tests.support.golden import corpus, digests, engine, replay\n"
         "from udfs.host import MemoryHost\n"
         "from tests.test_native import states_digest, verdicts\n"
         "print(json.dumps({'mode': native.status()['mode'],\n"
