@@ -1,5 +1,6 @@
 """Shared fixtures: real services (embedded PostgreSQL, the Tansu broker) started once per session,
-a fresh migrated database per test, and helpers to build events."""
+a fresh migrated database per test; and the suite's pseudonym key, put in the environment before
+any test runs. Helpers that test modules import live in tests/support."""
 
 from __future__ import annotations
 
@@ -7,21 +8,19 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg2
 import pytest
 
 from flink_jobs import db
 from flink_jobs.services import EmbeddedPostgres, LocalBroker
+from tests.support.keys import TEST_PSEUDONYM_KEY
 from udfs.pseudonym import ENV_KEY, ENV_KEY_FILE
 
 # The pseudonym key every job, CLI run and cluster in the suite uses (set before any starts).
-TEST_PSEUDONYM_KEY = "test-pseudonym-key-" + "5" * 24
 os.environ[ENV_KEY] = TEST_PSEUDONYM_KEY
 os.environ.pop(ENV_KEY_FILE, None)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _counter = itertools.count()
 
 
@@ -58,10 +57,3 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker = LocalBroker(tmp_path_factory.mktemp("kafka") / "broker.log")
     yield broker.start()
     broker.stop()
-
-
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present (the shared data folder is optional)")
-    return path

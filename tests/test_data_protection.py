@@ -165,7 +165,7 @@ def test_rotate_pseudonyms_command(pg_dsn: str) -> None:
     import sys
     from pathlib import Path
 
-    from tests.conftest import TEST_PSEUDONYM_KEY
+    from tests.support.keys import TEST_PSEUDONYM_KEY
 
     current = Pseudonymiser(TEST_PSEUDONYM_KEY.encode())
     db.check_pseudonym_key(pg_dsn, current.key_id)

@@ -19,7 +19,7 @@ import pytest
 from flink_jobs.config import DEFAULT_MODEL_DIR, JobConfig, parse_offsets
 from flink_jobs.job import preflight, run_job
 from flink_jobs.producer import ensure_topic
-from tests.conftest import shared_file
+from tests.support.shared_data import shared_file
 from udfs import events as ev
 from udfs.events import Reason, make_message, validate_message
 from udfs.rows import dead_letter_id
