@@ -20,7 +20,7 @@ from tests.support.golden import GOLDEN, corpus, digests, engine, replay
 from udfs import _impl, native
 from udfs.host import MemoryHost
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _child(code: str) -> dict[str, str]:
