@@ -45,7 +45,7 @@ test: setup
 	$(PY) -m pytest
 
 test-unit: setup
-	$(PY) -m pytest -m "not flink and not integration"
+	$(PY) -m pytest tests/unit
 
 bench: setup
 	$(PY) -m bench.e2e

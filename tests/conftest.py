@@ -1,67 +1,53 @@
-"""Shared fixtures: real services (embedded PostgreSQL, the Tansu broker) started once per session,
-a fresh migrated database per test, and helpers to build events."""
+"""The whole suite's set-up: the pseudonym key every job, CLI run and cluster uses, put in the
+environment before any test runs, and the rule that a test's folder and its markers agree.
+Service fixtures (PostgreSQL, the broker) are in tests/integration/conftest.py; helpers that test
+modules import are in tests/support."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 
-from flink_jobs.io import db
-from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker
+from tests.support.keys import TEST_PSEUDONYM_KEY
 from udfs.pseudonym import ENV_KEY, ENV_KEY_FILE
 
 # The pseudonym key every job, CLI run and cluster in the suite uses (set before any starts).
-TEST_PSEUDONYM_KEY = "test-pseudonym-key-" + "5" * 24
 os.environ[ENV_KEY] = TEST_PSEUDONYM_KEY
 os.environ.pop(ENV_KEY_FILE, None)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-_counter = itertools.count()
+TESTS = Path(__file__).resolve().parent
+SERVICE_MARKERS = frozenset({"integration", "flink"})
 
 
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", database="postgres")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    """A fresh, migrated database for one test."""
-    name = f"t_{next(_counter)}_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(pg_server.dsn("postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    dsn = pg_server.dsn(name)
-    db.migrate(dsn)
-    yield dsn
-    pg_server.start()  # a test may have stopped it on purpose
-    admin = psycopg2.connect(pg_server.dsn("postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
-
-
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    broker = LocalBroker(tmp_path_factory.mktemp("kafka") / "broker.log")
-    yield broker.start()
-    broker.stop()
-
-
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present (the shared data folder is optional)")
-    return path
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect anything: every collected test is checked
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run when a test's folder and its markers disagree: a test in tests/unit may not be
+    marked `integration` or `flink` (the unit run must need no service and no JVM), a test in
+    tests/integration must be marked one or both (so marker expressions still select it), and a
+    test anywhere else under tests/ belongs in one of the two."""
+    problems = []
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:  # a test file outside tests/, named on the command line
+            continue
+        marked = sorted({m.name for m in item.iter_markers()} & SERVICE_MARKERS)
+        if folder == "unit" and marked:
+            problems.append(
+                f"{item.nodeid} is in tests/unit but marked {' and '.join(marked)}: move it to "
+                "tests/integration, or drop the marker if it starts no service and no Flink"
+            )
+        elif folder == "integration" and not marked:
+            problems.append(
+                f"{item.nodeid} is in tests/integration but marked neither integration nor flink: "
+                "mark what it needs, or move it to tests/unit if it needs no service and no Flink"
+            )
+        elif folder not in ("unit", "integration"):
+            problems.append(f"{item.nodeid}: a test belongs in tests/unit or tests/integration")
+    if problems:
+        raise pytest.UsageError(
+            f"{len(problems)} test(s) in the wrong folder for their markers (tests/conftest.py):\n"
+            + "\n".join(problems)
+        )

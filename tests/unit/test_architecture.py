@@ -101,3 +101,19 @@ def test_the_rules_themselves(module: str, target: str, allowed: bool) -> None:
     home = layer(module)
     assert home is not None
     assert allowed == (not any(reaches(target, f) for f in FORBIDDEN[home]))
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/support; a test module is never a library."""
+    broken = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for target, names, line in imports(path):
+            if target.split(".")[0] != "tests":
+                continue
+            modules_named = [
+                target.split(".")[-1],
+                *(f"{target}.{n}".split(".")[-1] for n in names),
+            ]
+            if any(m.startswith("test_") for m in modules_named):
+                broken.append(f"{path.relative_to(ROOT)}:{line} imports {target} {names}")
+    assert not broken, "\n".join(broken)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
-from tests.conftest import shared_file
+from tests.support.shared_data import shared_file
 from udfs.features import FEATURE_NAMES
 from udfs.scoring import Scorer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_file
+from tests.support.shared_data import shared_file
 from udfs import events as ev
 from udfs.events import validate_message
 from udfs.sources import SyntheticSpec, read_events, read_rees46, read_taobao, synthetic_events

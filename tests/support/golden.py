@@ -8,7 +8,7 @@ reproduce them exactly) and rewritten once since, on purpose, by issue 10 (new f
 `score_reasons` column). The mid-stream states in it stay those written by the code of issue 9's
 start (format 2).
 
-    python -m tests.golden     # rewrite the digests (only when rows are meant to change)
+    python -m tests.support.golden     # rewrite the digests (only when rows are meant to change)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from udfs.profile import ProfileParams
 from udfs.pseudonym import Pseudonymiser
 from udfs.sources import SyntheticSpec, synthetic_events
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden_rows.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_rows.json"
 NOW_MS = 1_900_000_000_000  # the wall clock the corpus is decoded with (after every event)
 MAX_OUT_OF_ORDERNESS_MS = 5_000
 BRANDS = ("acme", "globex", "initech", "umbrella", "hooli", "Ωmega 日本語", "x" * 80)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
-from tests import hostile
+from tests.support import hostile
 from udfs import events as ev
 from udfs.events import InvalidEvent, Reason, decode_event, make_message, price_to_micros
 

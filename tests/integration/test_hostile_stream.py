@@ -21,8 +21,9 @@ import pytest
 from flink_jobs.cli.data import fetch_profiles
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.io.producer import EventPublisher, ensure_topic
-from tests import hostile
-from tests.test_e2e import cli, produce_file, run_bounded
+from tests.support import hostile
+from tests.support.cli import cli
+from tests.support.e2e import produce_file, run_bounded
 from udfs import events as ev
 from udfs.consistency import compare_profiles, recompute
 from udfs.engine import ProfileEngine

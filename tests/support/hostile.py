@@ -2,8 +2,9 @@
 must get *by construction* (not by asking the decoder), and valid events whose strings are
 SQL-injection attempts and odd Unicode, which must be stored verbatim.
 
-Used by the property tests of the decoder (tests/test_events.py) and the adversarial stream test
-(tests/test_hostile_stream.py).
+Used by the property tests of the decoder (tests/unit/test_events.py), the decoder verdicts
+compared across builds (tests/support/fingerprints.py) and the adversarial stream test
+(tests/integration/test_hostile_stream.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Same features, same rows: the profile step reproduces, row for row, what the code produced when
-the golden corpus was frozen (tests/golden.py), and continues identically from state written then
-(JVM-free). Both ways the job can hold a profile are checked: decoded from its stored bytes at
-every step, and kept decoded in the write-through cache."""
+the golden corpus was frozen (tests/support/golden.py), and continues identically from state
+written then (JVM-free). Both ways the job can hold a profile are checked: decoded from its stored
+bytes at every step, and kept decoded in the write-through cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.golden import CUT, GOLDEN, corpus, digests, engine, only, replay, restored
+from tests.support.golden import CUT, GOLDEN, corpus, digests, engine, only, replay, restored
 from udfs.cache import ProfileCache
 from udfs.host import MemoryHost
 

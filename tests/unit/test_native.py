@@ -1,12 +1,12 @@
 """The compiled hot path (udfs/native.py): used wherever it can be built, and the pure-Python
 fallback computes exactly the same rows, dead letters, states and decoder verdicts (JVM-free).
 
-The golden corpus (tests/golden.py) runs in this process with whatever `udfs` selected (compiled
-on machines with a C compiler) and, here, in a child interpreter forced to the Python sources."""
+The golden corpus (tests/support/golden.py) runs in this process with whatever `udfs` selected
+(compiled on machines with a C compiler) and, here, in a child interpreter forced to the Python
+sources."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,38 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import hostile
-from tests.golden import GOLDEN, corpus, digests, engine, replay
+from tests.support.fingerprints import states_digest, verdicts
+from tests.support.golden import GOLDEN, corpus, digests, engine, replay
 from udfs import _impl, native
-from udfs.events import InvalidEvent, decode_event
 from udfs.host import MemoryHost
 
-ROOT = Path(__file__).resolve().parents[1]
-NOW_MS = 1_900_000_000_000
-
-
-def verdicts() -> str:
-    """A digest of what the decoder says about the hostile corpus and the golden corpus."""
-    h = hashlib.sha256()
-    raws = [raw for raw, _ in hostile.malformed(3000, users=["u1", "u2"], t0=NOW_MS - 10**9,
-                                                now_ms=NOW_MS)] + corpus()  # fmt: skip
-    for raw in raws:
-        try:
-            h.update(repr(decode_event(raw, NOW_MS)).encode())
-        except InvalidEvent as exc:
-            h.update(repr((exc.reason, exc.detail, exc.user_id, exc.event_time_ms)).encode())
-    return h.hexdigest()
-
-
-def states_digest() -> str:
-    """A digest of every state the engine stores over the golden corpus."""
-    host = MemoryHost(engine())
-    h = hashlib.sha256()
-    for _ in replay(corpus(), host):
-        pass
-    for user in sorted(host.states):
-        h.update(user.encode() + host.states[user])
-    return h.hexdigest()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _child(code: str) -> dict[str, str]:
@@ -76,9 +50,9 @@ def test_the_pure_python_fallback_computes_exactly_the_same() -> None:
     child = _child(
         "import json\n"
         "from udfs import native\n"
-        "from tests.golden import corpus, digests, engine, replay\n"
+        "from tests.support.golden import corpus, digests, engine, replay\n"
         "from udfs.host import MemoryHost\n"
-        "from tests.test_native import states_digest, verdicts\n"
+        "from tests.support.fingerprints import states_digest, verdicts\n"
         "print(json.dumps({'mode': native.status()['mode'],\n"
         "  'rows': json.dumps(digests(replay(corpus(), MemoryHost(engine())))),\n"
         "  'states': states_digest(), 'verdicts': verdicts()}))\n"

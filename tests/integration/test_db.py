@@ -9,50 +9,10 @@ import psycopg2
 import pytest
 
 from flink_jobs.io import db
+from tests.support.db import UPSERT, profile_row, query, row_with
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_row
 
 pytestmark = pytest.mark.integration
-
-# The statement Flink's Postgres dialect sends for an upsert (no WHERE clause).
-UPSERT = (
-    f"INSERT INTO user_profiles ({', '.join(PROFILE_COLUMN_NAMES)}) VALUES "
-    f"({', '.join(['%s'] * len(PROFILE_COLUMN_NAMES))}) ON CONFLICT (user_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in PROFILE_COLUMN_NAMES[1:])
-)
-
-
-def row(version: int, score: float = 0.5, epoch: int = 1_735_689_600_000) -> tuple[object, ...]:
-    values: dict[str, object] = {name: 0 for name in PROFILE_COLUMN_NAMES}
-    values.update(
-        user_id="alice",
-        profile_epoch_ms=epoch,
-        profile_version=version,
-        as_of_ms=epoch + version,
-        expired=False,
-        segment="new",
-        score=score,
-        model_version="m1",
-        spend_micros=1_500_000,
-        first_event_ms=epoch,
-        last_event_ms=epoch + version,
-        last_purchase_ms=None,
-        activity_score=1.0,
-        top_category="shoes",
-        features='{"cnt_view_life": 1}',
-        score_reasons='[{"feature": "cnt_cart_24h", "contribution": 0.25}]',
-    )
-    return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
-
-
-def query(dsn: str, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def test_migrate_is_idempotent_and_recorded(pg_dsn: str) -> None:
@@ -84,23 +44,23 @@ def test_job_refuses_an_unmigrated_database(pg_server) -> None:  # type: ignore[
 
 
 def test_upsert_never_moves_a_profile_backwards(pg_dsn: str) -> None:
-    query(pg_dsn, UPSERT, row(5, score=0.9))
-    query(pg_dsn, UPSERT, row(3, score=0.1))  # a replayed, older version
-    query(pg_dsn, UPSERT, row(5, score=0.2))  # the same version again
+    query(pg_dsn, UPSERT, profile_row(5, score=0.9))
+    query(pg_dsn, UPSERT, profile_row(3, score=0.1))  # a replayed, older version
+    query(pg_dsn, UPSERT, profile_row(5, score=0.2))  # the same version again
     assert query(pg_dsn, "SELECT profile_version, score, spend FROM user_profiles") == [
         (5, 0.9, pytest.approx(1.5))
     ]
-    query(pg_dsn, UPSERT, row(6, score=0.3))
+    query(pg_dsn, UPSERT, profile_row(6, score=0.3))
     assert query(pg_dsn, "SELECT profile_version, score FROM user_profiles") == [(6, 0.3)]
     # A profile that expired and came back starts a new epoch: version 1 of it is newer.
-    query(pg_dsn, UPSERT, row(1, score=0.7, epoch=1_800_000_000_000))
+    query(pg_dsn, UPSERT, profile_row(1, score=0.7, epoch=1_800_000_000_000))
     assert query(pg_dsn, "SELECT profile_version, score FROM user_profiles") == [(1, 0.7)]
-    query(pg_dsn, UPSERT, row(9, score=0.1))  # the old epoch never comes back
+    query(pg_dsn, UPSERT, profile_row(9, score=0.1))  # the old epoch never comes back
     assert query(pg_dsn, "SELECT profile_version, score FROM user_profiles") == [(1, 0.7)]
 
 
 def test_generated_columns_are_typed_for_bi(pg_dsn: str) -> None:
-    query(pg_dsn, UPSERT, row(1))
+    query(pg_dsn, UPSERT, profile_row(1))
     ((first, spend, features),) = query(
         pg_dsn, "SELECT first_event_at::text, spend::text, features FROM user_profiles"
     )
@@ -110,7 +70,7 @@ def test_generated_columns_are_typed_for_bi(pg_dsn: str) -> None:
 
 
 def test_segments_are_constrained(pg_dsn: str) -> None:
-    bad = list(row(1))
+    bad = list(profile_row(1))
     bad[PROFILE_COLUMN_NAMES.index("segment")] = "whale"
     with pytest.raises(psycopg2.errors.CheckViolation):
         query(pg_dsn, UPSERT, tuple(bad))
@@ -131,27 +91,14 @@ def test_dead_letters_are_write_once(pg_dsn: str) -> None:
     ]
 
 
-def test_bad_dsn_is_one_actionable_line() -> None:
-    with pytest.raises(db.DatabaseError) as info:
-        db.connect("postgresql://u:hunter2@127.0.0.1:1/db", timeout_s=2)
-    message = str(info.value)
-    assert "PG_DSN" in message and "hunter2" not in message and "\n" not in message
-
-
-def _with(version: int, **changes: object) -> tuple[object, ...]:
-    values = dict(zip(PROFILE_COLUMN_NAMES, row(version), strict=True))
-    values.update(changes)
-    return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
-
-
 def test_history_records_changes_not_every_update(pg_dsn: str) -> None:
-    query(pg_dsn, UPSERT, _with(1, score=0.30))  # new
-    query(pg_dsn, UPSERT, _with(2, score=0.32))  # small move: no row
-    query(pg_dsn, UPSERT, _with(3, score=0.34))  # 0.04 since the last history row: no row
-    query(pg_dsn, UPSERT, _with(4, score=0.36))  # 0.06: a 'score' row
-    query(pg_dsn, UPSERT, _with(5, score=0.36, segment="loyal_buyer"))  # segment change
-    query(pg_dsn, UPSERT, _with(4, score=0.99, segment="high_value"))  # stale replay: nothing
-    query(pg_dsn, UPSERT, _with(6, score=0.36, segment="dormant", expired=True))
+    query(pg_dsn, UPSERT, row_with(1, score=0.30))  # new
+    query(pg_dsn, UPSERT, row_with(2, score=0.32))  # small move: no row
+    query(pg_dsn, UPSERT, row_with(3, score=0.34))  # 0.04 since the last history row: no row
+    query(pg_dsn, UPSERT, row_with(4, score=0.36))  # 0.06: a 'score' row
+    query(pg_dsn, UPSERT, row_with(5, score=0.36, segment="loyal_buyer"))  # segment change
+    query(pg_dsn, UPSERT, row_with(4, score=0.99, segment="high_value"))  # stale replay: nothing
+    query(pg_dsn, UPSERT, row_with(6, score=0.36, segment="dormant", expired=True))
     rows = query(
         pg_dsn,
         "SELECT change, profile_version, segment, previous_segment, "
@@ -169,9 +116,9 @@ def test_history_step_is_configurable(pg_dsn: str) -> None:
     query(
         pg_dsn, "UPDATE profilestream_settings SET value = '0.5' WHERE key = 'history.score_step'"
     )
-    query(pg_dsn, UPSERT, _with(1, score=0.1))
-    query(pg_dsn, UPSERT, _with(2, score=0.4))
-    query(pg_dsn, UPSERT, _with(3, score=0.7))
+    query(pg_dsn, UPSERT, row_with(1, score=0.1))
+    query(pg_dsn, UPSERT, row_with(2, score=0.4))
+    query(pg_dsn, UPSERT, row_with(3, score=0.7))
     assert query(
         pg_dsn, "SELECT change, profile_version FROM user_profile_history ORDER BY history_id"
     ) == [("new", 1), ("score", 3)]
@@ -184,7 +131,7 @@ def test_bi_views(pg_dsn: str) -> None:
         query(
             pg_dsn,
             UPSERT,
-            _with(
+            row_with(
                 1,
                 user_id=f"u{i}",
                 segment=segment,
@@ -194,7 +141,7 @@ def test_bi_views(pg_dsn: str) -> None:
                 purchases=1,
             ),
         )
-    query(pg_dsn, UPSERT, _with(1, user_id="gone", expired=True, segment="dormant"))
+    query(pg_dsn, UPSERT, row_with(1, user_id="gone", expired=True, segment="dormant"))
     assert query(pg_dsn, "SELECT segment, profiles FROM bi_segment_sizes ORDER BY 1") == [
         ("loyal_buyer", 1),
         ("new", 2),
@@ -216,7 +163,7 @@ def test_bi_score_reasons_has_one_row_per_reason(pg_dsn: str) -> None:
         '[{"feature": "cnt_cart_24h", "contribution": 0.41},'
         ' {"feature": "rec_hours_since_last_cart", "contribution": -0.2}]'
     )
-    query(pg_dsn, UPSERT, _with(1, user_id="u1", user_pseudonym="p1", score_reasons=reasons))
+    query(pg_dsn, UPSERT, row_with(1, user_id="u1", user_pseudonym="p1", score_reasons=reasons))
     assert query(
         pg_dsn, "SELECT user_pseudonym, rank, feature, contribution FROM bi_score_reasons"
     ) == [("p1", 1, "cnt_cart_24h", 0.41), ("p1", 2, "rec_hours_since_last_cart", -0.2)]
@@ -225,7 +172,7 @@ def test_bi_score_reasons_has_one_row_per_reason(pg_dsn: str) -> None:
 
 
 def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
-    query(pg_dsn, UPSERT, row(1))
+    query(pg_dsn, UPSERT, profile_row(1))
     conn = psycopg2.connect(pg_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:

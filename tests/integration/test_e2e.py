@@ -7,19 +7,17 @@ same `udfs` code, no Flink) and directly against the dead-letter table.
 from __future__ import annotations
 
 import random
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from flink_jobs.config import DEFAULT_MODEL_DIR, JobConfig, parse_offsets
+from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.io.producer import ensure_topic
-from flink_jobs.job.run import preflight, run_job
-from tests.conftest import shared_file
+from tests.support.cli import cli
+from tests.support.e2e import produce_file, run_bounded
+from tests.support.shared_data import shared_file
 from udfs import events as ev
 from udfs.events import Reason, make_message, validate_message
 from udfs.rows import dead_letter_id
@@ -28,7 +26,6 @@ from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration]
 
-CLI = str(Path(sys.executable).parent / "profilestream")
 T = 1_735_700_000_000
 
 
@@ -115,44 +112,6 @@ def _parse(raw: bytes) -> object:
     msg = pb.UserEvent()
     msg.ParseFromString(raw)
     return msg
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
-def produce_file(kafka: str, topic: str, fmt: str, path: Path) -> dict[int, int]:
-    proc = cli(
-        "produce", "--bootstrap", kafka, "--topic", topic, "--format", fmt, "--file", str(path)
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    match = re.search(r"--stopping-offsets (\S+)", proc.stdout)
-    assert match, proc.stdout
-    return parse_offsets(match.group(1))
-
-
-def run_bounded(
-    kafka: str,
-    pg_dsn: str,
-    topic: str,
-    offsets: dict[int, int],
-    tmp_path: Path,
-    restart_attempts: int = 3,
-) -> None:
-    config = JobConfig(
-        kafka_bootstrap=kafka,
-        pg_dsn=pg_dsn,
-        topic=topic,
-        job_name=topic,
-        state_dir=tmp_path,
-        checkpoint_interval_ms=1000,
-        stopping_offsets=offsets,
-        restart_attempts=restart_attempts,
-    )
-    result = run_job(config, preflight(config))
-    assert result.status == "FINISHED"
 
 
 def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_path: Path) -> None:

@@ -487,7 +487,7 @@ def test_secrets_never_leak(
     and locally (`run`), then search everything a user or operator can see for both secrets:
     command output, error messages, every log file, and the job's configuration and plan as the
     REST API shows them."""
-    from tests.conftest import TEST_PSEUDONYM_KEY
+    from tests.support.keys import TEST_PSEUDONYM_KEY
 
     password = "S3cret-PG-pw-" + "7" * 8
     assert pg_dsn.startswith("postgresql://postgres@")

@@ -15,7 +15,7 @@ from udfs.profile import DAY_MS, Inactivity, Profile, ProfileParams, fold
 
 P = ProfileParams()
 T0 = 1_735_689_600_000
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "features.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "features.md"
 
 
 def make(kind: int, t: int, price: int | None = None, item: str = "i") -> Event:

@@ -7,7 +7,7 @@ import psycopg2
 import pytest
 
 from flink_jobs.io import db
-from tests.test_db import UPSERT, _with, query
+from tests.support.db import UPSERT, query, row_with
 from udfs.pseudonym import Pseudonymiser
 from udfs.rows import dead_letter_row, user_id_field_bytes
 
@@ -23,7 +23,7 @@ DEAD_LETTER = (
 
 
 def profile(user: str, version: int, **changes: object) -> tuple[object, ...]:
-    return _with(version, user_id=user, user_pseudonym=OLD(user), **changes)
+    return row_with(version, user_id=user, user_pseudonym=OLD(user), **changes)
 
 
 def test_bi_reader_logs_in_and_sees_pseudonyms_only(pg_dsn: str) -> None:
@@ -165,11 +165,11 @@ def test_rotate_pseudonyms_command(pg_dsn: str) -> None:
     import sys
     from pathlib import Path
 
-    from tests.conftest import TEST_PSEUDONYM_KEY
+    from tests.support.keys import TEST_PSEUDONYM_KEY
 
     current = Pseudonymiser(TEST_PSEUDONYM_KEY.encode())
     db.check_pseudonym_key(pg_dsn, current.key_id)
-    query(pg_dsn, UPSERT, _with(1, user_id="gus", user_pseudonym=current("gus")))
+    query(pg_dsn, UPSERT, row_with(1, user_id="gus", user_pseudonym=current("gus")))
     new_key = "rotated-key-" + "9" * 20
     env = {**os.environ, "PROFILESTREAM_PSEUDONYM_KEY": new_key, "PG_DSN": pg_dsn}
     cli = str(Path(sys.executable).parent / "profilestream")

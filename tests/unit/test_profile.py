@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import shared_file
+from tests.support.shared_data import shared_file
 from udfs import events as ev
 from udfs.events import Event, validate_message
 from udfs.features import compute_features
