@@ -21,6 +21,7 @@ DEMO_ARGS := $(if $(DATASET),--dataset "$(DATASET)" --format "$(FORMAT)") $(if $
 help:
 	@echo "make demo    run the main job on the embedded default (PostgreSQL, Kafka-protocol broker, Flink MiniCluster)"
 	@echo "make test    run the test suite (what CI runs)"
+	@echo "make test-unit  the fast lane: tests/unit without the slow ones (no JVM job, no services; under a minute)"
 	@echo "make bench   floor, job and plain-Python ceiling, freshness and scale (about 20 min)"
 	@echo "make lint    ruff + mypy;  make proto  regenerate schemas/*_pb2.py(i) from the .proto"
 	@echo "make stop    stop the embedded PostgreSQL that 'make demo' leaves running for psql"
@@ -45,7 +46,7 @@ test: setup
 	$(PY) -m pytest
 
 test-unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit -m "not slow"
 
 bench: setup
 	$(PY) -m bench.e2e

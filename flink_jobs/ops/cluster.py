@@ -149,7 +149,10 @@ class LocalCluster:
         while time.monotonic() < deadline:
             try:
                 overview = self.rest("/overview", timeout=2)
-                if overview.get("taskmanagers", 0) >= n:
+                # A TaskManager is listed before its slots are: wait for both, or a job
+                # submitted now may find too few slots.
+                slots = n * self.settings.slots_per_taskmanager
+                if overview.get("taskmanagers", 0) >= n and overview.get("slots-total", 0) >= slots:
                     return overview
             except OSError:
                 pass

@@ -46,6 +46,7 @@ def test_the_compiled_modules_are_used_where_they_can_be_built() -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_pure_python_fallback_computes_exactly_the_same() -> None:
     child = _child(
         "import json\n"

@@ -367,6 +367,7 @@ def test_encoding_round_trips_and_the_round_trip_changes_nothing(events: list[Ev
     assert q is None or q == p
 
 
+@pytest.mark.slow
 @pytest.mark.data
 @pytest.mark.parametrize("reader", ["taobao", "rees46", "synthetic"])
 def test_heavy_users_stay_under_two_kilobytes(reader: str) -> None:

@@ -61,6 +61,7 @@ def check_model_dir(path: Path, min_periods: int = 2) -> dict[str, Any]:
     return meta
 
 
+@pytest.mark.slow
 def test_train_on_synthetic_writes_a_complete_model_directory(tmp_path: Path) -> None:
     out = tmp_path / "m"
     proc = cli(
@@ -112,6 +113,7 @@ def test_committed_model_is_complete() -> None:
     assert meta["examples"]["mode"] == "cutoff" and meta["examples"]["horizon_hours"] == 24
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_training_on_the_shared_taobao_sample_reproduces_the_committed_model(
     tmp_path: Path,
@@ -127,6 +129,7 @@ def test_training_on_the_shared_taobao_sample_reproduces_the_committed_model(
         assert (out / name).read_bytes() == (DEFAULT_MODEL_DIR / name).read_bytes(), name
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_evaluate_json_gives_every_model_with_intervals() -> None:
     path = shared_file("taobao_userbehavior_head.csv")
@@ -146,6 +149,7 @@ def test_evaluate_json_gives_every_model_with_intervals() -> None:
     assert out["users"] > 500 and out["examples"] > 1000
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_synthetic_log_prints_the_protocol() -> None:
     proc = cli(
         "evaluate", "--format", "synthetic", "--synthetic-events", "20000",
@@ -155,6 +159,7 @@ def test_evaluate_on_a_synthetic_log_prints_the_protocol() -> None:
     assert "rolling-origin periods" in proc.stdout and "held-out users" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_short_horizon_variant_on_rees46(tmp_path: Path) -> None:
     """REES46's sample is dense for 40 minutes: a 30-minute label, a cut-off every 2 minutes."""
