@@ -5,8 +5,11 @@ test. Only tests under tests/integration can ask for them."""
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -18,11 +21,16 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", database="postgres")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's basetemp: every pytest run started as root resets /tmp/pytest-of-root to
+    # mode 0700, which locks the server (an unprivileged user when we are root) out of its own
+    # data directory and PANICs it while another run is still using it.
+    home = Path(tempfile.mkdtemp(prefix="profilestream-test-pg-"))
+    server = EmbeddedPostgres(home / "data", database="postgres")
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
