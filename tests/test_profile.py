@@ -19,7 +19,6 @@ from udfs.profile import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
-    NAME_MARGIN,
     Inactivity,
     Outcome,
     Profile,
@@ -35,6 +34,7 @@ from udfs.profile import (
     next_timer_ms,
     replay,
 )
+from udfs.sketches import NAME_MARGIN
 from udfs.sources import SyntheticSpec, read_rees46, read_taobao, synthetic_events
 
 P = ProfileParams()

@@ -19,6 +19,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 COMPILED: tuple[str, ...] = (
     "udfs.events",
+    "udfs.sketches",
     "udfs.profile",
     "udfs.features",
     "udfs.rows",

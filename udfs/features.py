@@ -26,11 +26,10 @@ from udfs.profile import (
     RING_MID,
     RING_SHORT,
     Inactivity,
-    Preferences,
     Profile,
     ProfileParams,
-    window_counts,
 )
+from udfs.sketches import Preferences, window_counts
 
 NAN = math.nan
 TYPE_KEYS = ("view", "cart", "remove", "fav", "purchase", "search")

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import bisect
 import enum
-import hashlib
 import math
 import struct
-import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +45,19 @@ from udfs.params import (
     RING_MID,
     RING_SHORT,
     ProfileParams,
+)
+from udfs.sketches import (
+    HLL_REGISTERS,
+    MAX_ITEM_CHARS,
+    Preferences,
+    f32,
+    hash32,
+    hash64,
+    hll_add,
+    hll_estimate,
+    insert_recent,
+    ring_add,
+    ring_trim,
 )
 
 __all__ = [
@@ -67,10 +78,7 @@ DECAY_HALF_LIVES_MS: Final = (HOUR_MS, DAY_MS, 7 * DAY_MS)
 PREFERENCE_HALF_LIFE_MS: Final = 7 * DAY_MS
 HOUR_HIST_HALF_LIFE_MS: Final = 30 * DAY_MS
 REBASE_AFTER_MS: Final = 48 * HOUR_MS  # 48 half-lives of the shortest: far from f32 overflow
-MAX_ITEM_CHARS: Final = 64  # ids kept in lists are cut to this many characters
 EXACT_DISTINCT: Final = 16  # distinct categories are exact up to here, then HyperLogLog
-HLL_REGISTERS: Final = 128
-NAME_MARGIN: Final = 3  # names are kept for the top K plus a few, so ties leave no top key nameless
 
 
 class Inactivity(enum.IntEnum):
@@ -83,92 +91,6 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     LATE = "late"
-
-
-_F32 = struct.Struct("<f")
-
-
-def _f32(x: float) -> float:
-    return float(_F32.unpack(_F32.pack(x))[0])
-
-
-def _hash32(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
-@dataclass(slots=True)
-class Preferences:
-    """Bounded top-K by decayed affinity (forward-scaled, see the module docstring).
-
-    `slots` maps a 32-bit key hash to its affinity; beyond `preference_slots` keys, Space-Saving
-    replaces the smallest (so with more distinct keys than slots the result is approximate and
-    can depend on arrival order). Names are kept only near the top: a key rises only through an
-    event of that key, which carries its name (the common decay never reorders keys).
-    """
-
-    slots: dict[int, float] = field(default_factory=dict)
-    names: dict[int, str] = field(default_factory=dict)
-    total: float = 0.0  # affinity of every keyed event, tracked or not
-    # A key was inserted since the slots were last in key order (the order decoding gives them;
-    # sums over the slots follow it, see `settle_order`).
-    unsorted: bool = field(default=False, compare=False, repr=False)
-
-    def add(self, key: str, weight: float, params: ProfileParams) -> None:
-        h = _hash32(key)
-        slots = self.slots
-        self.total = _f32(self.total + weight)
-        old = slots.get(h)
-        if old is not None:
-            slots[h] = _f32(old + weight)
-        elif len(slots) >= params.preference_slots:
-            # Space-Saving: the newcomer replaces the smallest key (ties: smaller hash) and
-            # inherits its affinity (an overestimate), so a rising key is not evicted before it
-            # can accumulate.
-            low_key = -1
-            low_value = 0.0
-            for k, v in slots.items():
-                if low_key < 0 or v < low_value or (v == low_value and k < low_key):
-                    low_key = k
-                    low_value = v
-            del slots[low_key]
-            self.names.pop(low_key, None)
-            slots[h] = _f32(low_value + weight)
-            self.unsorted = True
-        else:
-            slots[h] = _f32(weight)
-            self.unsorted = True
-        limit = params.top_k + NAME_MARGIN
-        if len(slots) <= limit:
-            # Every key is among the top ones: all are named (names never hold other keys).
-            self.names[h] = key[:MAX_ITEM_CHARS]
-            return
-        named = self.top(limit)
-        if h in named:
-            self.names[h] = key[:MAX_ITEM_CHARS]
-        names = self.names
-        for k in names:
-            if k not in named:
-                self.names = {n: name for n, name in names.items() if n in named}
-                break
-
-    def top(self, k: int) -> list[int]:
-        """The `k` keys of highest affinity (ties: smaller hash first)."""
-        ranked = sorted([(-v, key) for key, v in self.slots.items()])
-        return [pair[1] for pair in ranked[:k]]
-
-    def scale(self, factor: float) -> None:
-        self.total = _f32(self.total * factor)
-        self.slots = {h: _f32(v * factor) for h, v in self.slots.items()}
-
-    def settle_order(self) -> None:
-        """Put the slots in key order, as `decode_profile` returns them."""
-        if self.unsorted:
-            self.slots = dict(sorted(self.slots.items()))
-            self.unsorted = False
 
 
 @dataclass(slots=True)
@@ -227,82 +149,17 @@ class Profile:
     def distinct_categories(self) -> int:
         if not self.distinct_hll:
             return len(self.distinct_exact)
-        return _hll_estimate(self.distinct_hll)
+        return hll_estimate(self.distinct_hll)
 
     def decayed(self, value: float, half_life_ms: int, now_ms: int) -> float:
         """A forward-scaled value as of `now_ms`."""
         return value * float(2.0 ** (-(now_ms - self.ref_ms) / half_life_ms))
 
 
-def _hll_add(registers: bytearray, h64: int) -> None:
-    idx = h64 & (HLL_REGISTERS - 1)
-    rank = 58 - (h64 >> 7).bit_length()  # leading zeros in the other 57 bits, plus one
-    registers[idx] = max(registers[idx], rank)
-
-
-def _hll_estimate(registers: bytes) -> int:
-    m = HLL_REGISTERS
-    raw = 0.7213 / (1 + 1.079 / m) * m * m / sum(2.0**-r for r in registers)
-    zeros = registers.count(0)
-    if raw <= 2.5 * m and zeros:
-        raw = m * math.log(m / zeros)  # linear counting for small cardinalities
-    return round(raw)
-
-
-def window_counts(
-    ring: dict[int, list[int]],
-    now_ms: int,
-    spec: tuple[int, int],
-    width: int,
-    span: int | None = None,
-) -> list[int]:
-    """Per-field sums over the last `span` buckets (default: the whole ring) as of `now_ms`."""
-    bucket_ms, keep = spec
-    span = keep if span is None else span
-    head = now_ms // bucket_ms
-    out = [0] * width
-    for b, cell in ring.items():
-        if head - span < b <= head:
-            for i, v in enumerate(cell):
-                out[i] += v
-    return out
-
-
-def _ring_add(ring: dict[int, list[int]], bucket: int, ti: int, spend: int, width: int) -> None:
-    cell = ring.get(bucket)
-    if cell is None:
-        cell = ring[bucket] = [0] * width
-    cell[ti] += 1
-    if spend:
-        cell[N_TYPES] += spend
-
-
-def _ring_trim(ring: dict[int, list[int]], head: int, keep: int) -> int:
-    """Drop buckets that left the window; return how many were dropped."""
-    oldest = head - keep
-    old = [b for b in ring if b <= oldest]
-    for b in old:
-        del ring[b]
-    return len(old)
-
-
-def _insert_recent(items: list[tuple[int, str]], t: int, item: str, limit: int) -> None:
-    """Keep the `limit` most recent distinct items, ordered by (event time, item)."""
-    for i, (seen_t, seen) in enumerate(items):
-        if seen == item:
-            if seen_t >= t:
-                return
-            del items[i]
-            break
-    bisect.insort(items, (t, item))
-    if len(items) > limit:
-        del items[0]
-
-
 def admit(profile: Profile, event: Event, params: ProfileParams) -> tuple[Outcome, int]:
     """Whether `event` would be folded into `profile`: DUPLICATE, LATE or APPLIED, and the hash
     of its event id. Changes nothing."""
-    id_hash = _hash64(event.event_id)
+    id_hash = hash64(event.event_id)
     if id_hash in profile.recent_ids:
         return Outcome.DUPLICATE, id_hash
     if profile.event_count and event.event_time_ms < profile.last_ms - params.allowed_lateness_ms:
@@ -353,9 +210,9 @@ def _apply(profile: Profile, event: Event, id_hash: int, params: ProfileParams) 
         profile.view_price_sum += event.price_micros
         profile.view_price_n += 1
 
-    _ring_add(profile.ring_short, t // RING_SHORT[0], ti, 0, N_TYPES)
-    _ring_add(profile.ring_mid, t // RING_MID[0], ti, 0, N_TYPES)
-    _ring_add(profile.ring_day, t // RING_DAY[0], ti, spend, N_TYPES + 1)
+    ring_add(profile.ring_short, t // RING_SHORT[0], ti, 0, N_TYPES)
+    ring_add(profile.ring_mid, t // RING_MID[0], ti, 0, N_TYPES)
+    ring_add(profile.ring_day, t // RING_DAY[0], ti, spend, N_TYPES + 1)
 
     # Decayed values, forward-scaled from ref_ms; each rounded to float32 (one array pass).
     rel = t - profile.ref_ms
@@ -393,9 +250,9 @@ def _apply(profile: Profile, event: Event, id_hash: int, params: ProfileParams) 
     if event.item_id:
         item = event.item_id[:MAX_ITEM_CHARS]
         if kind == VIEW:
-            _insert_recent(profile.recent_viewed, t, item, params.recent_items)
+            insert_recent(profile.recent_viewed, t, item, params.recent_items)
         elif kind == ADD_TO_CART:
-            _insert_recent(profile.recent_carted, t, item, params.recent_items)
+            insert_recent(profile.recent_carted, t, item, params.recent_items)
             _cart(profile, t, item, params)
         elif kind == PURCHASE:
             _purchase(profile, t, item, params)
@@ -409,17 +266,17 @@ def _advance_clock(profile: Profile, t: int, params: ProfileParams) -> None:
     if t <= profile.last_ms:
         return
     profile.last_ms = t
-    _ring_trim(profile.ring_short, t // RING_SHORT[0], RING_SHORT[1])
-    _ring_trim(profile.ring_mid, t // RING_MID[0], RING_MID[1])
-    profile.retired_active_days += _ring_trim(profile.ring_day, t // RING_DAY[0], RING_DAY[1])
+    ring_trim(profile.ring_short, t // RING_SHORT[0], RING_SHORT[1])
+    ring_trim(profile.ring_mid, t // RING_MID[0], RING_MID[1])
+    profile.retired_active_days += ring_trim(profile.ring_day, t // RING_DAY[0], RING_DAY[1])
     if t - profile.ref_ms > REBASE_AFTER_MS:
         dt = t - profile.ref_ms
         profile.ref_ms = t
-        profile.activity = _f32(profile.activity * 2.0 ** (-dt / params.activity_half_life_ms))
+        profile.activity = f32(profile.activity * 2.0 ** (-dt / params.activity_half_life_ms))
         for j, half_life in enumerate(DECAY_HALF_LIVES_MS):
             factor = 2.0 ** (-dt / half_life)
             for base in (0, 3, 6):
-                profile.decay[base + j] = _f32(profile.decay[base + j] * factor)
+                profile.decay[base + j] = f32(profile.decay[base + j] * factor)
         factor = 2.0 ** (-dt / HOUR_HIST_HALF_LIFE_MS)
         profile.hour_hist = array("f", [v * factor for v in profile.hour_hist]).tolist()
         factor = 2.0 ** (-dt / PREFERENCE_HALF_LIFE_MS)
@@ -431,10 +288,10 @@ def _add_distinct(profile: Profile, category: str) -> None:
     """Exact (sorted 32-bit hashes) up to EXACT_DISTINCT categories, then HyperLogLog. Every
     category enters the registers through its 32-bit hash, so the registers are a function of
     the set of categories, whatever the order."""
-    h = _hash32(category)
+    h = hash32(category)
     if profile.distinct_hll:
         registers = bytearray(profile.distinct_hll)
-        _hll_add(registers, _hash64(str(h)))
+        hll_add(registers, hash64(str(h)))
         profile.distinct_hll = bytes(registers)
         return
     i = bisect.bisect_left(profile.distinct_exact, h)
@@ -444,7 +301,7 @@ def _add_distinct(profile: Profile, category: str) -> None:
     if len(profile.distinct_exact) > EXACT_DISTINCT:
         registers = bytearray(HLL_REGISTERS)
         for member in profile.distinct_exact:
-            _hll_add(registers, _hash64(str(member)))
+            hll_add(registers, hash64(str(member)))
         profile.distinct_hll = bytes(registers)
         profile.distinct_exact = []
 
@@ -595,7 +452,7 @@ def fold(profile: Profile | None, event: Event, params: ProfileParams) -> tuple[
     t = event.event_time_ms
     if profile is None or expires_by(profile, t, params):
         profile = Profile()
-        _apply(profile, event, _hash64(event.event_id), params)
+        _apply(profile, event, hash64(event.event_id), params)
         return profile, Outcome.APPLIED
     outcome, id_hash = admit(profile, event, params)
     if outcome is not Outcome.APPLIED:
@@ -776,7 +633,7 @@ def _decode_v1(data: bytes) -> Profile:
         spend_micros=spend,
         other_purchases=other,
         priced_purchases=max(0, c4 - other),
-        activity=_f32(activity),
+        activity=f32(activity),
     )
     for h in struct.unpack_from(f"<{n}I", data, _HEADER_V1.size):
         _add_distinct(profile, f"v1:{h}")
