@@ -392,7 +392,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from models.train import MODELS_DIR, run_training
-    from udfs.profile import ProfileParams
+    from udfs.params import ProfileParams
 
     path, synthetic = _log_args(args)
     version = args.version or f"{args.fmt}-{datetime.now(UTC).strftime('%Y%m%d')}"
@@ -441,7 +441,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from models.train import evaluate, load_examples, summary_json
-    from udfs.profile import ProfileParams
+    from udfs.params import ProfileParams
     from udfs.scoring import read_metadata
 
     info = read_metadata(args.model)  # fails early, naming the fix, on a bad directory
@@ -471,7 +471,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from flink_jobs.verify import print_report, verify
-    from udfs.profile import ProfileParams
+    from udfs.params import ProfileParams
     from udfs.pseudonym import Pseudonymiser, load_key
 
     dsn = _require(args.pg_dsn, "PG_DSN", "--pg-dsn")

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from flink_jobs.runtime import PROJECT_ROOT
 from udfs.cache import DEFAULT_CAPACITY as DEFAULT_CACHE_ENTRIES
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 
 DEFAULT_TOPIC = "user-events"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2"

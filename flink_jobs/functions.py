@@ -21,7 +21,8 @@ from udfs.cache import DEFAULT_CAPACITY, ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
 from udfs.host import tune_gc
-from udfs.profile import Profile, ProfileParams
+from udfs.params import ProfileParams
+from udfs.profile import Profile
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
 from udfs.scoring import Scorer
@@ -152,7 +153,7 @@ class _Timed:
 
 
 class UpdateProfile(DecodingFunction):
-    """Keeps each user's whole profile in one ValueState (versioned bytes, see udfs.profile),
+    """Keeps each user's whole profile in one ValueState (versioned bytes, see udfs.codec),
     folds every event into it, scores it, and emits the profile row; one lazy event-time timer
     per user drives inactivity (at risk, dormant, expired: state deleted).
 

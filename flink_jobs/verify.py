@@ -13,7 +13,7 @@ from flink_jobs import db
 from udfs.consistency import Expected, Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import Reason
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 from udfs.rows import PROFILE_COLUMN_NAMES
 from udfs.scoring import Scorer
 from udfs.sources import message_bytes

@@ -26,7 +26,7 @@ from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.producer import EventPublisher, ensure_topic
 from flink_jobs.services import EmbeddedPostgres, free_port
 from flink_jobs.verify import print_report, verify
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 

@@ -21,6 +21,8 @@ COMPILED: tuple[str, ...] = (
     "udfs.events",
     "udfs.sketches",
     "udfs.profile",
+    "udfs.fold",
+    "udfs.codec",
     "udfs.features",
     "udfs.rows",
     "udfs.engine",

@@ -1,8 +1,8 @@
 """The bounded summaries a profile keeps, each with its update and its query, and the hashes they
 key on: Space-Saving top-K (`Preferences`), HyperLogLog (`hll_add`, `hll_estimate`), bucketed
 ring counters (`ring_add`, `ring_trim`, `window_counts`) and a bounded list of recent distinct
-items (`insert_recent`). They know nothing of the profile (udfs.profile) that holds them and
-updates them.
+items (`insert_recent`). They know nothing of the profile (udfs.profile) that holds them, nor of
+the fold (udfs.fold) that updates them.
 
 Floats these sketches hold are rounded to float32 (`f32`) whenever they change, as every float in
 the profile state is (its encoding stores float32).
@@ -112,7 +112,7 @@ class Preferences:
         self.slots = {h: f32(v * factor) for h, v in self.slots.items()}
 
     def settle_order(self) -> None:
-        """Put the slots in key order, as `udfs.profile.decode_profile` returns them."""
+        """Put the slots in key order, as `udfs.codec.decode_profile` returns them."""
         if self.unsorted:
             self.slots = dict(sorted(self.slots.items()))
             self.unsorted = False
