@@ -2,7 +2,8 @@
 key on: Space-Saving top-K (`Preferences`), HyperLogLog (`hll_add`, `hll_estimate`), bucketed
 ring counters (`ring_add`, `ring_trim`, `window_counts`) and a bounded list of recent distinct
 items (`insert_recent`). They know nothing of the profile (udfs.profile) that holds them, nor of
-the fold (udfs.fold) that updates them.
+the fold (udfs.fold) that updates them; tests/unit/test_sketches.py checks each against exact
+computation.
 
 Floats these sketches hold are rounded to float32 (`f32`) whenever they change, as every float in
 the profile state is (its encoding stores float32).
