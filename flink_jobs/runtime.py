@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from udfs.digest import sha256_file
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +66,6 @@ def cache_dir() -> Path:
 
 def jar_dir() -> Path:
     return Path(os.environ.get("PROFILESTREAM_JAR_DIR", cache_dir() / "jars"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def connector_jars(verify: bool = False) -> list[Path]:
