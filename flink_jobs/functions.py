@@ -20,7 +20,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from udfs.cache import DEFAULT_CAPACITY, ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
-from udfs.host import tune_gc
+from udfs.host import beyond_final_watermark, tune_gc
 from udfs.params import ProfileParams
 from udfs.profile import Profile
 from udfs.pseudonym import Pseudonymiser, load_key
@@ -36,7 +36,6 @@ _FLINK_TYPES = {
     "json": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),  # UTF-8 text; the sink casts it
     "bytes": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),
 }
-MAX_WATERMARK = 2**63 - 1
 RECORD_SKEW_MS = 60_000  # record timestamp vs event_time beyond this is counted (contract breach)
 SCORE_SAMPLE_EVERY = 64  # time one scoring call in this many
 
@@ -225,8 +224,9 @@ class UpdateProfile(DecodingFunction):
         yield from self._apply(key, step, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        if ctx.timer_service().current_watermark() >= MAX_WATERMARK and (
-            timestamp > self.max_event_ms - self.max_out_of_orderness_ms - 1
+        watermark = ctx.timer_service().current_watermark()
+        if beyond_final_watermark(
+            timestamp, watermark, self.max_event_ms, self.max_out_of_orderness_ms
         ):
             # End of a bounded input: Flink fires every timer, but event time only reached the
             # watermark the data implies (newest event minus the allowed out-of-orderness).
