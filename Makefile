@@ -10,8 +10,9 @@ PS := $(VENV)/bin/profilestream
 INSTALLED := $(VENV)/.installed
 # The profile step's hot path compiled with mypyc (udfs/native.py); rebuilt when its sources change.
 NATIVE := udfs/_native.json
-NATIVE_SRC := udfs/events.py udfs/profile.py udfs/features.py udfs/rows.py udfs/engine.py \
-	udfs/cache.py udfs/params.py udfs/native.py udfs/_impl.py
+NATIVE_SRC := udfs/events.py udfs/sketches.py udfs/profile.py udfs/fold.py udfs/codec.py \
+	udfs/features.py udfs/rows.py udfs/engine.py udfs/cache.py udfs/params.py udfs/native.py \
+	udfs/_impl.py
 
 # demo knobs: DATASET=path FORMAT=taobao|rees46 EVENTS=n USERS=n; PG_DSN / KAFKA_BOOTSTRAP use external services
 DEMO_ARGS := $(if $(DATASET),--dataset "$(DATASET)" --format "$(FORMAT)") $(if $(EVENTS),--events $(EVENTS)) $(if $(USERS),--users $(USERS))

@@ -49,11 +49,12 @@ from flink_jobs.io.producer import EventPublisher, PublishReport, ensure_topic
 from flink_jobs.ops.runtime import install_connector_jars, install_java
 from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.cache import ProfileCache
+from udfs.codec import encode_profile
 from udfs.engine import ProfileEngine
 from udfs.events import VIEW as EVENT_VIEW
 from udfs.events import decode_event, make_message
 from udfs.host import MemoryHost, tune_gc
-from udfs.profile import ProfileParams, encode_profile
+from udfs.params import ProfileParams
 from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, ensure_key_file, load_key
 from udfs.scoring import Scorer
 from udfs.sources import SyntheticSpec, synthetic_events

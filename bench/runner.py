@@ -29,7 +29,7 @@ import psutil
 from flink_jobs.config import DEFAULT_CHECKPOINT_INTERVAL_MS, JobConfig
 from flink_jobs.job.run import run_job
 from flink_jobs.ops.runtime import find_java
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 
 KEYED_OPERATOR = "update profile"  # name prefix of the keyed operator's vertex
 

@@ -30,7 +30,7 @@ from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine
 from udfs.events import Event
 from udfs.features import features_and_vector
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 from udfs.scoring import Scorer
 
 STAGES = ("floor", "state", "update", "features", "scoring")

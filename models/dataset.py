@@ -1,6 +1,6 @@
 """Point-in-time training examples from an event log, through the stream job's own code.
 
-Events are replayed in log order through `udfs.profile.fold` (exactly what the job does per
+Events are replayed in log order through `udfs.fold.fold` (exactly what the job does per
 event). Two ways to take examples:
 
 - `cutoff` (the default): one example per user per period at a fixed cut-off — local midnight of
@@ -30,8 +30,9 @@ import numpy as np
 
 from udfs.events import PURCHASE, Event, InvalidEvent, decode_event
 from udfs.features import FEATURE_NAMES, features_and_vector
-from udfs.params import HOUR_MS
-from udfs.profile import DAY_MS, Outcome, Profile, ProfileParams, fold
+from udfs.fold import Outcome, fold
+from udfs.params import DAY_MS, HOUR_MS, ProfileParams
+from udfs.profile import Profile
 
 Array = np.ndarray[Any, Any]
 MODES = ("cutoff", "event")

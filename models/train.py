@@ -428,8 +428,8 @@ def load_examples(
     """Read a log, replay it through the job's code and build examples; also the provenance."""
     from tqdm import tqdm
 
-    from flink_jobs.ops.runtime import sha256_file
     from models.dataset import build_examples, decode_all
+    from udfs.digest import sha256_file
     from udfs.sources import message_bytes
 
     spec = spec or ExampleSpec()

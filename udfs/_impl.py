@@ -19,7 +19,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 COMPILED: tuple[str, ...] = (
     "udfs.events",
+    "udfs.sketches",
     "udfs.profile",
+    "udfs.fold",
+    "udfs.codec",
     "udfs.features",
     "udfs.rows",
     "udfs.engine",

@@ -2,7 +2,7 @@
 
 Why it is safe in the job: an operator instance is the only reader and writer of its keys'
 state, so after it writes a profile's bytes the decoded profile it holds is exactly what a read
-would return (the encoding is exact, `udfs.profile`); a restore, a restart or a rescale creates
+would return (the encoding is exact, `udfs.codec`); a restore, a restart or a rescale creates
 a new instance whose cache starts empty. The cache only saves the state read and the decoding; the
 state is still written on every change, so checkpoints hold everything.
 

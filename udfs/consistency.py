@@ -18,15 +18,14 @@ import orjson
 
 from udfs.engine import ProfileEngine, StepOutcome
 from udfs.events import InvalidEvent, decode_event
-from udfs.host import MemoryHost
+from udfs.host import MemoryHost, final_watermark
+from udfs.params import HOUR_MS
 from udfs.rows import (
     PROFILE_COLUMNS,
     ProfileRow,
     dead_letter_id,
     user_id_field_bytes,
 )
-
-HOUR_MS = 3_600_000
 
 
 @dataclass
@@ -83,7 +82,7 @@ def recompute(
             rows[event.user_id] = step.row
 
     # The watermark a bounded run ends with (before Flink's final MAX, which fires nothing here).
-    final = max_time - max_out_of_orderness_ms - 1 if max_time else 0
+    final = final_watermark(max_time, max_out_of_orderness_ms) if max_time else 0
     out.final_watermark_ms = final
     settled = _fire_timers(host.copy(), dict(rows), final - watermark_tolerance_ms)
     racing = _fire_timers(host, rows, final)

@@ -3,7 +3,7 @@ dead letter to emit, which timer to register. The Flink adapter (flink_jobs/job/
 moves these between Flink's state, timers and outputs; the consistency checker, the benchmark and
 the tests drive the very same engine with a dict for state and a table for timers.
 
-State is the encoded profile (`udfs.profile.encode_profile`); `load` decodes it. A caller may keep
+State is the encoded profile (`udfs.codec.encode_profile`); `load` decodes it. A caller may keep
 the decoded profile of a step (`Step.profile`) and pass it to the next step of that key instead of
 decoding the stored bytes again (a write-through cache, `udfs.cache.ProfileCache`): a step never
 changes the profile it is given unless it returns new state for it.
@@ -20,19 +20,12 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from udfs.codec import decode_profile, encode_profile
 from udfs.events import ERASE, Event, Reason
 from udfs.features import features_and_vector
-from udfs.profile import (
-    Outcome,
-    Profile,
-    ProfileParams,
-    catch_up,
-    decode_profile,
-    encode_profile,
-    fold,
-    next_timer_ms,
-    settle_order,
-)
+from udfs.fold import Outcome, catch_up, fold, next_timer_ms, settle_order
+from udfs.params import ProfileParams
+from udfs.profile import Profile
 from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row, reasons_json
 
 ScoreFn = Callable[[Sequence[float]], float]

@@ -17,20 +17,9 @@ from operator import itemgetter
 from typing import Any
 
 from udfs.events import EVENT_TYPES
-from udfs.profile import (
-    DAY_MS,
-    DECAY_HALF_LIVES_MS,
-    DECAY_TYPES,
-    N_TYPES,
-    RING_DAY,
-    RING_MID,
-    RING_SHORT,
-    Inactivity,
-    Preferences,
-    Profile,
-    ProfileParams,
-    window_counts,
-)
+from udfs.params import DAY_MS, RING_DAY, RING_MID, RING_SHORT, ProfileParams
+from udfs.profile import DECAY_HALF_LIVES_MS, DECAY_TYPES, N_TYPES, Inactivity, Profile
+from udfs.sketches import Preferences, window_counts
 
 NAN = math.nan
 TYPE_KEYS = ("view", "cart", "remove", "fav", "purchase", "search")

@@ -2,7 +2,8 @@
 event-time timers (at most one per key), and optionally the job's write-through profile cache.
 
 The consistency checker, the benchmark's plain-Python loop and the tests use it; the Flink adapter
-(flink_jobs/job/functions.py) does the same moves with Flink's state and timer service.
+(flink_jobs/job/functions.py) does the same moves with Flink's state and timer service. Both follow
+the rule for where event time stands when a bounded input ends (`final_watermark`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,26 @@ from udfs.profile import Profile
 # keeps a large, long-lived graph of them: with CPython's defaults (a young collection every 700
 # allocations, frequent scans of the old generations) the collector cost 10-20 % of the step.
 GC_THRESHOLDS = (50_000, 20, 100)
+# Flink's watermark at the end of a bounded input (Long.MAX_VALUE): every timer fires.
+MAX_WATERMARK = 2**63 - 1
+
+
+def final_watermark(max_event_ms: int, max_out_of_orderness_ms: int) -> int:
+    """The last watermark a bounded input's data implies (Flink's bounded-out-of-orderness
+    strategy): the newest event time, minus the allowed out-of-orderness, minus 1. Event time
+    never gets further; Flink's final MAX_WATERMARK after it is no event time."""
+    return max_event_ms - max_out_of_orderness_ms - 1
+
+
+def beyond_final_watermark(
+    timestamp: int, watermark: int, max_event_ms: int, max_out_of_orderness_ms: int
+) -> bool:
+    """Whether a timer firing at `timestamp` under `watermark` is one Flink fires only because a
+    bounded input ended (the MAX_WATERMARK), at an event time the data never reached: the job
+    skips it, as the offline recomputation never fires it."""
+    return watermark >= MAX_WATERMARK and timestamp > final_watermark(
+        max_event_ms, max_out_of_orderness_ms
+    )
 
 
 def tune_gc() -> None:

@@ -7,7 +7,7 @@
 a manifest with each source's SHA-256. On import, `udfs` uses them only while the manifest matches
 the sources; otherwise (sources edited since the build, no build, or
 PROFILESTREAM_PURE_PYTHON=1) it imports the Python sources, which compute exactly the same
-results (tests/test_native.py replays the golden corpus both ways). A machine without a C
+results (tests/unit/test_native.py replays the golden corpus both ways). A machine without a C
 compiler or the Python headers gets the pure-Python implementation and a warning at build time.
 
 mypyc semantics to keep in mind when editing these modules: annotations are enforced at run

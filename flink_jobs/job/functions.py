@@ -20,8 +20,9 @@ from pyflink.datastream.state import ValueStateDescriptor
 from udfs.cache import DEFAULT_CAPACITY, ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
-from udfs.host import tune_gc
-from udfs.profile import Profile, ProfileParams
+from udfs.host import beyond_final_watermark, tune_gc
+from udfs.params import ProfileParams
+from udfs.profile import Profile
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, dead_letter_row
 from udfs.scoring import Scorer
@@ -42,7 +43,6 @@ COLUMN_KINDS: dict[str, tuple[Callable[[], Any], str, str]] = {
     "json": (_bytes, "STRING", "BYTES"),
     "bytes": (_bytes, "BYTES", "BYTES"),
 }
-MAX_WATERMARK = 2**63 - 1
 RECORD_SKEW_MS = 60_000  # record timestamp vs event_time beyond this is counted (contract breach)
 SCORE_SAMPLE_EVERY = 64  # time one scoring call in this many
 
@@ -178,7 +178,7 @@ class _Timed:
 
 
 class UpdateProfile(DecodingFunction):
-    """Keeps each user's whole profile in one ValueState (versioned bytes, see udfs.profile),
+    """Keeps each user's whole profile in one ValueState (versioned bytes, see udfs.codec),
     folds every event into it, scores it, and emits the profile row; one lazy event-time timer
     per user drives inactivity (at risk, dormant, expired: state deleted).
 
@@ -250,8 +250,9 @@ class UpdateProfile(DecodingFunction):
         yield from self._apply(key, step, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        if ctx.timer_service().current_watermark() >= MAX_WATERMARK and (
-            timestamp > self.max_event_ms - self.max_out_of_orderness_ms - 1
+        watermark = ctx.timer_service().current_watermark()
+        if beyond_final_watermark(
+            timestamp, watermark, self.max_event_ms, self.max_out_of_orderness_ms
         ):
             # End of a bounded input: Flink fires every timer, but event time only reached the
             # watermark the data implies (newest event minus the allowed out-of-orderness).

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flink_jobs.config import PROJECT_ROOT, environment
+from udfs.digest import sha256_file
 from udfs.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ def cache_dir() -> Path:
 
 def jar_dir() -> Path:
     return environment().jar_dir
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def connector_jars(verify: bool = False) -> list[Path]:

@@ -26,7 +26,7 @@ from flink_jobs.config import DEFAULT_MODEL_DIR, ClusterSettings, JobConfig
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from flink_jobs.ops.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
 from flink_jobs.ops.services import EmbeddedPostgres, free_port
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
 

@@ -19,7 +19,7 @@ from flink_jobs.io.producer import EventPublisher, ensure_topic
 from flink_jobs.job.run import preflight, run_job
 from udfs import events as ev
 from udfs.events import make_message
-from udfs.profile import DAY_MS
+from udfs.params import DAY_MS
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration]
 

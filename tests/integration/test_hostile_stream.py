@@ -28,7 +28,7 @@ from udfs import events as ev
 from udfs.consistency import compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import decode_event, make_message
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import dead_letter_id
 from udfs.scoring import Scorer

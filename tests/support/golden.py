@@ -27,7 +27,7 @@ from udfs.cache import ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import InvalidEvent, decode_event, make_message
 from udfs.host import MemoryHost
-from udfs.profile import ProfileParams
+from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser
 from udfs.sources import SyntheticSpec, synthetic_events
 

@@ -7,7 +7,7 @@ from udfs import events as ev
 from udfs.consistency import Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import make_message
-from udfs.profile import DAY_MS, ProfileParams
+from udfs.params import DAY_MS, ProfileParams
 from udfs.pseudonym import Pseudonymiser
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_id
 from udfs.scoring import Scorer

@@ -11,7 +11,9 @@ import pytest
 from udfs import events as ev
 from udfs.events import Event
 from udfs.features import FEATURE_NAMES, SEGMENTS, compute_features, feature_vector, segment
-from udfs.profile import DAY_MS, Inactivity, Profile, ProfileParams, fold
+from udfs.fold import fold
+from udfs.params import DAY_MS, ProfileParams
+from udfs.profile import Inactivity, Profile
 
 P = ProfileParams()
 T0 = 1_735_689_600_000

@@ -13,28 +13,22 @@ from hypothesis import strategies as st
 
 from tests.support.shared_data import shared_file
 from udfs import events as ev
+from udfs.codec import ProfileEncodingError, decode_profile, encode_profile
 from udfs.events import Event, validate_message
 from udfs.features import compute_features
-from udfs.profile import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    NAME_MARGIN,
-    Inactivity,
+from udfs.fold import (
     Outcome,
-    Profile,
-    ProfileEncodingError,
-    ProfileParams,
     Transition,
     apply_event,
     catch_up,
-    decode_profile,
-    encode_profile,
     fold,
     inactivity_transition,
     next_timer_ms,
     replay,
 )
+from udfs.params import DAY_MS, HOUR_MS, MINUTE_MS, ProfileParams
+from udfs.profile import Inactivity, Profile
+from udfs.sketches import NAME_MARGIN
 from udfs.sources import SyntheticSpec, read_rees46, read_taobao, synthetic_events
 
 P = ProfileParams()

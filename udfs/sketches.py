@@ -1,0 +1,196 @@
+"""The bounded summaries a profile keeps, each with its update and its query, and the hashes they
+key on: Space-Saving top-K (`Preferences`), HyperLogLog (`hll_add`, `hll_estimate`), bucketed
+ring counters (`ring_add`, `ring_trim`, `window_counts`) and a bounded list of recent distinct
+items (`insert_recent`). They know nothing of the profile (udfs.profile) that holds them, nor of
+the fold (udfs.fold) that updates them; tests/unit/test_sketches.py checks each against exact
+computation.
+
+Floats these sketches hold are rounded to float32 (`f32`) whenever they change, as every float in
+the profile state is (its encoding stores float32).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Final
+
+from udfs.params import ProfileParams
+
+MAX_ITEM_CHARS: Final = 64  # ids kept in lists are cut to this many characters
+HLL_REGISTERS: Final = 128
+NAME_MARGIN: Final = 3  # names are kept for the top K plus a few, so ties leave no top key nameless
+
+_F32 = struct.Struct("<f")
+
+
+def f32(x: float) -> float:
+    """`x` rounded to the nearest float32 (what the state encoding stores)."""
+    return float(_F32.unpack(_F32.pack(x))[0])
+
+
+def hash32(text: str) -> int:
+    """CRC-32 of the UTF-8 text: the keys of `Preferences` and of the exact distinct set."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def hash64(text: str) -> int:
+    """64-bit BLAKE2b of the UTF-8 text (big-endian): event id hashes and HyperLogLog input."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class Preferences:
+    """Bounded top-K by decayed affinity (forward-scaled, see udfs.profile): Space-Saving
+    (Metwally et al., 2005) with weights, over `preference_slots` = m keys.
+
+    Update `add`, query `top`. `slots` maps a 32-bit key hash to its affinity. With at most m
+    distinct keys every affinity is exact. Beyond that the newcomer replaces the smallest key and
+    inherits its affinity, so (up to float32 rounding, and keys whose hashes collide counting as
+    one): the slots sum to `total`; a held key's affinity overestimates its true affinity by at
+    most the smallest held affinity, itself at most total / m; and every key whose true affinity
+    exceeds total / m is held. Which lighter keys are held can depend on arrival order. Names are
+    kept only near the top: a key rises only through an event of that key, which carries its name
+    (the common decay never reorders keys).
+    """
+
+    slots: dict[int, float] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    total: float = 0.0  # affinity of every keyed event, tracked or not
+    # A key was inserted since the slots were last in key order (the order decoding gives them;
+    # sums over the slots follow it, see `settle_order`).
+    unsorted: bool = field(default=False, compare=False, repr=False)
+
+    def add(self, key: str, weight: float, params: ProfileParams) -> None:
+        h = hash32(key)
+        slots = self.slots
+        self.total = f32(self.total + weight)
+        old = slots.get(h)
+        if old is not None:
+            slots[h] = f32(old + weight)
+        elif len(slots) >= params.preference_slots:
+            # Space-Saving: the newcomer replaces the smallest key (ties: smaller hash) and
+            # inherits its affinity (an overestimate), so a rising key is not evicted before it
+            # can accumulate.
+            low_key = -1
+            low_value = 0.0
+            for k, v in slots.items():
+                if low_key < 0 or v < low_value or (v == low_value and k < low_key):
+                    low_key = k
+                    low_value = v
+            del slots[low_key]
+            self.names.pop(low_key, None)
+            slots[h] = f32(low_value + weight)
+            self.unsorted = True
+        else:
+            slots[h] = f32(weight)
+            self.unsorted = True
+        limit = params.top_k + NAME_MARGIN
+        if len(slots) <= limit:
+            # Every key is among the top ones: all are named (names never hold other keys).
+            self.names[h] = key[:MAX_ITEM_CHARS]
+            return
+        named = self.top(limit)
+        if h in named:
+            self.names[h] = key[:MAX_ITEM_CHARS]
+        names = self.names
+        for k in names:
+            if k not in named:
+                self.names = {n: name for n, name in names.items() if n in named}
+                break
+
+    def top(self, k: int) -> list[int]:
+        """The `k` keys of highest affinity (ties: smaller hash first)."""
+        ranked = sorted([(-v, key) for key, v in self.slots.items()])
+        return [pair[1] for pair in ranked[:k]]
+
+    def scale(self, factor: float) -> None:
+        self.total = f32(self.total * factor)
+        self.slots = {h: f32(v * factor) for h, v in self.slots.items()}
+
+    def settle_order(self) -> None:
+        """Put the slots in key order, as `udfs.codec.decode_profile` returns them."""
+        if self.unsorted:
+            self.slots = dict(sorted(self.slots.items()))
+            self.unsorted = False
+
+
+def hll_add(registers: bytearray, h64: int) -> None:
+    """HyperLogLog (Flajolet et al., 2007) update: add an item by its 64-bit hash to
+    `HLL_REGISTERS` one-byte registers (the low 7 bits pick the register). Idempotent and
+    order-free: the registers are a function of the set of hashes added."""
+    idx = h64 & (HLL_REGISTERS - 1)
+    rank = 58 - (h64 >> 7).bit_length()  # leading zeros in the other 57 bits, plus one
+    registers[idx] = max(registers[idx], rank)
+
+
+def hll_estimate(registers: bytes) -> int:
+    """HyperLogLog query: the number of distinct items added, with a relative standard error of
+    about 1.04 / sqrt(128) = 9.2 % (linear counting, more precise, while many registers are 0)."""
+    m = HLL_REGISTERS
+    raw = 0.7213 / (1 + 1.079 / m) * m * m / sum(2.0**-r for r in registers)
+    zeros = registers.count(0)
+    if raw <= 2.5 * m and zeros:
+        raw = m * math.log(m / zeros)  # linear counting for small cardinalities
+    return round(raw)
+
+
+def window_counts(
+    ring: dict[int, list[int]],
+    now_ms: int,
+    spec: tuple[int, int],
+    width: int,
+    span: int | None = None,
+) -> list[int]:
+    """Ring counter query: per-field sums over the last `span` buckets (default: the whole ring)
+    as of `now_ms`. A ring is bucket index -> `width` counts; `spec` is (bucket width in ms,
+    buckets kept). Exact for the buckets kept: windows are bucket-aligned (the current bucket and
+    the `span` - 1 before it), so a window is between `span` - 1 and `span` buckets long."""
+    bucket_ms, keep = spec
+    span = keep if span is None else span
+    head = now_ms // bucket_ms
+    out = [0] * width
+    for b, cell in ring.items():
+        if head - span < b <= head:
+            for i, v in enumerate(cell):
+                out[i] += v
+    return out
+
+
+def ring_add(ring: dict[int, list[int]], bucket: int, ti: int, spend: int, width: int) -> None:
+    """Ring counter update: count one event in field `ti` of `bucket`, and add `spend` (if any)
+    to the last field (rings that carry spend are one field wider than the event types)."""
+    cell = ring.get(bucket)
+    if cell is None:
+        cell = ring[bucket] = [0] * width
+    cell[ti] += 1
+    if spend:
+        cell[width - 1] += spend
+
+
+def ring_trim(ring: dict[int, list[int]], head: int, keep: int) -> int:
+    """Drop buckets that left the window of `keep` buckets ending at `head`; return how many
+    were dropped (the ring then holds at most `keep` buckets at or before `head`)."""
+    oldest = head - keep
+    old = [b for b in ring if b <= oldest]
+    for b in old:
+        del ring[b]
+    return len(old)
+
+
+def insert_recent(items: list[tuple[int, str]], t: int, item: str, limit: int) -> None:
+    """Keep the `limit` most recent distinct items, ordered by (event time, item). Exact, in any
+    arrival order: the list is the `limit` largest (latest time of the item, item) pairs."""
+    for i, (seen_t, seen) in enumerate(items):
+        if seen == item:
+            if seen_t >= t:
+                return
+            del items[i]
+            break
+    bisect.insort(items, (t, item))
+    if len(items) > limit:
+        del items[0]
