@@ -206,29 +206,42 @@ def add_distinct(profile: Profile, category: str) -> None:
         profile.distinct_exact = []
 
 
+def _convert(
+    others: list[tuple[int, str]], t: int, item: str, window_ms: int, is_cart: bool
+) -> bool:
+    """Remove the first entry of `others` (purchases for a cart event, pending carts for a
+    purchase) that pairs with this event: the same item, bought within `window_ms` of the cart.
+    Either may arrive first (allowed-late events)."""
+    for i, (t_other, other) in enumerate(others):
+        cart_t, buy_t = (t, t_other) if is_cart else (t_other, t)
+        if other == item and cart_t <= buy_t <= cart_t + window_ms:
+            del others[i]
+            return True
+    return False
+
+
+def _keep(entries: list[tuple[int, str]], t: int, item: str, limit: int) -> bool:
+    """Keep (t, item) in time order; whether the oldest entry fell off to stay within `limit`."""
+    bisect.insort(entries, (t, item))
+    if len(entries) > limit:
+        entries.pop(0)
+        return True
+    return False
+
+
 def _cart(profile: Profile, t: int, item: str, params: ProfileParams) -> None:
-    # A purchase of the item seen earlier in arrival order (allowed-late cart) converts it.
-    for i, (tp, bought) in enumerate(profile.recent_purchases):
-        if bought == item and t <= tp <= t + params.abandonment_window_ms:
-            del profile.recent_purchases[i]
-            profile.converted_carts += 1
-            return
-    bisect.insort(profile.pending_carts, (t, item))
-    if len(profile.pending_carts) > params.pending_carts:
-        profile.pending_carts.pop(0)
+    if _convert(profile.recent_purchases, t, item, params.abandonment_window_ms, True):
+        profile.converted_carts += 1
+    elif _keep(profile.pending_carts, t, item, params.pending_carts):
         profile.abandoned_carts += 1
 
 
 def _purchase(profile: Profile, t: int, item: str, params: ProfileParams) -> None:
-    for i, (tc, carted) in enumerate(profile.pending_carts):
-        if carted == item and tc <= t <= tc + params.abandonment_window_ms:
-            del profile.pending_carts[i]
-            profile.converted_carts += 1
-            return
-    # Kept for a cart of the same item that may still arrive within the lateness bound.
-    bisect.insort(profile.recent_purchases, (t, item))
-    if len(profile.recent_purchases) > params.pending_carts:
-        profile.recent_purchases.pop(0)
+    if _convert(profile.pending_carts, t, item, params.abandonment_window_ms, False):
+        profile.converted_carts += 1
+    else:
+        # Kept for a cart of the same item that may still arrive within the lateness bound.
+        _keep(profile.recent_purchases, t, item, params.pending_carts)
 
 
 def _add_to_sessions(profile: Profile, t: int, params: ProfileParams) -> None:
