@@ -214,7 +214,7 @@ def user_holdout(users: Array, share: float = 0.2, salt: str = "holdout") -> Arr
     return np.asarray(held[inverse.ravel()], dtype=bool)
 
 
-class _Scored:
+class ScoredSample:
     """One model's predictions, prepared so that a metric under row weights (a bootstrap
     replicate: each row weighted by how many times its user was drawn) costs no sort."""
 
@@ -300,7 +300,7 @@ def cluster_bootstrap(
     probabilities = {name: _arrays(yy, p)[1] for name, p in preds.items()}
     points = {name: metrics(yy, p) for name, p in probabilities.items()}
     needed = tuple(dict.fromkeys((*names, "roc_auc")))
-    scored = {name: _Scored(yy, p) for name, p in probabilities.items()}
+    scored = {name: ScoredSample(yy, p) for name, p in probabilities.items()}
 
     _, inverse = np.unique(u, return_inverse=True)
     inverse = inverse.ravel()

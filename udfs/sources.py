@@ -272,7 +272,7 @@ def read_events(
 # the standard length-delimited Protobuf stream (Java's writeDelimitedTo, protobuf-net's
 # SerializeWithLengthPrefix). Messages are kept byte for byte, valid or not.
 # ---------------------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -288,7 +288,7 @@ def write_delimited(path: Path | str, messages: Iterable[bytes]) -> int:
     count = 0
     with open(path, "wb") as fh:
         for raw in messages:
-            fh.write(_varint(len(raw)))
+            fh.write(encode_varint(len(raw)))
             fh.write(raw)
             count += 1
     return count

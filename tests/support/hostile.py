@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from udfs import events as ev
 from udfs.events import Reason, make_message
-from udfs.sources import _varint
+from udfs.sources import encode_varint
 
 # Valid strings that have broken other systems. None holds NUL or another control character
 # (those are invalid by contract), so every one is a legal value of every string field.
@@ -62,23 +62,23 @@ def _encode(fields: dict[str, object]) -> bytes:
 
 
 def _field(number: int, wire: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | wire) + payload
+    return encode_varint((number << 3) | wire) + payload
 
 
 def _wrong_wire_type(rng: random.Random, valid: bytes) -> bytes:
     """A known field sent with a wire type it does not have (e.g. a NaN double as the price)."""
     number, wire, payload = rng.choice(
         [
-            (1, 0, _varint(7)),  # event_id as a varint
+            (1, 0, encode_varint(7)),  # event_id as a varint
             (2, 5, struct.pack("<f", 1.5)),  # user_id as fixed32
-            (3, 2, _varint(3) + b"abc"),  # event_type as bytes
-            (4, 0, _varint(5)),  # event_time as a varint
+            (3, 2, encode_varint(3) + b"abc"),  # event_type as bytes
+            (4, 0, encode_varint(5)),  # event_time as a varint
             (8, 1, struct.pack("<d", float("nan"))),  # price_micros as a NaN double
             (8, 1, struct.pack("<d", float("inf"))),
             (8, 1, struct.pack("<d", float("-inf"))),
             (10, 5, struct.pack("<f", float("nan"))),  # quantity as a NaN float
             (10, 5, struct.pack("<f", -1e30)),
-            (13, 2, _varint(1) + b"x"),  # channel as bytes
+            (13, 2, encode_varint(1) + b"x"),  # channel as bytes
         ]
     )
     return valid + _field(number, wire, payload)
@@ -184,7 +184,7 @@ def malformed(
         if pick == 26:  # over-long varint (11 bytes) in the event_type field
             return _encode(base) + b"\x18" + b"\xff" * 10 + b"\x01", Reason.DECODE_ERROR
         if pick == 27:  # a length prefix far beyond the message
-            return _encode(base) + b"\x3a" + _varint(10_000) + b"abc", Reason.DECODE_ERROR
+            return _encode(base) + b"\x3a" + encode_varint(10_000) + b"abc", Reason.DECODE_ERROR
         if pick == 28:  # invalid UTF-8 in a string field
             return _encode(base) + b"\x32\x03\xff\xfe\xfd", Reason.DECODE_ERROR
         return (

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 
 from models.evaluation import (
     METRICS,
-    _Scored,
+    ScoredSample,
     cluster_bootstrap,
     day_index,
     ece,
@@ -215,7 +215,7 @@ def test_replicate_metrics_equal_metrics_on_the_duplicated_rows() -> None:
     p = np.round(np.clip(0.3 + 0.2 * (y - 0.3) + rng.normal(0, 0.2, y.size), 0, 1), 2)  # ties
     w = rng.integers(0, 3, size=(6, y.size)).astype(np.float64)
     pos = w @ y
-    out = _Scored(y, p).replicate(w, pos, w.sum(axis=1) - pos, METRICS)
+    out = ScoredSample(y, p).replicate(w, pos, w.sum(axis=1) - pos, METRICS)
     for k in range(w.shape[0]):
         rows = np.repeat(np.arange(y.size), w[k].astype(np.int64))
         expected = metrics(y[rows], p[rows])
