@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.config import JobConfig
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from flink_jobs.job.run import preflight, run_job
+from tests.support.e2e import job_config
 from udfs import events as ev
 from udfs.events import make_message
 from udfs.params import DAY_MS
@@ -82,15 +82,7 @@ def test_silent_user_expires_and_its_state_is_deleted(
                 seen["new_row"] = gone
                 phase["n"] = 3
 
-    config = JobConfig(
-        kafka_bootstrap=kafka,
-        pg_dsn=pg_dsn,
-        topic=topic,
-        job_name=topic,
-        state_dir=tmp_path,
-        checkpoint_interval_ms=1000,
-        idleness_ms=1000,
-    )
+    config = job_config(kafka, pg_dsn, topic, tmp_path, idleness_ms=1000)
     result = run_job(
         config,
         preflight(config),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from flink_jobs.config import JobConfig, parse_offsets
 from flink_jobs.job.run import preflight, run_job
@@ -22,6 +23,19 @@ def produce_file(kafka: str, topic: str, fmt: str, path: Path) -> dict[int, int]
     return parse_offsets(match.group(1))
 
 
+def job_config(kafka: str, pg_dsn: str, topic: str, state_dir: Path, **fields: Any) -> JobConfig:
+    """A test job: named after its topic, state under `state_dir`, checkpoints every second."""
+    return JobConfig(
+        kafka_bootstrap=kafka,
+        pg_dsn=pg_dsn,
+        topic=topic,
+        job_name=topic,
+        state_dir=state_dir,
+        checkpoint_interval_ms=1000,
+        **fields,
+    )
+
+
 def run_bounded(
     kafka: str,
     pg_dsn: str,
@@ -30,15 +44,8 @@ def run_bounded(
     tmp_path: Path,
     restart_attempts: int = 3,
 ) -> None:
-    config = JobConfig(
-        kafka_bootstrap=kafka,
-        pg_dsn=pg_dsn,
-        topic=topic,
-        job_name=topic,
-        state_dir=tmp_path,
-        checkpoint_interval_ms=1000,
-        stopping_offsets=offsets,
-        restart_attempts=restart_attempts,
+    config = job_config(
+        kafka, pg_dsn, topic, tmp_path, stopping_offsets=offsets, restart_attempts=restart_attempts
     )
     result = run_job(config, preflight(config))
     assert result.status == "FINISHED"
