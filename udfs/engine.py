@@ -49,6 +49,9 @@ class StepOutcome(enum.Enum):
     EXPIRED = "expired"  # the timer expired the profile: clear state, emit the final row
     DEFERRED = "deferred"  # the timer fired before the transition now due: moved, no row
     STALE_TIMER = "stale_timer"  # a timer the state no longer knows: nothing
+    # Folding, featurising or scoring the event raised: a dead letter; the state keeps what it
+    # had, and a cached profile (possibly half-updated) must be dropped (`discard`).
+    FAILED = "failed"
 
 
 @dataclass(slots=True)
@@ -57,6 +60,7 @@ class Step:
     state: bytes | None = None  # store this (None: leave the state as it is)
     profile: Profile | None = None  # the decoded form of `state`, for a write-through cache
     clear: bool = False  # delete the state
+    discard: bool = False  # drop the cached profile (the state, unchanged, is the truth)
     erase: bool = False  # the user asked to be forgotten: delete their row (and what it carries)
     row: ProfileRow | None = None
     dead_letter: DeadLetter | None = None
@@ -130,11 +134,24 @@ class ProfileEngine:
     def on_event(self, old: Profile | None, event: Event, topic: str, now_ms: int) -> Step:
         """One valid event for its user, whose profile is `old`. `now_ms` is the wall clock
         (dead-letter timestamps)."""
-        step, profile = self.fold_event(old, event, topic, now_ms)
-        if profile is not None:
-            step.row = self._row(event.user_id, profile, profile.last_ms, expired=False)
-            self.store(step, profile)
-        return step
+        try:
+            step, profile = self.fold_event(old, event, topic, now_ms)
+            if profile is not None:
+                step.row = self._row(event.user_id, profile, profile.last_ms, expired=False)
+                self.store(step, profile)
+            return step
+        except Exception as exc:  # one event must never stop the job (crash loop on replay)
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            dead_letter = dead_letter_row(
+                event.raw,
+                Reason.PROCESSING_ERROR.value,
+                detail,
+                topic,
+                now_ms,
+                event.user_id,
+                event.event_time_ms,
+            )
+            return Step(StepOutcome.FAILED, discard=True, dead_letter=dead_letter)
 
     def fold_event(
         self, old: Profile | None, event: Event, topic: str, now_ms: int

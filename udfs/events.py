@@ -87,6 +87,9 @@ class Reason(enum.StrEnum):
     # Valid, but the Kafka record key is not its user_id (set by the job, which is keyed by the
     # record key, not by decoding).
     KEY_MISMATCH = "key_mismatch"
+    # Valid, but folding, featurising or scoring it raised (a bug or a bad model): the exception
+    # in the detail; the user's state stays as it was (set by the profile step).
+    PROCESSING_ERROR = "processing_error"
 
 
 class InvalidEvent(ValueError):

@@ -92,8 +92,9 @@ class MemoryHost:
 
     def apply(self, key: str, step: Step) -> None:
         """What the adapter does with a step: state, cache, timers (rows are the caller's)."""
-        if step.clear:
-            self.states.pop(key, None)
+        if step.clear or step.discard:
+            if step.clear:
+                self.states.pop(key, None)
             if self.cache is not None:
                 self.cache.drop(key)
         elif step.state is not None:

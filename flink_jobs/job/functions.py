@@ -68,8 +68,9 @@ def apply_step(step: Step, key: str, state: Any, cache: ProfileCache, ctx: Any) 
     """What a step asks of Flink: the key's ValueState, the write-through cache and the
     event-time timer service (rows are the caller's). `udfs.host.MemoryHost.apply` is the same
     in memory."""
-    if step.clear:
-        state.clear()
+    if step.clear or step.discard:
+        if step.clear:
+            state.clear()
         cache.drop(key)
     elif step.state is not None:
         state.update(step.state)
@@ -222,6 +223,7 @@ class UpdateProfile(DecodingFunction):
         tune_gc()
         self.erased = group.counter("users_erased")
         self.late = group.counter("events_late")
+        self.failed = group.counter("events_failed")  # dead-lettered as processing_error
         self.duplicates = group.counter("events_duplicate")
         self.expired = group.counter("profiles_expired")
         # Largest event time this subtask has folded: where event time really stands when a
@@ -241,7 +243,11 @@ class UpdateProfile(DecodingFunction):
         self.max_event_ms = max(self.max_event_ms, event.event_time_ms)
         step = self.engine.on_event(self._profile(key), event, self.topic, now_ms)
         if step.dead_letter is not None:
-            self.late.inc()
+            if step.outcome is StepOutcome.FAILED:
+                self.failed.inc()
+                self.cache.drop(key)  # fold may have changed the cached profile half-way
+            else:
+                self.late.inc()
             yield DEAD_LETTERS, Row(*step.dead_letter)
             return
         if step.outcome is StepOutcome.DUPLICATE:

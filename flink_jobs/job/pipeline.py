@@ -52,15 +52,20 @@ class Sinks(Protocol):
 
 
 def build_pipeline(
-    env: StreamExecutionEnvironment, source: DataStream, sinks: Sinks, config: JobConfig
+    env: StreamExecutionEnvironment,
+    source: DataStream,
+    sinks: Sinks,
+    config: JobConfig,
+    operator: type[UpdateProfile] = UpdateProfile,
 ) -> None:
     """Wire key_by(user) -> profile update -> sinks onto `source`, a stream of
     `Row(user_key, value)` (`SOURCE_ROW_TYPE`: the record key as text and the raw `UserEvent`
-    bytes) carrying event-time timestamps and watermarks (see `kafka_source`)."""
+    bytes) carrying event-time timestamps and watermarks (see `kafka_source`). Tests inject the
+    source, the sinks and, to provoke failures, a subclass of the profile `operator`."""
     profiles = (
         by_user_key(source)
         .process(
-            UpdateProfile(
+            operator(
                 config.model_dir,
                 config.profile,
                 config.topic,

@@ -31,7 +31,7 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 
 from flink_jobs.config import JobConfig
-from flink_jobs.job.functions import SOURCE_ROW_TYPE
+from flink_jobs.job.functions import SOURCE_ROW_TYPE, UpdateProfile
 from flink_jobs.job.pipeline import build_pipeline, create_environment
 from flink_jobs.ops.runtime import find_java
 from udfs import events as ev
@@ -52,6 +52,7 @@ WATERMARK_INTERVAL_MS = 100  # periodic watermark emission (pipeline.auto-waterm
 STALL_S = 0.5  # a source stall: several watermark intervals
 JOB_TIMEOUT_S = 300
 COL = {name: i for i, name in enumerate(PROFILE_COLUMN_NAMES)}
+DEAD_LETTER_NAMES = [name for name, _ in DEAD_LETTER_COLUMNS]
 Columns = tuple[tuple[str, str], ...]
 
 
@@ -242,6 +243,32 @@ def scene() -> Scenario:
     return scenario()
 
 
+def run_pipeline(
+    config: JobConfig, records: list[Record], operator: type[UpdateProfile] = UpdateProfile
+) -> dict[str, list[Row]]:
+    """`build_pipeline` on a MiniCluster over `records`; both outputs as the sinks got them."""
+    env = create_environment(config, find_java())
+    sinks = CollectingSinks()
+    build_pipeline(
+        env,
+        collection_source(env, records, config.max_out_of_orderness_ms),
+        sinks,
+        config,
+        operator,
+    )
+    client = env.execute_async(config.job_name)
+    # Drain both collect sinks at once: a full collect buffer would hold up the operator.
+    with ThreadPoolExecutor(len(sinks.outputs)) as pool:
+        futures = {name: pool.submit(sinks.read, name) for name in sinks.outputs}
+        try:
+            collected = {name: f.result(timeout=JOB_TIMEOUT_S) for name, f in futures.items()}
+        except FutureTimeout:
+            client.cancel().result()  # ends the reads
+            raise
+    client.get_job_execution_result().result()  # done: both outputs ended
+    return collected
+
+
 @pytest.fixture(scope="module")
 def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutput:
     tmp = tmp_path_factory.mktemp("inprocess")
@@ -260,21 +287,7 @@ def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutp
         flink_settings=(("pipeline.auto-watermark-interval", f"{WATERMARK_INTERVAL_MS} ms"),),
     )
     start = time.monotonic()
-    env = create_environment(config, find_java())
-    sinks = CollectingSinks()
-    build_pipeline(
-        env, collection_source(env, scene.records, config.max_out_of_orderness_ms), sinks, config
-    )
-    client = env.execute_async(config.job_name)
-    # Drain both collect sinks at once: a full collect buffer would hold up the operator.
-    with ThreadPoolExecutor(len(sinks.outputs)) as pool:
-        futures = {name: pool.submit(sinks.read, name) for name in sinks.outputs}
-        try:
-            collected = {name: f.result(timeout=JOB_TIMEOUT_S) for name, f in futures.items()}
-        except FutureTimeout:
-            client.cancel().result()  # ends the reads
-            raise
-    client.get_job_execution_result().result()  # done: both outputs ended
+    collected = run_pipeline(config, scene.records)
     wall_s = time.monotonic() - start
     print(f"\nin-process pipeline job: {wall_s:.1f} s, JVM start included")
 
@@ -472,3 +485,66 @@ def test_erasure_deletes_the_row(output: JobOutput) -> None:
     # The DELETE carries the key only. No timer row follows: the erasure removed the timer.
     assert list(rows[-1]) == ["erased"] + [None] * (len(PROFILE_COLUMNS) - 1)
     assert "erased" not in final_rows(output)
+
+
+# ---------------------------------------------------------------------------------------------
+# A failure inside the operator: a job of its own
+# ---------------------------------------------------------------------------------------------
+POISON_EVENT_ID = "boom-poison"
+
+
+class FailingUpdate(UpdateProfile):
+    """The job's operator, with scoring that raises for one chosen event (a bug or a bad model)."""
+
+    def open(self, runtime_context: Any) -> None:
+        super().open(runtime_context)
+        real_score = self.engine.score
+        self.poisoned = False
+
+        def score(vector: Any) -> float:
+            if self.poisoned:
+                raise FloatingPointError("injected: the model produced NaN")
+            return float(real_score(vector))
+
+        self.engine.score = score
+
+    def process_event(self, event: Any, key: str, now_ms: int, ctx: Any) -> Any:
+        self.poisoned = event.event_id == POISON_EVENT_ID
+        yield from super().process_event(event, key, now_ms, ctx)
+
+
+def test_an_event_that_fails_is_a_dead_letter_and_the_job_goes_on(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    tmp = tmp_path_factory.mktemp("failing")
+    key_file = tmp / "pseudonym.key"
+    key_file.write_text("inprocess-test-pseudonym-key-" + "8" * 24)
+    poison = make_message(
+        event_id=POISON_EVENT_ID, user_id="boom", event_type=ev.VIEW, event_time_ms=T0 + 2_000,
+        item_id="item2", category_id="c001",
+    ).SerializeToString()  # fmt: skip
+    records = [
+        record("boom", T0 + 1_000, 1),
+        Record("boom", poison, T0 + 2_000),
+        record("boom", T0 + 3_000, 3),
+        record("other", T0 + 4_000, 1),
+    ]
+    config = JobConfig(
+        kafka_bootstrap="127.0.0.1:9",
+        pg_dsn="postgresql://unused@127.0.0.1:9/unused",
+        topic=TOPIC,
+        job_name="pipeline-failing-event",
+        state_dir=tmp,
+        pseudonym_key_file=key_file,
+        checkpoint_interval_ms=1_000,
+        restart_attempts=0,  # a crash would fail the job, and the test
+    )
+    out = run_pipeline(config, records, FailingUpdate)
+    letters = [dict(zip(DEAD_LETTER_NAMES, row, strict=True)) for row in out["dead_letters"]]
+    assert [(d["reason"], d["user_id"]) for d in letters] == [("processing_error", "boom")]
+    assert letters[0]["detail"] == "FloatingPointError: injected: the model produced NaN"
+    assert bytes(letters[0]["raw"]) == poison
+    boom = [r for r in out["profiles"] if r[COL["user_id"]] == "boom"]
+    # Rows for events 1 and 3 only; the third continues from the state before the poison event.
+    assert [r[COL["event_count"]] for r in boom] == [1, 2]
+    assert [r[COL["user_id"]] for r in out["profiles"]].count("other") == 1
