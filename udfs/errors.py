@@ -44,6 +44,15 @@ class KafkaUnavailable(ProfileStreamError):
     """The Kafka bootstrap servers do not answer, or the topic is missing."""
 
 
+class MessageRefused(ProfileStreamError):
+    """The Kafka client or broker refused one message (e.g. over the size limit); the message
+    names the limit. Other messages can still be sent."""
+
+    def __init__(self, message: str, *, reason: str, **kw: str | None) -> None:
+        super().__init__(message, **kw)
+        self.reason = reason  # the Kafka error name, e.g. MSG_SIZE_TOO_LARGE
+
+
 class ClusterError(ProfileStreamError):
     """The Flink standalone cluster refused a start, a submission or a savepoint."""
 

@@ -156,6 +156,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
             + ", ".join(f"p{p}={o}" for p, o in sorted(report.end_offsets.items()))
             + (f"; {len(produced.bad_rows)} unreadable rows skipped" if produced.bad_rows else "")
             + (f"; {report.rejected} invalid events refused" if report.rejected else "")
+            + (f"; {report.refused} refused by Kafka" if report.refused else "")
         )
 
         key_file = ensure_key_file(demo_dir() / "pseudonym.key")

@@ -109,6 +109,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
         f" ({report.failed} failed, {report.rejected} invalid refused, {len(bad_rows)} "
         "rows skipped"
         + (": " + ", ".join(f"{n} {w}" for w, n in why.most_common(6)) if why else "")
+        + (
+            f"; {report.refused} refused by Kafka: "
+            + ", ".join(f"{n} {r}" for r, n in sorted(report.refused_reasons.items()))
+            if report.refused
+            else ""
+        )
         + ")"
     )
     offsets = report.stopping_offsets(partitions)

@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
-from udfs.errors import KafkaUnavailable
+from udfs.errors import KafkaUnavailable, MessageRefused
 from udfs.events import validate_message
 from udfs.sources import SyntheticSpec
 
@@ -71,12 +71,26 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 2) -> int:
     raise KafkaUnavailable(f"topic {topic!r} did not appear after creation")
 
 
+# Delivery errors that mean the broker will never take the message (not a timeout, not a retry).
+BROKER_REFUSALS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    }
+)
+
+
 @dataclass
 class PublishReport:
     sent: int = 0
     delivered: int = 0
     failed: int = 0
     rejected: int = 0  # invalid events refused before sending
+    refused: int = 0  # messages the client or the broker would not take (e.g. too large)
+    refused_reasons: dict[str, int] = field(default_factory=dict)  # Kafka error name -> count
     end_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     errors: list[str] = field(default_factory=list)
 
@@ -105,9 +119,20 @@ class EventPublisher:
             },
         )
         config.update(producer_config)
+        self.max_message_bytes = int(config.get("message.max.bytes", 1_000_000))
         self._producer = Producer(config)
 
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count a message the client or the broker would not take."""
+        self.report.refused += 1
+        self.report.refused_reasons[reason] = self.report.refused_reasons.get(reason, 0) + 1
+        if len(self.report.errors) < 20:
+            self.report.errors.append(detail)
+
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None and err.code() in BROKER_REFUSALS:
+            self.refuse(err.name(), str(err))
+            return
         if err is not None:
             self.report.failed += 1
             if len(self.report.errors) < 20:
@@ -136,6 +161,20 @@ class EventPublisher:
                 break
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise MessageRefused(
+                        f"a message of {len(value) + len(key or b'')} bytes (value and key) is "
+                        f"over the producer's limit message.max.bytes={self.max_message_bytes}",
+                        reason=error.name(),
+                        setting="message.max.bytes",
+                        fix="split or shrink the event; raise the limit only together with the "
+                        "broker's and the topic's max.message.bytes",
+                    ) from None
+                raise MessageRefused(
+                    f"the Kafka client refused a message: {error}", reason=error.name()
+                ) from None
         self.report.sent += 1
         self._producer.poll(0)
 
@@ -193,7 +232,11 @@ def produce_dataset(
             # Watermarks follow record timestamps: an invalid message keeps the last valid time
             # rather than the broker's wall clock, which would drag event time forward.
             last_ts = timestamp or last_ts
-            publisher.publish_raw(key, raw, last_ts)
+            try:
+                publisher.publish_raw(key, raw, last_ts)
+            except MessageRefused as exc:
+                publisher.refuse(exc.reason, str(exc))
+                continue
             sent.append(raw)
     else:
         source = read_events(
@@ -202,6 +245,9 @@ def produce_dataset(
         for event in tqdm(source, total=total, unit="ev", desc=desc, file=out, mininterval=0.5):
             try:
                 publisher.publish(event)
+            except MessageRefused as exc:
+                publisher.refuse(exc.reason, str(exc))
+                continue
             except InvalidEvent as exc:
                 publisher.report.rejected += 1
                 line = _line_of(event.event_id)

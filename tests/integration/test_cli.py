@@ -172,3 +172,38 @@ def test_produce_reports_bad_csv_rows_by_line_and_keeps_going(kafka: str, tmp_pa
     assert "event_time_out_of_range" in proc.stderr
     assert "delivered 2 events to t-csv" in proc.stdout
     assert "1 invalid refused, 4 rows skipped" in proc.stdout
+
+
+@pytest.mark.integration
+def test_produce_counts_an_oversize_message_as_refused_and_goes_on(
+    kafka: str, tmp_path: Path
+) -> None:
+    from flink_jobs.io.producer import read_topic
+    from udfs import events as ev
+    from udfs.events import make_message
+    from udfs.sources import write_delimited
+
+    def message(n: int, query: str = "shoes") -> bytes:
+        return make_message(
+            event_id=f"e{n}",
+            user_id="u1",
+            event_type=ev.SEARCH,
+            event_time_ms=1_700_000_000_000 + n,
+            search_query=query,
+        ).SerializeToString()
+
+    huge = message(2, "x" * 1_200_000)  # over librdkafka's default message.max.bytes (1 MB)
+    log = tmp_path / "events.bin"
+    write_delimited(log, [message(1), huge, message(3)])
+    topic = "t-oversize"
+    proc = run_cli(
+        "produce", "--bootstrap", kafka, "--topic", topic, "--format", "proto", "--file", str(log),
+        "--partitions", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "delivered 2 events" in proc.stdout
+    assert "1 refused by Kafka: 1 MSG_SIZE_TOO_LARGE" in proc.stdout
+    assert "message.max.bytes=1000000" in proc.stderr  # the reason names the limit
+    sent = [value for _, _, value in read_topic(kafka, topic, {0: 2})]
+    assert sent == [message(1), message(3)]
