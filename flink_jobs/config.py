@@ -239,7 +239,7 @@ class JobConfig:
             if name == "pg_dsn":
                 value = split_password(value)[0]
             elif name == "stopping_offsets":
-                value = ",".join(f"{p}:{o}" for p, o in sorted(value.items()))
+                value = format_offsets(value)
             elif kind is Path:
                 value = Path(value).resolve()
             args += [flag, str(value)]
@@ -335,6 +335,11 @@ def redact_dsn(dsn: str | None) -> str:
         return ""
     dsn = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", dsn)  # URL form; greedy up to the host
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)  # key=value form
+
+
+def format_offsets(offsets: dict[int, int]) -> str:
+    """{0: 120, 1: 98} -> `0:120,1:98` (what `parse_offsets` reads)."""
+    return ",".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
 
 
 def parse_offsets(text: str) -> dict[int, int]:

@@ -54,6 +54,15 @@ class StepOutcome(enum.Enum):
     FAILED = "failed"
 
 
+def _event_dead_letter(
+    event: Event, reason: Reason, detail: str, topic: str, now_ms: int
+) -> DeadLetterRow:
+    """The dead letter of a valid event the step did not fold (late, or failed)."""
+    return dead_letter_row(
+        event.raw, reason.value, detail, topic, now_ms, event.user_id, event.event_time_ms
+    )
+
+
 @dataclass(slots=True)
 class Step:
     outcome: StepOutcome
@@ -142,15 +151,7 @@ class ProfileEngine:
             return step
         except Exception as exc:  # one event must never stop the job (crash loop on replay)
             detail = f"{type(exc).__name__}: {exc}"[:500]
-            dead_letter = dead_letter_row(
-                event.raw,
-                Reason.PROCESSING_ERROR.value,
-                detail,
-                topic,
-                now_ms,
-                event.user_id,
-                event.event_time_ms,
-            )
+            dead_letter = _event_dead_letter(event, Reason.PROCESSING_ERROR, detail, topic, now_ms)
             return Step(StepOutcome.FAILED, discard=True, dead_letter=dead_letter)
 
     def fold_event(
@@ -172,15 +173,7 @@ class ProfileEngine:
                 f"event_time is {old.last_ms - event.event_time_ms} ms behind the user's newest "
                 f"event; allowed lateness is {self.params.allowed_lateness_ms} ms"
             )
-            dead_letter = dead_letter_row(
-                event.raw,
-                Reason.LATE_EVENT.value,
-                detail,
-                topic,
-                now_ms,
-                event.user_id,
-                event.event_time_ms,
-            )
+            dead_letter = _event_dead_letter(event, Reason.LATE_EVENT, detail, topic, now_ms)
             return Step(StepOutcome.LATE, dead_letter=dead_letter), None
         step = Step(StepOutcome.APPLIED)
         profile.timer_ms = registered  # a new profile (after expiry) keeps the key's timer

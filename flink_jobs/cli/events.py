@@ -32,7 +32,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from flink_jobs.cli.parser import Subparsers, add_kafka, add_pg, synthetic_spec
-from flink_jobs.config import DEFAULT_GROUP_ID, Environment, require
+from flink_jobs.config import DEFAULT_GROUP_ID, Environment, format_offsets, require
 from flink_jobs.io.db import Erased
 from flink_jobs.io.db import erase_user as erase_rows
 from flink_jobs.io.producer import EventPublisher, client_config, ensure_topic, produce_dataset
@@ -120,8 +120,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     offsets = report.stopping_offsets(partitions)
     print("end offsets: " + ", ".join(f"partition {p}: {o}" for p, o in offsets.items()))
     print(
-        "to process exactly these: profilestream run --stopping-offsets "
-        + ",".join(f"{p}:{o}" for p, o in offsets.items())
+        "to process exactly these: profilestream run --stopping-offsets " + format_offsets(offsets)
     )
     return 0 if report.failed == 0 else 1
 

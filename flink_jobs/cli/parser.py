@@ -12,6 +12,7 @@ from flink_jobs.config import (
     Environment,
     JobConfig,
     add_tuning_options,
+    require,
     tuning_values,
 )
 from udfs.errors import ConfigError
@@ -71,8 +72,6 @@ def add_job(p: argparse.ArgumentParser) -> None:
 
 def job_config(args: argparse.Namespace, **fields: Any) -> JobConfig:
     """The JobConfig of `run` / `submit` arguments (plus `fields`)."""
-    from flink_jobs.config import require
-
     return JobConfig(
         kafka_bootstrap=require(args.bootstrap, "KAFKA_BOOTSTRAP", "--bootstrap"),
         pg_dsn=require(args.pg_dsn, "PG_DSN", "--pg-dsn"),

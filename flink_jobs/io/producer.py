@@ -83,6 +83,9 @@ BROKER_REFUSALS = frozenset(
 )
 
 
+MAX_ERRORS = 20
+
+
 @dataclass
 class PublishReport:
     sent: int = 0
@@ -93,6 +96,11 @@ class PublishReport:
     refused_reasons: dict[str, int] = field(default_factory=dict)  # Kafka error name -> count
     end_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     errors: list[str] = field(default_factory=list)
+
+    def note_error(self, detail: str) -> None:
+        """Keep the first MAX_ERRORS error messages (the CLI prints some)."""
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(detail)
 
     def stopping_offsets(self, partitions: int) -> dict[int, int]:
         """Offsets to stop a bounded consumer at: every partition, 0 where nothing was written."""
@@ -126,8 +134,7 @@ class EventPublisher:
         """Count a message the client or the broker would not take."""
         self.report.refused += 1
         self.report.refused_reasons[reason] = self.report.refused_reasons.get(reason, 0) + 1
-        if len(self.report.errors) < 20:
-            self.report.errors.append(detail)
+        self.report.note_error(detail)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None and err.code() in BROKER_REFUSALS:
@@ -135,8 +142,7 @@ class EventPublisher:
             return
         if err is not None:
             self.report.failed += 1
-            if len(self.report.errors) < 20:
-                self.report.errors.append(str(err))
+            self.report.note_error(str(err))
             return
         self.report.delivered += 1
         p, o = msg.partition(), msg.offset()
@@ -253,8 +259,8 @@ def produce_dataset(
                 line = _line_of(event.event_id)
                 if line is not None:  # a CSV row that converted but breaks the contract
                     bad_rows.append((line, str(exc)))
-                elif len(publisher.report.errors) < 20:
-                    publisher.report.errors.append(f"{event.event_id}: {exc}")
+                else:
+                    publisher.report.note_error(f"{event.event_id}: {exc}")
                 continue
             if save_to is not None:
                 sent.append(event.SerializeToString())

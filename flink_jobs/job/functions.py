@@ -243,11 +243,9 @@ class UpdateProfile(DecodingFunction):
         self.max_event_ms = max(self.max_event_ms, event.event_time_ms)
         step = self.engine.on_event(self._profile(key), event, self.topic, now_ms)
         if step.dead_letter is not None:
-            if step.outcome is StepOutcome.FAILED:
-                self.failed.inc()
-                self.cache.drop(key)  # fold may have changed the cached profile half-way
-            else:
-                self.late.inc()
+            (self.failed if step.outcome is StepOutcome.FAILED else self.late).inc()
+            # A failed step discards the cached profile, which the fold may have half-updated.
+            apply_step(step, key, self.state, self.cache, ctx)
             yield DEAD_LETTERS, Row(*step.dead_letter)
             return
         if step.outcome is StepOutcome.DUPLICATE:

@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,6 +244,24 @@ def scene() -> Scenario:
     return scenario()
 
 
+def inprocess_config(tmp: Path, job_name: str) -> JobConfig:
+    """A job config whose Kafka and PostgreSQL are never contacted (the source and sinks are
+    injected; they only have to validate), with a pseudonym key file under `tmp`."""
+    key_file = tmp / "pseudonym.key"
+    key_file.write_text("inprocess-test-pseudonym-key-" + "7" * 24)
+    return JobConfig(
+        kafka_bootstrap="127.0.0.1:9",
+        pg_dsn="postgresql://unused@127.0.0.1:9/unused",
+        topic=TOPIC,
+        job_name=job_name,
+        state_dir=tmp,
+        pseudonym_key_file=key_file,
+        checkpoint_interval_ms=1_000,  # a bounded job ends with a checkpoint: do not wait 10 s
+        restart_attempts=0,  # a failure fails the test instead of replaying into the sinks
+        flink_settings=(("pipeline.auto-watermark-interval", f"{WATERMARK_INTERVAL_MS} ms"),),
+    )
+
+
 def run_pipeline(
     config: JobConfig, records: list[Record], operator: type[UpdateProfile] = UpdateProfile
 ) -> dict[str, list[Row]]:
@@ -272,20 +291,9 @@ def run_pipeline(
 @pytest.fixture(scope="module")
 def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutput:
     tmp = tmp_path_factory.mktemp("inprocess")
-    key_file = tmp / "pseudonym.key"
-    key_file.write_text("inprocess-test-pseudonym-key-" + "7" * 24)
-    config = JobConfig(
-        # Never contacted: the source and sinks are injected. They only have to validate.
-        kafka_bootstrap="127.0.0.1:9",
-        pg_dsn="postgresql://unused@127.0.0.1:9/unused",
-        topic=TOPIC,
-        job_name="pipeline-inprocess",
-        state_dir=tmp,
-        pseudonym_key_file=key_file,
-        checkpoint_interval_ms=1_000,  # a bounded job ends with a checkpoint: do not wait 10 s
-        restart_attempts=0,  # a failure fails the test instead of replaying into the sinks
-        flink_settings=(("pipeline.auto-watermark-interval", f"{WATERMARK_INTERVAL_MS} ms"),),
-    )
+    config = inprocess_config(tmp, "pipeline-inprocess")
+    key_file = config.pseudonym_key_file
+    assert key_file is not None
     start = time.monotonic()
     collected = run_pipeline(config, scene.records)
     wall_s = time.monotonic() - start
@@ -517,8 +525,6 @@ def test_an_event_that_fails_is_a_dead_letter_and_the_job_goes_on(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     tmp = tmp_path_factory.mktemp("failing")
-    key_file = tmp / "pseudonym.key"
-    key_file.write_text("inprocess-test-pseudonym-key-" + "8" * 24)
     poison = make_message(
         event_id=POISON_EVENT_ID, user_id="boom", event_type=ev.VIEW, event_time_ms=T0 + 2_000,
         item_id="item2", category_id="c001",
@@ -529,17 +535,7 @@ def test_an_event_that_fails_is_a_dead_letter_and_the_job_goes_on(
         record("boom", T0 + 3_000, 3),
         record("other", T0 + 4_000, 1),
     ]
-    config = JobConfig(
-        kafka_bootstrap="127.0.0.1:9",
-        pg_dsn="postgresql://unused@127.0.0.1:9/unused",
-        topic=TOPIC,
-        job_name="pipeline-failing-event",
-        state_dir=tmp,
-        pseudonym_key_file=key_file,
-        checkpoint_interval_ms=1_000,
-        restart_attempts=0,  # a crash would fail the job, and the test
-    )
-    out = run_pipeline(config, records, FailingUpdate)
+    out = run_pipeline(inprocess_config(tmp, "pipeline-failing-event"), records, FailingUpdate)
     letters = [dict(zip(DEAD_LETTER_NAMES, row, strict=True)) for row in out["dead_letters"]]
     assert [(d["reason"], d["user_id"]) for d in letters] == [("processing_error", "boom")]
     assert letters[0]["detail"] == "FloatingPointError: injected: the model produced NaN"
