@@ -39,6 +39,8 @@ DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
 DEFAULT_REST_PORT = 8081
 DEFAULT_RPC_PORT = 6123
+# Flink's Prometheus reporter: one port per JobManager/TaskManager process, taken from this range.
+DEFAULT_METRICS_PORTS = "9249-9259"
 
 # Every environment variable this module reads, and what it sets.
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {
@@ -116,6 +118,8 @@ class ClusterSettings:
     slots_per_taskmanager: int = 1
     restart_attempts: int = 100
     retained_checkpoints: int = 3  # older retained checkpoints to restore from (after a cancel)
+    # Prometheus endpoints ("PORT" or "FIRST-LAST"): each cluster process takes a free one.
+    metrics_ports: str = DEFAULT_METRICS_PORTS
 
     def __post_init__(self) -> None:
         for name in ("rest_port", "rpc_port"):

@@ -61,6 +61,18 @@ def _job(config: JobConfig) -> dict[str, str]:
     }
 
 
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def prometheus_reporter(ports: str) -> dict[str, str]:
+    """Flink's Prometheus reporter (the `metrics-prometheus` plugin in the wheel's plugins/):
+    every JobManager and TaskManager process serves /metrics on a free port of `ports`."""
+    return {
+        "metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER,
+        "metrics.reporter.prom.port": ports,
+    }
+
+
 def _loopback_rest(port: int) -> dict[str, str]:
     return {"rest.port": str(port), "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1"}
 
@@ -99,6 +111,7 @@ def flink_settings(
             "heartbeat.interval": "1000",
             "heartbeat.timeout": "5000",
             **_python(),
+            **prometheus_reporter(cluster.metrics_ports),
             "env.pid.dir": str(cluster_home / "pids"),
         }
     if config is None:
