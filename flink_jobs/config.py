@@ -168,17 +168,8 @@ class JobConfig:
     flink_settings: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[^,\s]+:\d+(,[^,\s]+:\d+)*", self.kafka_bootstrap or ""):
-            raise ConfigError(
-                f"KAFKA_BOOTSTRAP={self.kafka_bootstrap!r} is not host:port[,host:port]: set "
-                "--bootstrap or KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
-            )
-        parts = urlsplit(self.pg_dsn or "")
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-            raise ConfigError(
-                f"PG_DSN={redact_dsn(self.pg_dsn)!r} is not a postgresql://user@host:port/db URL"
-                " with a host (the JDBC sink needs TCP): set --pg-dsn or PG_DSN"
-            )
+        check_bootstrap(self.kafka_bootstrap)
+        check_pg_dsn(self.pg_dsn)
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", self.topic):
             raise ConfigError(f"topic={self.topic!r} is not a valid Kafka topic name: set --topic")
         checks = (
@@ -281,6 +272,23 @@ JOB_ARGUMENTS: tuple[tuple[str, str, type, str], ...] = (
     ("--pseudonym-key-file", "pseudonym_key_file", Path, "a file the workers read the key from"),
     # the tuning options (TUNING_OPTIONS, below)
 )
+
+
+def check_bootstrap(bootstrap: str | None) -> None:
+    if not re.fullmatch(r"[^,\s]+:\d+(,[^,\s]+:\d+)*", bootstrap or ""):
+        raise ConfigError(
+            f"KAFKA_BOOTSTRAP={bootstrap!r} is not host:port[,host:port]: set "
+            "--bootstrap or KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
+        )
+
+
+def check_pg_dsn(dsn: str | None) -> None:
+    parts = urlsplit(dsn or "")
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError(
+            f"PG_DSN={redact_dsn(dsn)!r} is not a postgresql://user@host:port/db URL"
+            " with a host (the JDBC sink needs TCP): set --pg-dsn or PG_DSN"
+        )
 
 
 def require(value: str | None, setting: str, flag: str) -> str:
