@@ -6,8 +6,9 @@ While the job is healthy and has caught up, the command exits 0 and reports what
 end offset of every partition as the producer's delivery reports give them (not the local
 broker's ListOffsets figure, which counts batches), no lag, every profile written in the last
 minute, the dead letters by reason, the model serving. Then it exits 1 with the reason when the
-job is cancelled (and the lag counts what arrived since), when PostgreSQL is down, and when
-neither the JobManager nor Kafka answers; and 2 for a database the job does not write.
+TaskManager is killed (the job stays RUNNING, its tasks wait for a slot), when the job is
+cancelled (and the lag counts what arrived since), when PostgreSQL is down, and when neither the
+JobManager nor Kafka answers; and 2 for a database the job does not write.
 """
 
 from __future__ import annotations
@@ -166,6 +167,16 @@ def test_status_healthy_then_degraded(
         assert f"partition {p}: 0 (committed {end:,}, end {end:,})" in screen.stdout
     assert f"{USERS} updated in the last minute" in screen.stdout
     assert f"{BAD + LATE} in the last hour: {BAD} decode_error, {LATE} late_event" in screen.stdout
+
+    # The TaskManager dies and none replaces it: the job stays RUNNING, its tasks wait for slots.
+    cluster.kill_taskmanager(cluster.taskmanager_pids()[0])
+
+    def tasks_waiting() -> bool:
+        proc = status(cluster, "--json")
+        reasons = as_json(proc)["reasons"] if proc.returncode == 1 else []
+        return any(r.startswith("only 0 of 4 tasks running") for r in reasons)
+
+    wait_for(tasks_waiting, 90, "status to see the tasks without a TaskManager")
 
     # Cancelled: degraded, and the lag counts what arrives while the job is down.
     cluster.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
