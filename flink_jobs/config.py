@@ -5,6 +5,7 @@ that sets it, resolved in this one module and validated at start-up.
     JobConfig            the profile job (Kafka, PostgreSQL, checkpoints, tuning)
       .profile           udfs.params.ProfileParams (windows, thresholds)
       .cluster           ClusterSettings (the standalone cluster: ports, slots, retention)
+    StatusSettings       `profilestream status`: the JobManager, Kafka, PostgreSQL, thresholds
 
 Values come from CLI flags, then environment variables (`PROFILESTREAM_*`, plus the conventional
 `KAFKA_BOOTSTRAP`, `PG_DSN` and `PGPASSWORD`), then the defaults here. Every validation error is a
@@ -29,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from udfs.cache import DEFAULT_CAPACITY as DEFAULT_CACHE_ENTRIES
 from udfs.errors import ConfigError
+from udfs.health import Thresholds
 from udfs.params import ProfileParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -168,17 +170,8 @@ class JobConfig:
     flink_settings: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[^,\s]+:\d+(,[^,\s]+:\d+)*", self.kafka_bootstrap or ""):
-            raise ConfigError(
-                f"KAFKA_BOOTSTRAP={self.kafka_bootstrap!r} is not host:port[,host:port]: set "
-                "--bootstrap or KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
-            )
-        parts = urlsplit(self.pg_dsn or "")
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-            raise ConfigError(
-                f"PG_DSN={redact_dsn(self.pg_dsn)!r} is not a postgresql://user@host:port/db URL"
-                " with a host (the JDBC sink needs TCP): set --pg-dsn or PG_DSN"
-            )
+        check_bootstrap(self.kafka_bootstrap)
+        check_pg_dsn(self.pg_dsn)
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", self.topic):
             raise ConfigError(f"topic={self.topic!r} is not a valid Kafka topic name: set --topic")
         checks = (
@@ -269,6 +262,34 @@ class JobConfig:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class StatusSettings:
+    """`profilestream status`: where the job, its topic and its database are, and when to call
+    the job degraded. Kafka and PostgreSQL are checked only when set."""
+
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    job_name: str = DEFAULT_JOB_NAME
+    kafka_bootstrap: str | None = None
+    topic: str = DEFAULT_TOPIC
+    group_id: str = DEFAULT_GROUP_ID
+    pg_dsn: str | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if self.kafka_bootstrap is not None:
+            check_bootstrap(self.kafka_bootstrap)
+        if self.pg_dsn is not None:
+            check_pg_dsn(self.pg_dsn)
+        if self.cluster.jobmanager is not None and not re.fullmatch(
+            r"[^:/\s]+:\d+", self.cluster.jobmanager
+        ):
+            raise ConfigError(
+                f"--jobmanager {self.cluster.jobmanager!r} is not host:port (the JobManager's "
+                "REST endpoint, e.g. 127.0.0.1:8081)",
+                setting="--jobmanager",
+            )
+
+
 # What travels to the `flink run` entry point: (flag, JobConfig field, type, help).
 JOB_ARGUMENTS: tuple[tuple[str, str, type, str], ...] = (
     ("--bootstrap", "kafka_bootstrap", str, "Kafka bootstrap servers host:port"),
@@ -281,6 +302,23 @@ JOB_ARGUMENTS: tuple[tuple[str, str, type, str], ...] = (
     ("--pseudonym-key-file", "pseudonym_key_file", Path, "a file the workers read the key from"),
     # the tuning options (TUNING_OPTIONS, below)
 )
+
+
+def check_bootstrap(bootstrap: str | None) -> None:
+    if not re.fullmatch(r"[^,\s]+:\d+(,[^,\s]+:\d+)*", bootstrap or ""):
+        raise ConfigError(
+            f"KAFKA_BOOTSTRAP={bootstrap!r} is not host:port[,host:port]: set "
+            "--bootstrap or KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
+        )
+
+
+def check_pg_dsn(dsn: str | None) -> None:
+    parts = urlsplit(dsn or "")
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError(
+            f"PG_DSN={redact_dsn(dsn)!r} is not a postgresql://user@host:port/db URL"
+            " with a host (the JDBC sink needs TCP): set --pg-dsn or PG_DSN"
+        )
 
 
 def require(value: str | None, setting: str, flag: str) -> str:

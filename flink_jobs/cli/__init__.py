@@ -6,6 +6,7 @@
     job.py      run, cluster, submit, savepoint      (the Flink job, local or on a cluster)
     model.py    train, evaluate                      (the purchase-propensity model)
     data.py     db migrate|rotate-pseudonyms, verify (what is in PostgreSQL)
+    status.py   status                               (the running job's health, for operators)
 
 The top of the house: it may import every other package (flink_jobs.config, .io, .ops, .job,
 udfs, models); nothing imports it. Heavy imports (pyflink, LightGBM) stay inside the commands

@@ -53,7 +53,8 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        """The JobManager's REST endpoint: this machine's, or `settings.jobmanager`."""
+        return f"http://{self.settings.address}"
 
     def flink_settings(self) -> dict[str, str]:
         return flink_settings("cluster", cluster=self.settings, cluster_home=self.home)
