@@ -197,30 +197,39 @@ def dockerfile_environment() -> str:
 # ---------------------------------------------------------------------------------------------
 # docker/compose.yaml and docker/prometheus/prometheus.yml
 # ---------------------------------------------------------------------------------------------
+SAVEPOINT_OPTIONS = '"$@"'  # the shell's positional parameters: `-s <path>` or nothing
+
+
 def submit_script(target: Target = COMPOSE) -> str:
-    """The one-shot submit: `flink run` of the job (the same options and entry point as
-    `profilestream submit`), skipped when the job already runs."""
+    """The one-shot submit (a shell script, `$` escaped for compose as `$$`): `flink run` of the
+    job with the same options and entry point as `profilestream submit`, from the savepoint in
+    FROM_SAVEPOINT when it is set, and skipped when the job already runs."""
     address = f"{COMPOSE_JOBMANAGER}:{ClusterSettings().rest_port}"
     run = [
         "flink",
         *flink_run_options(address, parallelism=target.parallelism),
+        SAVEPOINT_OPTIONS,
         *python_entry(LAYOUT.python, target.job_args()),
     ]
     lines = []
     line = "exec"
     for word in run:  # one option and its value per line, as a reader would write it
-        if word.startswith("-") and line.strip() != "exec":
+        if word.startswith(("-", SAVEPOINT_OPTIONS)) and line.strip() != "exec":
             lines.append(line + " \\")
             line = " "
-        line += " " + shlex.quote(word)
+        line += " " + (word if word == SAVEPOINT_OPTIONS else shlex.quote(word))
     lines.append(line)
     check = shlex.quote(f" : {DEFAULT_JOB_NAME} (")
-    return (
+    script = (
         f"if flink list -r -m {address} 2>/dev/null | grep -qF {check}; then\n"
         f'  echo "{DEFAULT_JOB_NAME} already runs on {address}: not submitting it again"\n'
         "  exit 0\n"
-        "fi\n" + "\n".join(lines) + "\n"
+        "fi\n"
+        'if [ -n "$FROM_SAVEPOINT" ]; then set -- -s "$FROM_SAVEPOINT"; else set --; fi\n'
+        + "\n".join(lines)
+        + "\n"
     )
+    return script.replace("$", "$$")
 
 
 def compose_values() -> str:

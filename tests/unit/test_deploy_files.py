@@ -89,12 +89,15 @@ def submit_command() -> list[str]:
     """The `flink run` the compose one-shot executes (its shell script's exec line)."""
     command = services()["submit"]["command"]
     assert command[:2] == ["sh", "-c"]
-    script = command[2].replace("\\\n", " ")  # the shell's line continuations
+    script = command[2].replace("$$", "$")  # compose's escape of the shell's `$`
+    script = script.replace("\\\n", " ")  # the shell's line continuations
     runs = [line for line in script.splitlines() if line.startswith("exec flink run")]
     assert len(runs) == 1, script
+    assert 'then set -- -s "$FROM_SAVEPOINT"; else set --; fi' in script
     words = shlex.split(runs[0])
     assert words[:2] == ["exec", "flink"]
-    return words[2:]
+    assert words.index("$@") < words.index("-pym")  # `-s <savepoint>` is a flink run option
+    return [word for word in words[2:] if word != "$@"]
 
 
 # ---------------------------------------------------------------------------------------------
