@@ -17,7 +17,7 @@ NATIVE_SRC := udfs/events.py udfs/sketches.py udfs/profile.py udfs/fold.py udfs/
 # demo knobs: DATASET=path FORMAT=taobao|rees46 EVENTS=n USERS=n; PG_DSN / KAFKA_BOOTSTRAP use external services
 DEMO_ARGS := $(if $(DATASET),--dataset "$(DATASET)" --format "$(FORMAT)") $(if $(EVENTS),--events $(EVENTS)) $(if $(USERS),--users $(USERS))
 
-.PHONY: help setup demo test test-unit bench lint typecheck proto check-proto lock stop clean
+.PHONY: help setup demo test test-unit bench lint typecheck proto check-proto deploy-files lock stop clean
 
 help:
 	@echo "make demo    run the main job on the embedded default (PostgreSQL, Kafka-protocol broker, Flink MiniCluster)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-unit  the fast lane: tests/unit without the slow ones (no JVM job, no services; under a minute)"
 	@echo "make bench   floor, job and plain-Python ceiling, freshness and scale (about 20 min)"
 	@echo "make lint    ruff + mypy;  make proto  regenerate schemas/*_pb2.py(i) from the .proto"
+	@echo "make deploy-files  regenerate the generated parts of docker/ from the code (Flink settings, pins, jars)"
 	@echo "make stop    stop the embedded PostgreSQL that 'make demo' leaves running for psql"
 
 $(INSTALLED): requirements.lock pyproject.toml
@@ -59,6 +60,9 @@ lint: $(INSTALLED)
 
 proto: $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -I schemas --python_out=schemas --pyi_out=schemas schemas/profilestream/events/v1/user_event.proto
+
+deploy-files: $(INSTALLED)
+	$(PY) -m flink_jobs.ops.deploy --write
 
 lock:
 	rm -rf .cache/lockvenv && $(PYTHON) -m venv .cache/lockvenv

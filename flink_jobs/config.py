@@ -49,6 +49,8 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     "KAFKA_BOOTSTRAP": "Kafka bootstrap servers host:port[,host:port] (--bootstrap)",
     "PG_DSN": "postgresql://user[:password]@host:port/db (--pg-dsn)",
     "PGPASSWORD": "the database password when PG_DSN has none (libpq's convention)",
+    "PROFILESTREAM_PG_PASSWORD_FILE": "a file holding the database password, read when PG_DSN "
+    "and PGPASSWORD have none (how Docker and Kubernetes mount secrets)",
     "PROFILESTREAM_TOPIC": f"the events topic (--topic, default {DEFAULT_TOPIC})",
     "PROFILESTREAM_MODEL_DIR": "the model directory (--model-dir)",
     "PROFILESTREAM_STATE_DIR": "checkpoints, RocksDB files, the demo and the local cluster "
@@ -71,6 +73,7 @@ class Environment:
     kafka_bootstrap: str | None = None
     pg_dsn: str | None = None
     pg_password: str = ""
+    pg_password_file: Path | None = None
     topic: str = DEFAULT_TOPIC
     model_dir: Path = DEFAULT_MODEL_DIR
     state_dir: Path = PROJECT_ROOT / ".profilestream"
@@ -89,10 +92,12 @@ class Environment:
 
         cache = Path(get("PROFILESTREAM_CACHE") or cls.cache_dir)
         key_file = get("PROFILESTREAM_PSEUDONYM_KEY_FILE")
+        password_file = get("PROFILESTREAM_PG_PASSWORD_FILE")
         return cls(
             kafka_bootstrap=get("KAFKA_BOOTSTRAP"),
             pg_dsn=get("PG_DSN"),
             pg_password=env.get("PGPASSWORD", ""),
+            pg_password_file=Path(password_file) if password_file else None,
             topic=get("PROFILESTREAM_TOPIC") or DEFAULT_TOPIC,
             model_dir=Path(get("PROFILESTREAM_MODEL_DIR") or DEFAULT_MODEL_DIR),
             state_dir=Path(get("PROFILESTREAM_STATE_DIR") or cls.state_dir),
@@ -102,6 +107,37 @@ class Environment:
             java_home=get("JAVA_HOME"),
             path=env.get("PATH"),
         )
+
+    def database_password(self) -> str:
+        """PGPASSWORD, else the content of PROFILESTREAM_PG_PASSWORD_FILE (without its final
+        newline), else ''."""
+        if self.pg_password or self.pg_password_file is None:
+            return self.pg_password
+        setting = f"PROFILESTREAM_PG_PASSWORD_FILE={self.pg_password_file}"
+        try:
+            password = self.pg_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"{setting}: cannot read the database password ({reason}): point it at a "
+                "readable file holding the password",
+                setting="PROFILESTREAM_PG_PASSWORD_FILE",
+            ) from None
+        if not password:
+            raise ConfigError(
+                f"{setting} is empty: write the database password into it",
+                setting="PROFILESTREAM_PG_PASSWORD_FILE",
+            )
+        return password
+
+    def password_for(self, dsn: str) -> str | None:
+        """The password a connection to `dsn` must pass itself: the file's, when neither the DSN
+        nor PGPASSWORD (which libpq reads on its own) has one; else None."""
+        if self.pg_password or self.pg_password_file is None:
+            return None
+        if split_password(dsn)[1] is not None or re.search(r"\bpassword\s*=", dsn):
+            return None
+        return self.database_password()
 
 
 def environment() -> Environment:
@@ -215,9 +251,10 @@ class JobConfig:
 
     @property
     def pg_password(self) -> str:
-        # libpq's convention (psycopg2 follows it too): PGPASSWORD when the DSN has none.
+        # libpq's convention (psycopg2 follows it too): PGPASSWORD when the DSN has none, then
+        # the file named by PROFILESTREAM_PG_PASSWORD_FILE.
         password = urlsplit(self.pg_dsn).password
-        return unquote(password) if password else environment().pg_password
+        return unquote(password) if password else environment().database_password()
 
     def secrets(self) -> dict[str, str]:
         """What `to_args()` leaves out, as environment variables for the `flink run` client

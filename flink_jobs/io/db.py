@@ -19,7 +19,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from flink_jobs.config import PROJECT_ROOT, redact_dsn
+from flink_jobs.config import PROJECT_ROOT, environment, redact_dsn
 from udfs.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,12 @@ MIGRATIONS_DIR = PROJECT_ROOT / "schemas" / "sql" / "migrations"
 
 
 def connect(dsn: str, *, timeout_s: int = 5) -> Any:
+    # The password of PROFILESTREAM_PG_PASSWORD_FILE, when neither the DSN nor PGPASSWORD has one.
+    extra: dict[str, Any] = {"connect_timeout": timeout_s}
+    if (password := environment().password_for(dsn)) is not None:
+        extra["password"] = password
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=timeout_s)
+        conn = psycopg2.connect(dsn, **extra)
     except psycopg2.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseError(

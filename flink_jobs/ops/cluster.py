@@ -91,11 +91,9 @@ class LocalCluster:
         ]
         for jar in jars:
             (lib / jar.name).symlink_to(jar)
-        lines = [f"{key}: {json.dumps(value)}" for key, value in self.flink_settings().items()]
-        java_opts = _java_opts(flink_home() / "conf" / "config.yaml")
-        if java_opts:
-            lines.append(f"env.java.opts.all: {json.dumps(java_opts)}")
-        (self.conf_dir / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (self.conf_dir / "config.yaml").write_text(
+            config_yaml(self.flink_settings()), encoding="utf-8"
+        )
         for log_config in self.conf_dir.glob("log4j*.properties"):
             with log_config.open("a", encoding="utf-8") as fh:
                 fh.write(QUIET_SECRETS)
@@ -221,23 +219,16 @@ class LocalCluster:
         """`flink run` the profile job; returns the job id. `secrets` go to the client process as
         environment variables, never as arguments (which Flink logs and shows)."""
         java = find_java()
-        address = jobmanager or self.settings.address
-        cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", address]
-        if detached:
-            cmd.append("-d")
-        if parallelism:
-            cmd += ["-p", str(parallelism)]
-        if from_savepoint:
-            cmd += ["-s", from_savepoint]
         connector_jars(verify=True)  # shipped by the job itself (pipeline.jars)
-        cmd += [
-            "-pyexec",
-            sys.executable,
-            "-pyclientexec",
-            sys.executable,
-            "-pym",
-            "flink_jobs.job.entry",
-            *job_args,
+        cmd = [
+            str(flink_home() / "bin" / "flink"),
+            *flink_run_options(
+                jobmanager or self.settings.address,
+                detached=detached,
+                parallelism=parallelism,
+                from_savepoint=from_savepoint,
+            ),
+            *python_entry(sys.executable, job_args),
         ]
         env = {**self.environment(java), **(secrets or {})}
         # The client only builds the job graph; the workers read the key (udfs.pseudonym).
@@ -253,6 +244,33 @@ class LocalCluster:
         raise ClusterError(f"flink run failed (exit {proc.returncode}): {_last_error(output)}")
 
 
+ENTRY_MODULE = "flink_jobs.job.entry"
+
+
+def flink_run_options(
+    address: str,
+    *,
+    detached: bool = True,
+    parallelism: int | None = None,
+    from_savepoint: str | None = None,
+) -> list[str]:
+    """`flink run` and its own options (they go before the Python entry point's)."""
+    options = ["run", "-m", address]
+    if detached:
+        options.append("-d")
+    if parallelism:
+        options += ["-p", str(parallelism)]
+    if from_savepoint:
+        options += ["-s", from_savepoint]
+    return options
+
+
+def python_entry(python: str, job_args: list[str]) -> list[str]:
+    """The job's Python entry point and its arguments, as `flink run` and Flink's PythonDriver
+    (the Kubernetes operator's entry class for Python jobs) take them."""
+    return ["-pyexec", python, "-pyclientexec", python, "-pym", ENTRY_MODULE, *job_args]
+
+
 # Flink's PythonEnvUtils logs, at INFO, the whole environment of every Python process it starts
 # (`flink run`'s Python driver included): PGPASSWORD and the pseudonym key with it.
 QUIET_SECRETS = """
@@ -261,6 +279,16 @@ QUIET_SECRETS = """
 logger.profilestream_python_env.name = org.apache.flink.client.python.PythonEnvUtils
 logger.profilestream_python_env.level = WARN
 """
+
+
+def config_yaml(settings: dict[str, str]) -> str:
+    """Flink's config.yaml (flat keys) for `settings`, plus the JVM options the distribution's own
+    config.yaml sets."""
+    lines = [f"{key}: {json.dumps(value)}" for key, value in settings.items()]
+    java_opts = _java_opts(flink_home() / "conf" / "config.yaml")
+    if java_opts:
+        lines.append(f"env.java.opts.all: {json.dumps(java_opts)}")
+    return "\n".join(lines) + "\n"
 
 
 def _java_opts(config: Path) -> str:

@@ -6,27 +6,37 @@
              applies, the job adds only what is its own (checkpoint interval, jars, uids);
 - "cluster": `profilestream cluster start`: the JobManager's and TaskManagers' config.yaml.
 
+and for the two container deployments in docker/ (`deployment_settings`, written into those files
+by flink_jobs.ops.deploy): "compose" (the image's config.yaml) and "kubernetes" (the
+FlinkDeployment's flinkConfiguration).
+
 The settings every mode shares (thread mode, RocksDB with incremental retained checkpoints, a
-fixed-delay restart strategy) are written once below.
+fixed-delay restart strategy, the Prometheus reporter on clusters) are written once below.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from flink_jobs.config import ClusterSettings, JobConfig
+from flink_jobs.config import DEFAULT_METRICS_PORTS, ClusterSettings, JobConfig
 from flink_jobs.ops.runtime import connector_jars
 
 Mode = Literal["local", "submit", "cluster"]
+Deployment = Literal["compose", "kubernetes"]
+
+# Process sizes of the standalone cluster's and the containers' JobManager and TaskManagers.
+JOBMANAGER_MEMORY = "1024m"
+TASKMANAGER_MEMORY = "1536m"
 
 
-def _python() -> dict[str, str]:
+def _python(executable: str = sys.executable) -> dict[str, str]:
     return {
         "python.execution-mode": "thread",
-        "python.executable": sys.executable,
-        "python.client.executable": sys.executable,
+        "python.executable": executable,
+        "python.client.executable": executable,
     }
 
 
@@ -38,16 +48,26 @@ def _checkpointing(retained: int) -> dict[str, str]:
     }
 
 
-def _state(tmp: Path, checkpoints: Path, restart_attempts: int) -> dict[str, str]:
+def _state(tmp: PurePosixPath | Path, checkpoints: str, restart_attempts: int) -> dict[str, str]:
+    """RocksDB working files under `tmp`, checkpoints at the URI `checkpoints`."""
     return {
         "state.backend.type": "rocksdb",
         "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
         "io.tmp.dirs": str(tmp),
-        "execution.checkpointing.dir": checkpoints.resolve().as_uri(),
+        "execution.checkpointing.dir": checkpoints,
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": str(restart_attempts),
         "restart-strategy.fixed-delay.delay": "2 s",
     }
+
+
+def _savepoints(uri: str) -> dict[str, str]:
+    return {"execution.checkpointing.savepoint-dir": uri}
+
+
+def _heartbeats() -> dict[str, str]:
+    # A killed TaskManager is noticed in seconds, not after the 50 s default.
+    return {"heartbeat.interval": "1000", "heartbeat.timeout": "5000"}
 
 
 def _job(config: JobConfig) -> dict[str, str]:
@@ -94,22 +114,20 @@ def flink_settings(
             "jobmanager.bind-host": "localhost",
             "jobmanager.rpc.address": "localhost",
             "jobmanager.rpc.port": str(cluster.rpc_port),
-            "jobmanager.memory.process.size": "1024m",
+            "jobmanager.memory.process.size": JOBMANAGER_MEMORY,
             "taskmanager.bind-host": "localhost",
             "taskmanager.host": "localhost",
-            "taskmanager.memory.process.size": "1536m",
+            "taskmanager.memory.process.size": TASKMANAGER_MEMORY,
             "taskmanager.numberOfTaskSlots": str(cluster.slots_per_taskmanager),
             **_loopback_rest(cluster.rest_port),
             "blob.server.port": "0",
             "parallelism.default": "1",
-            **_state(tmp, cluster_home / "checkpoints", cluster.restart_attempts),
-            "execution.checkpointing.savepoint-dir": (cluster_home / "savepoints")
-            .resolve()
-            .as_uri(),
+            **_state(
+                tmp, (cluster_home / "checkpoints").resolve().as_uri(), cluster.restart_attempts
+            ),
+            **_savepoints((cluster_home / "savepoints").resolve().as_uri()),
             **_checkpointing(cluster.retained_checkpoints),
-            # A killed TaskManager is noticed in seconds, not after the 50 s default.
-            "heartbeat.interval": "1000",
-            "heartbeat.timeout": "5000",
+            **_heartbeats(),
             **_python(),
             **prometheus_reporter(cluster.metrics_ports),
             "env.pid.dir": str(cluster_home / "pids"),
@@ -127,7 +145,7 @@ def flink_settings(
     tmp = config.state_dir / "tmp"
     settings = {
         **_python(),
-        **_state(tmp, config.checkpoint_dir, config.restart_attempts),
+        **_state(tmp, config.checkpoint_dir.resolve().as_uri(), config.restart_attempts),
         # RocksDB's own LOG files (by default in Flink's log dir: site-packages/pyflink/log).
         "state.backend.rocksdb.log.dir": str(tmp / "rocksdb-logs"),
         **_checkpointing(3),
@@ -140,3 +158,63 @@ def flink_settings(
     if config.rest_port is not None:
         settings.update(_loopback_rest(config.rest_port))
     return settings
+
+
+@dataclass(frozen=True)
+class ContainerLayout:
+    """The paths inside the project's image (docker/Dockerfile) that Flink settings name."""
+
+    python: str = "/opt/venv/bin/python"
+    # Checkpoints, savepoints and HA metadata: a volume every Flink process of a deployment shares
+    # (a named volume in compose, a ReadWriteMany PersistentVolumeClaim on Kubernetes).
+    data: str = "/flink-data"
+    tmp: str = "/tmp/flink"  # RocksDB working files and Flink's temporary files, per container
+    # One Flink process per container: the reporter always gets the first port of the range.
+    metrics_port: str = DEFAULT_METRICS_PORTS.split("-")[0]
+
+    def data_uri(self, name: str) -> str:
+        return PurePosixPath(self.data, name).as_uri()
+
+
+def deployment_settings(
+    target: Deployment,
+    layout: ContainerLayout | None = None,
+    cluster: ClusterSettings | None = None,
+) -> dict[str, str]:
+    """Flink's settings for the containers in docker/: "compose" (a session cluster of the
+    project's image: its config.yaml) or "kubernetes" (the Flink Kubernetes Operator's
+    FlinkDeployment, whose operator sets addresses, ports and memory itself). Paths are the
+    image's (`layout`); retention, restarts, slots and ports are the standalone cluster's."""
+    layout = layout or ContainerLayout()
+    cluster = cluster or ClusterSettings()
+    shared = {
+        "taskmanager.numberOfTaskSlots": str(cluster.slots_per_taskmanager),
+        "parallelism.default": "1",
+        **_state(
+            PurePosixPath(layout.tmp), layout.data_uri("checkpoints"), cluster.restart_attempts
+        ),
+        **_savepoints(layout.data_uri("savepoints")),
+        **_checkpointing(cluster.retained_checkpoints),
+        **_python(layout.python),
+        **prometheus_reporter(layout.metrics_port),
+    }
+    if target == "kubernetes":
+        return {
+            **shared,
+            # The JobManager's failover and the operator's savepoint upgrades keep their
+            # bookkeeping next to the checkpoints.
+            "high-availability.type": "kubernetes",
+            "high-availability.storageDir": layout.data_uri("ha"),
+        }
+    return {
+        "jobmanager.bind-host": "0.0.0.0",
+        "jobmanager.rpc.port": str(cluster.rpc_port),
+        "jobmanager.memory.process.size": JOBMANAGER_MEMORY,
+        "taskmanager.bind-host": "0.0.0.0",
+        "taskmanager.memory.process.size": TASKMANAGER_MEMORY,
+        "rest.port": str(cluster.rest_port),
+        "rest.address": "0.0.0.0",
+        "rest.bind-address": "0.0.0.0",
+        **shared,
+        **_heartbeats(),
+    }

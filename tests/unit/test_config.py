@@ -161,3 +161,43 @@ def test_the_three_flink_configurations_share_one_builder(tmp_path: Path) -> Non
     assert submit["pipeline.jars"] == local["pipeline.jars"]
     assert cluster["execution.checkpointing.num-retained"] == "7"
     assert cluster["rest.port"] == "8081"
+
+
+def test_the_database_password_can_come_from_a_file(tmp_path: Path) -> None:
+    from flink_jobs.config import Environment
+
+    secret = tmp_path / "pg_password"
+    secret.write_text("s3cret:with@chars\n")  # a mounted secret's final newline is not part of it
+    env = Environment.read({"PROFILESTREAM_PG_PASSWORD_FILE": str(secret)})
+    assert env.database_password() == "s3cret:with@chars"
+    assert env.password_for("postgresql://app@db/profiles") == "s3cret:with@chars"
+    # The DSN's own password, or PGPASSWORD (which libpq reads itself), come first.
+    assert env.password_for("postgresql://app:other@db/profiles") is None
+    assert env.password_for("host=db user=app password=other") is None
+    both = Environment.read({"PROFILESTREAM_PG_PASSWORD_FILE": str(secret), "PGPASSWORD": "pw"})
+    assert both.database_password() == "pw" and both.password_for("postgresql://a@db/p") is None
+    assert Environment.read({}).password_for("postgresql://app@db/profiles") is None
+
+
+def test_an_unreadable_password_file_names_the_setting(tmp_path: Path) -> None:
+    from flink_jobs.config import Environment
+
+    missing = Environment.read({"PROFILESTREAM_PG_PASSWORD_FILE": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match=r"^PROFILESTREAM_PG_PASSWORD_FILE=.*nope: cannot read"):
+        missing.database_password()
+    (tmp_path / "empty").write_text("\n")
+    empty = Environment.read({"PROFILESTREAM_PG_PASSWORD_FILE": str(tmp_path / "empty")})
+    with pytest.raises(ConfigError, match="is empty"):
+        empty.database_password()
+
+
+def test_the_job_reads_the_password_file_for_its_sink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "pg_password"
+    secret.write_text("from-file\n")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PROFILESTREAM_PG_PASSWORD_FILE", str(secret))
+    config = JobConfig.from_args(["--bootstrap", "k:9092", "--pg-dsn", "postgresql://app@db/p"])
+    assert config.pg_password == "from-file"
+    assert config.secrets() == {}  # nothing to hand to `flink run`: the client reads the file
