@@ -27,7 +27,7 @@ CREATE TABLE model_registry (
 
 -- What BI tools and status views read: everything but the model file.
 CREATE VIEW bi_model_versions AS
-SELECT version, name, state, refused_reason, published_at, published_by, serving_since,
+SELECT version, seq, name, state, refused_reason, published_at, published_by, serving_since,
        retired_at, sha256, metadata_json::jsonb AS metadata
   FROM model_registry;
 
