@@ -150,7 +150,7 @@ def test_a_model_whose_files_disagree_is_refused(tmp_path: Path) -> None:
     meta = json.loads((path / "metadata.json").read_text())
     meta["feature_names"] = list(reversed(meta["feature_names"]))
     (path / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="model.txt names features .* inconsistent"):
+    with pytest.raises(ModelError, match=r"model\.txt names features .* inconsistent"):
         load_checked(PublishedModel.from_dir(path), tmp_path / "load")
 
 
