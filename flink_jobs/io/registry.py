@@ -256,13 +256,7 @@ class RegistryPoller:
     def _poll(self) -> Candidate | None:
         conn = self._connection()
         if not self.serving_sha256:
-            start = PublishedModel.from_dir(self.start_dir)
-            with conn.cursor() as cur:
-                cur.execute("SELECT EXISTS (SELECT 1 FROM model_registry)")
-                empty = not cur.fetchone()[0]
-            if empty and insert(conn, start, ModelState.SERVING):
-                log.info("the model registry was empty: registered %s as serving", start.version)
-            self.serving_sha256 = start.sha256
+            self.serving_sha256 = self._register_start(conn)
         found = entries(conn)
         target = choose(found, self.serving_sha256, frozenset(self.refused))
         if target is None:
@@ -270,26 +264,44 @@ class RegistryPoller:
                 mark_serving(conn, self.serving_version)
                 self.recorded = True
             return None
-        model = fetch(conn, target.version)
-        if model is None:  # deleted by hand in between
-            return None
         try:
+            model = fetch(conn, target.version)
+            if model is None:  # deleted by hand in between
+                return None
             scorer = load(model)
         except OSError:
             raise  # the temporary directory, not the model: try again at the next poll
         except ModelError as exc:
-            self._refuse(conn, model, exc.message)
+            self._refuse(conn, target, exc.message)
             return None
+        except psycopg2.Error:
+            raise  # the database: try again at the next poll
         except Exception as exc:  # anything else a model provokes is the model's fault
-            self._refuse(conn, model, f"{type(exc).__name__}: {exc}")
+            self._refuse(conn, target, f"{type(exc).__name__}: {exc}")
             return None
         return Candidate(model.version, model.sha256, scorer)
 
-    def _refuse(self, conn: Any, model: PublishedModel, reason: str) -> None:
-        mark_refused(conn, model.version, reason)  # if this raises, the next poll tries again
-        self.refused.add(model.sha256)
+    def _register_start(self, conn: Any) -> str:
+        """The content id of the model the job started with, registered (as serving) when the
+        registry is empty; a placeholder when its directory cannot be read as a model to
+        publish (the registry's newest usable version then replaces it)."""
+        try:
+            start = PublishedModel.from_dir(self.start_dir)
+        except ModelError as exc:
+            log.warning("the start model is not registered: %s", exc)
+            return f"unregistered:{self.serving_version}"
+        with conn.cursor() as cur:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM model_registry)")
+            empty = not cur.fetchone()[0]
+        if empty and insert(conn, start, ModelState.SERVING):
+            log.info("the model registry was empty: registered %s as serving", start.version)
+        return start.sha256
+
+    def _refuse(self, conn: Any, target: RegistryEntry, reason: str) -> None:
+        mark_refused(conn, target.version, reason)  # if this raises, the next poll tries again
+        self.refused.add(target.sha256)
         log.warning(
-            "model %s refused, still serving %s: %s", model.version, self.serving_version, reason
+            "model %s refused, still serving %s: %s", target.version, self.serving_version, reason
         )
 
     def switched(self, candidate: Candidate) -> None:

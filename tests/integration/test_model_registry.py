@@ -179,6 +179,16 @@ def test_a_publisher_can_wait_for_the_outcome(pg_dsn: str, tmp_path: Path) -> No
     assert job.version == "v2"
 
 
+def test_a_row_edited_after_publishing_is_refused(pg_dsn: str, tmp_path: Path) -> None:
+    job = Subtask(pg_dsn)
+    job.step()
+    assert publish(pg_dsn, recalibrated_model(tmp_path / "v2", "v2")).returncode == 0
+    query(pg_dsn, "UPDATE model_registry SET model_txt = model_txt || ' ' WHERE version = 'v2'")
+    assert job.step() is None and job.version == "taobao-v2"
+    state, reason = states(pg_dsn)["v2"]
+    assert state == "refused" and "do not match its sha256" in str(reason)
+
+
 def test_an_unreachable_registry_leaves_the_model_and_backs_off(tmp_path: Path) -> None:
     start = copy_default(tmp_path / "start")
     lost = RegistryPoller("postgresql://nobody@127.0.0.1:1/none", 1_000, start, "taobao-v2")
