@@ -11,8 +11,9 @@ parallel subtasks (each polls and switches on its own) may record the same outco
               older pending/serving versions are retired
     refused   only from pending (a version some subtask already serves is not refused)
 
-The job's workers connect with the DSN without its password (the job never carries it); libpq
-reads the password from PGPASSWORD (or ~/.pgpass) in the worker's environment.
+The job's workers connect with the DSN without its password (the job never carries it); the
+password comes from the worker's environment: PGPASSWORD (or ~/.pgpass, read by libpq), else
+the file named by PROFILESTREAM_PG_PASSWORD_FILE.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import psycopg2
 
-from flink_jobs.config import redact_dsn
+from flink_jobs.config import environment, redact_dsn
 from flink_jobs.io.db import connect
 from udfs.errors import ModelError
 from udfs.registry import (
@@ -244,11 +245,17 @@ class RegistryPoller:
 
     def _connection(self) -> Any:
         if self.conn is None or self.conn.closed:
+            extra: dict[str, Any] = {}
+            # PROFILESTREAM_PG_PASSWORD_FILE in the worker's environment, when neither the DSN
+            # nor PGPASSWORD (which libpq reads itself) has the password.
+            if (password := environment().password_for(self.dsn)) is not None:
+                extra["password"] = password
             self.conn = psycopg2.connect(
                 self.dsn,
                 connect_timeout=POLL_CONNECT_TIMEOUT_S,
                 options=f"-c statement_timeout={POLL_STATEMENT_TIMEOUT_MS}",
                 application_name="profilestream-model-poll",
+                **extra,
             )
             self.conn.autocommit = True
         return self.conn

@@ -188,8 +188,8 @@ class UpdateProfile(DecodingFunction):
     writer of its keys' state, and a restore or rescale starts a new instance with an empty
     cache, so a cached profile is exactly what reading the state would give.
 
-    The model: `model_dir` at start; with `registry_dsn` (no password: libpq reads PGPASSWORD
-    from the worker's environment) the instance polls the model registry every
+    The model: `model_dir` at start; with `registry_dsn` (no password: it comes from the
+    worker's environment, see flink_jobs.io.registry) the instance polls the model registry every
     `model_poll_interval_ms` of wall clock, on the first event or timer after that, and switches
     to a newer checked model (`switch_model`) before scoring it."""
 
