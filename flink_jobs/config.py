@@ -39,6 +39,8 @@ DEFAULT_GROUP_ID = "profilestream"
 DEFAULT_JOB_NAME = "profilestream-profiles"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
+# How often each profile operator instance looks for a newer model in the registry (0: never).
+DEFAULT_MODEL_POLL_INTERVAL_MS = 5_000
 DEFAULT_REST_PORT = 8081
 DEFAULT_RPC_PORT = 6123
 # Flink's Prometheus reporter: one port per JobManager/TaskManager process, taken from this range.
@@ -186,6 +188,7 @@ class JobConfig:
     job_name: str = DEFAULT_JOB_NAME
     parallelism: int = 1
     checkpoint_interval_ms: int = DEFAULT_CHECKPOINT_INTERVAL_MS
+    model_poll_interval_ms: int = DEFAULT_MODEL_POLL_INTERVAL_MS
     max_out_of_orderness_ms: int = 5_000
     idleness_ms: int = 30_000
     # Explicit end of a bounded run: partition -> offset to stop before. None = run forever.
@@ -213,6 +216,7 @@ class JobConfig:
         checks = (
             ("parallelism", self.parallelism, 1),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms, 100),
+            ("model_poll_interval_ms", self.model_poll_interval_ms, 0),
             ("max_out_of_orderness_ms", self.max_out_of_orderness_ms, 0),
             ("idleness_ms", self.idleness_ms, 1),
             ("jdbc_flush_rows", self.jdbc_flush_rows, 1),
@@ -335,6 +339,7 @@ JOB_ARGUMENTS: tuple[tuple[str, str, type, str], ...] = (
     ("--model-dir", "model_dir", Path, "the model directory"),
     ("--job-name", "job_name", str, "the Flink job name"),
     ("--checkpoint-interval-ms", "checkpoint_interval_ms", int, "checkpoint interval"),
+    ("--model-poll-interval-ms", "model_poll_interval_ms", int, "model registry poll (0: off)"),
     ("--stopping-offsets", "stopping_offsets", dict, "stop at partition:offset[,...]"),
     ("--pseudonym-key-file", "pseudonym_key_file", Path, "a file the workers read the key from"),
     # the tuning options (TUNING_OPTIONS, below)

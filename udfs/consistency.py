@@ -156,9 +156,13 @@ def _json_diff(user_id: str, want: object, have: object, column: str) -> list[Mi
     ]
 
 
-def _row_diff(user_id: str, want: ProfileRow, have: tuple[object, ...]) -> list[Mismatch]:
+def _row_diff(
+    user_id: str, want: ProfileRow, have: tuple[object, ...], ignore: frozenset[str] = frozenset()
+) -> list[Mismatch]:
     out = []
     for (name, kind), w, h in zip(PROFILE_COLUMNS, want, have, strict=True):
+        if name in ignore:
+            continue
         if kind == "json":
             out.extend(_json_diff(user_id, w, h, name))
         elif not _same(w, h):
@@ -167,18 +171,21 @@ def _row_diff(user_id: str, want: ProfileRow, have: tuple[object, ...]) -> list[
 
 
 def compare_profiles(
-    expected: Mapping[str, list[ProfileRow]], actual: Mapping[str, tuple[object, ...]]
+    expected: Mapping[str, list[ProfileRow]],
+    actual: Mapping[str, tuple[object, ...]],
+    ignore: frozenset[str] = frozenset(),
 ) -> list[Mismatch]:
     """Every difference between expected and actual rows (keyed by user_id, PROFILE_COLUMNS
-    order). A row matches when it equals one of its candidates; otherwise the differences from
-    the first candidate are reported. A missing or unexpected row is one mismatch on `<row>`."""
+    order; columns named in `ignore` are not compared). A row matches when it equals one of its
+    candidates; otherwise the differences from the first candidate are reported. A missing or
+    unexpected row is one mismatch on `<row>`."""
     out: list[Mismatch] = []
     for user_id, candidates in expected.items():
         got = actual.get(user_id)
         if got is None:
             out.append(Mismatch(user_id, "<row>", "present", "missing"))
             continue
-        diffs = [_row_diff(user_id, c, got) for c in candidates]
+        diffs = [_row_diff(user_id, c, got, ignore) for c in candidates]
         if all(diffs):
             out.extend(diffs[0])
     out.extend(Mismatch(u, "<row>", "absent", "unexpected") for u in actual if u not in expected)

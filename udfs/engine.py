@@ -99,6 +99,14 @@ class ProfileEngine:
         self.model_version = model_version
         self.pseudonym = pseudonym
 
+    def use_model(self, score: ScoreFn, model_version: str, explain: ExplainFn | None) -> None:
+        """Score (and explain) the next rows with another model; rows name `model_version`.
+        Reasons in the state stay until the score moves by the step from the score they
+        explained (as after any score change)."""
+        self.score = score
+        self.explain = explain
+        self.model_version = model_version
+
     @staticmethod
     def load(stored: bytes | None) -> Profile | None:
         """The profile held by a key's stored state (None: the key has no state)."""

@@ -138,8 +138,9 @@ class Scorer:
         if unknown or not expected:
             raise ModelError(
                 f"model {self.info.version} at {model_dir} uses features {unknown or '(none)'} "
-                "that this code does not compute: retrain the model (`profilestream train`) or "
-                "point --model-dir at one built for this code"
+                "that this code does not compute",
+                fix="retrain the model (`profilestream train`) or point --model-dir at one built "
+                "for this code",
             )
         index = [computed.index(name) for name in expected]
         self._code_index = index

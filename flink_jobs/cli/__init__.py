@@ -4,7 +4,7 @@
     demo.py     setup, demo, services stop           (one machine, embedded services)
     events.py   produce, erase                       (events in Kafka)
     job.py      run, cluster, submit, savepoint      (the Flink job, local or on a cluster)
-    model.py    train, evaluate                      (the purchase-propensity model)
+    model.py    train, evaluate, model publish|list  (the purchase-propensity model)
     data.py     db migrate|rotate-pseudonyms, verify (what is in PostgreSQL)
     status.py   status                               (the running job's health, for operators)
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, add_pg, log_args
 from flink_jobs.config import Environment, require
-from flink_jobs.io import db
+from flink_jobs.io import db, registry
 from udfs.consistency import Expected, Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
+from udfs.errors import ModelError
 from udfs.events import Reason
 from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
@@ -94,6 +95,10 @@ class VerifyReport:
     # Records whose Kafka key was not their user_id: a log file carries no keys (replays are keyed
     # by user_id), so these are counted, not compared.
     key_mismatches: int = 0
+    # The model versions rows name or the registry says served; reasons are compared only when
+    # there is one (see `verify`).
+    model_versions: list[str] = field(default_factory=list)
+    reasons_compared: bool = True
 
     @property
     def users_mismatched(self) -> int:
@@ -124,6 +129,9 @@ def fetch_dead_letters(dsn: str) -> dict[str, str]:
         conn.close()
 
 
+MODEL_VERSION = PROFILE_COLUMN_NAMES.index("model_version")
+
+
 def verify(
     fmt: str,
     path: Path | None,
@@ -136,18 +144,44 @@ def verify(
     max_out_of_orderness_ms: int = 5_000,
     spec: Any = None,
 ) -> VerifyReport:
-    scorer = Scorer(model_dir)
-    engine = ProfileEngine(params, scorer.score, scorer.version, pseudonym, explain=scorer.explain)
-    expected = recompute(
-        message_bytes(fmt, path, spec=spec),
-        engine,
-        now_ms=int(time.time() * 1000),
-        topic=topic,
-        max_out_of_orderness_ms=max_out_of_orderness_ms,
-    )
-    scorer.close()
+    """Recompute every profile from the log and compare with PostgreSQL. Each user is scored
+    with the model version their row names (from the model registry; `model_dir` when the
+    registry does not have it), so scores match exactly after a model switch too. Reasons are
+    compared only when a single version ever served: after a switch, a row's reasons come from
+    whichever model last explained it, which depends on when the switch happened."""
     actual = fetch_profiles(pg_dsn)
-    report = VerifyReport(expected, len(actual), compare_profiles(expected.profiles, actual))
+    named = sorted({str(row[MODEL_VERSION]) for row in actual.values()})
+    served = served_versions(pg_dsn)
+    scorers = model_scorers(named, model_dir, pg_dsn)
+    now_ms = int(time.time() * 1000)
+    recomputed: dict[str, Expected] = {}
+    try:
+        for version, scorer in scorers.items():
+            engine = ProfileEngine(params, scorer.score, version, pseudonym, explain=scorer.explain)
+            recomputed[version] = recompute(
+                message_bytes(fmt, path, spec=spec),
+                engine,
+                now_ms=now_ms,
+                topic=topic,
+                max_out_of_orderness_ms=max_out_of_orderness_ms,
+            )
+    finally:
+        for scorer in scorers.values():
+            scorer.close()
+    expected = next(iter(recomputed.values()))
+    profiles = dict(expected.profiles)
+    for user_id, row in actual.items():
+        by_model = recomputed[str(row[MODEL_VERSION])].profiles
+        if user_id in by_model:
+            profiles[user_id] = by_model[user_id]
+    expected.profiles = profiles
+    versions = sorted(set(named) | served)
+    ignore = frozenset({"score_reasons"}) if len(versions) > 1 else frozenset()
+    report = VerifyReport(
+        expected, len(actual), compare_profiles(expected.profiles, actual, ignore)
+    )
+    report.model_versions = versions
+    report.reasons_compared = not ignore
     stored = fetch_dead_letters(pg_dsn)
     for key, reason in expected.dead_letters.items():
         if key not in stored:
@@ -166,6 +200,50 @@ def verify(
     return report
 
 
+def served_versions(dsn: str) -> set[str]:
+    """The versions the model registry says have served (none without a registry)."""
+    conn = db.connect(dsn)
+    try:
+        if not registry.registry_exists(conn):
+            return set()
+        return {e.version for e in registry.entries(conn) if e.serving_since is not None}
+    finally:
+        conn.close()
+
+
+def model_scorers(versions: list[str], model_dir: Path, dsn: str) -> dict[str, Scorer]:
+    """A Scorer per model version (`model_dir`'s alone when `versions` is empty): the registry's
+    copy, else `model_dir` when it is that version. ModelError naming the fix otherwise."""
+    default = Scorer(model_dir)
+    out: dict[str, Scorer] = {}
+    conn = db.connect(dsn)
+    try:
+        has_registry = registry.registry_exists(conn)
+        for version in versions:
+            model = registry.fetch(conn, version) if has_registry else None
+            if model is not None:
+                out[version] = registry.load(model, check=False)
+            elif version == default.version:
+                out[version] = default
+            else:
+                raise ModelError(
+                    f"rows in PostgreSQL name model version {version!r}, which is neither in the "
+                    f"model registry nor --model-dir ({default.version})",
+                    fix="pass --model-dir with that model",
+                )
+    except BaseException:
+        for scorer in (default, *out.values()):
+            scorer.close()
+        raise
+    finally:
+        conn.close()
+    if not out:
+        out[default.version] = default
+    elif default not in out.values():
+        default.close()
+    return out
+
+
 def print_report(report: VerifyReport, examples: int = 5) -> None:
     e = report.expected
     print(
@@ -173,6 +251,12 @@ def print_report(report: VerifyReport, examples: int = 5) -> None:
         f"{e.duplicates:,} duplicates, {e.late_events:,} late events"
     )
     print(f"profiles: {len(e.profiles):,} expected, {report.profiles_in_db:,} in PostgreSQL")
+    if not report.reasons_compared:
+        print(
+            f"score_reasons not compared: {len(report.model_versions)} model versions served "
+            f"({', '.join(report.model_versions)}); a row's reasons come from whichever model "
+            "last explained it (scores are compared, each with the version its row names)"
+        )
     if report.key_mismatches:
         print(
             f"{report.key_mismatches:,} dead letters with reason key_mismatch (records whose "

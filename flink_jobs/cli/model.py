@@ -1,16 +1,20 @@
-"""The model: `profilestream train` fits the purchase-propensity model on an event log and
+"""The model: `profilestream train` fits the purchase-propensity model on an event log,
 `profilestream evaluate` runs the evaluation protocol (rolling origin, baselines, user-clustered
-bootstrap intervals) on one. The training code itself is in models/ (no Flink)."""
+bootstrap intervals) on one, and `profilestream model publish|list` hand a model to the running
+job through the model registry (flink_jobs/io/registry.py). The training code itself is in
+models/ (no Flink)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, log_args
-from flink_jobs.config import Environment
-from udfs.errors import ConfigError
+from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, add_pg, log_args
+from flink_jobs.config import DEFAULT_MODEL_POLL_INTERVAL_MS, Environment, require
+from udfs.errors import ConfigError, ModelError
 from udfs.params import HOUR_MS, ProfileParams
 
 
@@ -39,6 +43,26 @@ def register(sub: Subparsers, env: Environment) -> None:
         "--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)"
     )
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    model = sub.add_parser("model", help="the model registry: publish a model to the running job")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    publish = msub.add_parser(
+        "publish", help="register a model directory; running jobs check it and switch to it"
+    )
+    publish.add_argument("dir", type=Path, help="a model directory (model.txt, metadata.json)")
+    add_pg(publish, env)
+    publish.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="S",
+        help="wait up to S seconds for a job to serve or refuse it (exit 0 serving, 1 refused, "
+        "3 still pending)",
+    )
+    publish.set_defaults(handler=cmd_model_publish)
+    listing = msub.add_parser("list", help="versions, state, and when each started serving")
+    add_pg(listing, env)
+    listing.set_defaults(handler=cmd_model_list)
 
 
 # (flag, type, default when training, help): how `train` builds examples; `evaluate` defaults to
@@ -171,4 +195,88 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"  the shipped model itself on every example: ROC-AUC {shipped['roc_auc']:.4f}, "
         f"ECE {shipped['ece']:.4f} (in-sample when this is its training log)"
     )
+    return 0
+
+
+def cmd_model_publish(args: argparse.Namespace) -> int:
+    import time
+
+    from flink_jobs.io import db, registry
+    from udfs.registry import ModelState, PublishedModel, check_scorer
+    from udfs.scoring import Scorer
+
+    dsn = require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+    model = PublishedModel.from_dir(args.dir)
+    db.require_schema(dsn)
+    try:  # the job decides, with its own code; say now if this checkout's code would refuse it
+        scorer = Scorer(args.dir)
+        check_scorer(scorer)
+        scorer.close()
+    except ModelError as exc:
+        print(
+            f"warning: this checkout's code refuses the model ({exc.message}); a job running "
+            "the same code will refuse it too",
+            file=sys.stderr,
+        )
+    entry, new = registry.publish(dsn, model)
+    what = "published" if new else "already published:"
+    print(f"{what} {model.name} {model.version} (sha256 {model.sha256[:12]}…, {entry.state})")
+    if entry.state is ModelState.PENDING:
+        print(
+            "running jobs check it and switch to it at their next registry poll (every "
+            f"--model-poll-interval-ms, default {DEFAULT_MODEL_POLL_INTERVAL_MS / 1000:g} s, on "
+            "the next event); follow it with `profilestream model list`"
+        )
+    if args.wait <= 0:
+        return 0
+    deadline = time.monotonic() + args.wait
+    while entry.state is ModelState.PENDING and time.monotonic() < deadline:
+        time.sleep(0.5)
+        entry = next(e for e in registry.list_entries(dsn) if e.version == model.version)
+    if entry.state is ModelState.REFUSED:
+        print(f"refused: {entry.refused_reason}")
+        return 1
+    if entry.state is ModelState.PENDING:
+        print(
+            f"still pending after {args.wait:g} s: is a job running, reading events, with "
+            "--model-poll-interval-ms above 0?"
+        )
+        return 3
+    since = f" since {_when(entry.serving_since)}" if entry.serving_since else ""
+    print(f"{entry.state}{since}")
+    return 0
+
+
+def _when(t: Any) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from flink_jobs.io import db, registry
+
+    dsn = require(args.pg_dsn, "PG_DSN", "--pg-dsn")
+    db.require_schema(dsn)
+    found = registry.list_entries(dsn)
+    if not found:
+        print(
+            "no model registered yet (a running job registers the model it started with on its "
+            "first poll; `profilestream model publish DIR` adds one)"
+        )
+        return 0
+    header = ("VERSION", "STATE", "PUBLISHED (UTC)", "SERVING SINCE", "RETIRED", "REASON")
+    rows = [
+        (
+            e.version,
+            e.state.value,
+            _when(e.published_at),
+            _when(e.serving_since),
+            _when(e.retired_at),
+            e.refused_reason or "",
+        )
+        for e in reversed(found)  # newest first
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    for r in (header, *rows):
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+        print(line.rstrip())
     return 0

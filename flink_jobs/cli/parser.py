@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from flink_jobs.config import (
     DEFAULT_CHECKPOINT_INTERVAL_MS,
+    DEFAULT_MODEL_POLL_INTERVAL_MS,
     Environment,
     JobConfig,
     add_tuning_options,
@@ -67,6 +68,13 @@ def add_model_dir(p: argparse.ArgumentParser, env: Environment, flag: str = "--m
 def add_job(p: argparse.ArgumentParser) -> None:
     """The job options `run` and `submit` share (defaults: JobConfig's)."""
     p.add_argument("--checkpoint-interval-ms", type=int, default=DEFAULT_CHECKPOINT_INTERVAL_MS)
+    p.add_argument(
+        "--model-poll-interval-ms",
+        type=int,
+        default=DEFAULT_MODEL_POLL_INTERVAL_MS,
+        help="how often the job looks for a newly published model (0: never; default "
+        f"{DEFAULT_MODEL_POLL_INTERVAL_MS})",
+    )
     add_tuning_options(p)
 
 
@@ -78,6 +86,7 @@ def job_config(args: argparse.Namespace, **fields: Any) -> JobConfig:
         topic=args.topic,
         model_dir=args.model_dir,
         checkpoint_interval_ms=args.checkpoint_interval_ms,
+        model_poll_interval_ms=args.model_poll_interval_ms,
         **tuning_values(args),
         **fields,
     )

@@ -265,7 +265,7 @@ def _database_lines(settings: StatusSettings, figures: Figures) -> list[str]:
         _line(
             "dead letters", f"{db.dead_letters:,} in the last hour" + (f": {dead}" if dead else "")
         ),
-        _line("model", f"{db.model_version} (newest row)" if db.model_version else "no rows yet"),
+        _line("model", db.model_version or "none serving, no rows yet"),
     ]
 
 

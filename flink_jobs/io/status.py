@@ -190,8 +190,13 @@ def _database_figures(cur: Any) -> Database:
 
 
 def serving_model(cur: Any) -> str | None:
-    """The model version serving: that of the newest row written. (Until the model registry of
-    issue 12, item 3 records which version serves; then read it from there.)"""
-    cur.execute("SELECT model_version FROM user_profiles ORDER BY updated_at DESC LIMIT 1")
+    """The model version serving: the newest the model registry (flink_jobs.io.registry) says
+    serves, else (no job has polled it yet) that of the newest row written."""
+    cur.execute(
+        "SELECT version FROM model_registry WHERE state = 'serving' ORDER BY seq DESC LIMIT 1"
+    )
     row = cur.fetchone()
+    if row is None:
+        cur.execute("SELECT model_version FROM user_profiles ORDER BY updated_at DESC LIMIT 1")
+        row = cur.fetchone()
     return str(row[0]) if row else None

@@ -17,6 +17,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
+from flink_jobs.io.registry import Candidate, RegistryPoller
 from udfs.cache import DEFAULT_CAPACITY, ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
@@ -185,7 +186,12 @@ class UpdateProfile(DecodingFunction):
 
     Decoded profiles are kept in a write-through cache (`udfs.cache`): this instance is the only
     writer of its keys' state, and a restore or rescale starts a new instance with an empty
-    cache, so a cached profile is exactly what reading the state would give."""
+    cache, so a cached profile is exactly what reading the state would give.
+
+    The model: `model_dir` at start; with `registry_dsn` (no password: it comes from the
+    worker's environment, see flink_jobs.io.registry) the instance polls the model registry every
+    `model_poll_interval_ms` of wall clock, on the first event or timer after that, and switches
+    to a newer checked model (`switch_model`) before scoring it."""
 
     def __init__(
         self,
@@ -195,6 +201,8 @@ class UpdateProfile(DecodingFunction):
         max_out_of_orderness_ms: int,
         pseudonym_key_file: Path | None,
         cache_entries: int = DEFAULT_CAPACITY,
+        registry_dsn: str | None = None,
+        model_poll_interval_ms: int = 0,
     ) -> None:
         super().__init__(topic)
         self.model_dir = str(model_dir)
@@ -204,6 +212,8 @@ class UpdateProfile(DecodingFunction):
         # never part of the job (see udfs.pseudonym).
         self.pseudonym_key_file = str(pseudonym_key_file) if pseudonym_key_file else None
         self.cache_entries = cache_entries
+        self.registry_dsn = registry_dsn
+        self.model_poll_interval_ms = model_poll_interval_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
@@ -212,12 +222,24 @@ class UpdateProfile(DecodingFunction):
         )
         group = runtime_context.get_metrics_group()
         self.scorer = Scorer(self.model_dir)
+        self.timed_score = _Timed(self.scorer.score, group, "scoring")
+        self.timed_explain = _Timed(self.scorer.explain, group, "explain")
         self.engine = ProfileEngine(
             self.params,
-            _Timed(self.scorer.score, group, "scoring"),
+            self.timed_score,
             self.scorer.version,
             Pseudonymiser(load_key(self.pseudonym_key_file)),
-            explain=_Timed(self.scorer.explain, group, "explain"),
+            explain=self.timed_explain,
+        )
+        self.registry = (
+            RegistryPoller(
+                self.registry_dsn,
+                self.model_poll_interval_ms,
+                Path(self.model_dir),
+                self.scorer.version,
+            )
+            if self.registry_dsn and self.model_poll_interval_ms > 0
+            else None
         )
         self.cache = ProfileCache(self.cache_entries)
         tune_gc()
@@ -231,7 +253,28 @@ class UpdateProfile(DecodingFunction):
         self.max_event_ms = 0
 
     def close(self) -> None:
+        if self.registry is not None:
+            self.registry.close()
         self.scorer.close()
+
+    def poll_registry(self, now_ms: int) -> None:
+        """Ask the registry for a newer model (when due) and switch to it."""
+        registry = self.registry
+        if registry is not None and registry.due(now_ms):
+            candidate: Candidate | None = registry.poll(now_ms)
+            if candidate is not None:
+                self.switch_model(candidate.scorer)
+                registry.switched(candidate)
+
+    def switch_model(self, scorer: Scorer) -> None:
+        """The one place the serving model changes: the next row is scored and explained by
+        `scorer` and names its version."""
+        old = self.scorer
+        self.scorer = scorer
+        self.timed_score.fn = scorer.score
+        self.timed_explain.fn = scorer.explain
+        self.engine.use_model(self.timed_score, scorer.version, self.timed_explain)
+        old.close()
 
     def _profile(self, key: str) -> Profile | None:
         cached = self.cache.get(key)
@@ -241,6 +284,7 @@ class UpdateProfile(DecodingFunction):
         self, event: Event, key: str, now_ms: int, ctx: KeyedProcessFunction.Context
     ) -> Iterator[Any]:
         self.max_event_ms = max(self.max_event_ms, event.event_time_ms)
+        self.poll_registry(now_ms)
         step = self.engine.on_event(self._profile(key), event, self.topic, now_ms)
         if step.dead_letter is not None:
             (self.failed if step.outcome is StepOutcome.FAILED else self.late).inc()
@@ -262,6 +306,7 @@ class UpdateProfile(DecodingFunction):
             # watermark the data implies (newest event minus the allowed out-of-orderness).
             return
         key = ctx.get_current_key()
+        self.poll_registry(_now_ms())
         step = self.engine.on_timer(self._profile(key), key, timestamp)
         if step.outcome is StepOutcome.EXPIRED:
             self.expired.inc()

@@ -18,6 +18,7 @@ more than all of the job's own work (docs/performance.md). So the source, the ke
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Protocol
 
 from pyflink.common import Configuration
@@ -27,7 +28,7 @@ from pyflink.java_gateway import get_gateway
 from pyflink.table import ChangelogMode, DataTypes, Schema, StreamTableEnvironment
 from pyflink.table.expressions import col
 
-from flink_jobs.config import JobConfig
+from flink_jobs.config import JobConfig, split_password
 from flink_jobs.job.functions import (
     COLUMN_KINDS,
     DEAD_LETTERS,
@@ -72,6 +73,8 @@ def build_pipeline(
                 config.max_out_of_orderness_ms,
                 config.pseudonym_key_file,
                 config.profile_cache_entries,
+                registry_dsn=split_password(config.pg_dsn)[0],
+                model_poll_interval_ms=config.model_poll_interval_ms,
             ),
             output_type=PROFILE_ROW_TYPE,
         )
@@ -98,6 +101,9 @@ def create_environment(config: JobConfig, java: Java) -> StreamExecutionEnvironm
     """A StreamExecutionEnvironment in thread mode with RocksDB, incremental checkpoints and the
     connector jars, on a local MiniCluster (`flink_settings("local")`)."""
     prepare_process_env(java)
+    # The workers of a local run live in this process tree: their libpq (model registry polls)
+    # reads the password from PGPASSWORD, as the job never carries it.
+    os.environ.update(config.secrets())
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (config.state_dir / "tmp").mkdir(parents=True, exist_ok=True)
     env = StreamExecutionEnvironment.get_execution_environment(

@@ -33,6 +33,7 @@ def test_valid_config_derives_jdbc_settings() -> None:
         ({"topic": "bad topic"}, "topic"),
         ({"parallelism": 0}, "parallelism"),
         ({"checkpoint_interval_ms": 5}, "checkpoint_interval_ms"),
+        ({"model_poll_interval_ms": -1}, "model_poll_interval_ms"),
         ({"stopping_offsets": {0: -1}}, "stopping offsets"),
     ],
 )
@@ -105,6 +106,7 @@ def test_job_config_round_trips_through_the_flink_run_arguments() -> None:
         topic="events-x",
         job_name="nightly",
         checkpoint_interval_ms=2_500,
+        model_poll_interval_ms=750,
         stopping_offsets={0: 12, 1: 7},
         pseudonym_key_file=Path("/keys/pseudonym.key"),
         jdbc_flush_rows=64,

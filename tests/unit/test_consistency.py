@@ -99,6 +99,14 @@ def test_compare_finds_every_kind_of_difference() -> None:
     assert compare_profiles(expected, {u: rows[0] for u, rows in expected.items()}) == []
 
 
+def test_compare_can_leave_reasons_out() -> None:
+    expected = recompute([raw("a")], engine(), now_ms=NOW).profiles
+    row = list(expected["a"][0])
+    row[PROFILE_COLUMN_NAMES.index("score_reasons")] = b'[{"feature": "x", "contribution": 1}]'
+    assert [m.column for m in compare_profiles(expected, {"a": tuple(row)})] == ["score_reasons"]
+    assert compare_profiles(expected, {"a": tuple(row)}, frozenset({"score_reasons"})) == []
+
+
 def test_compare_reads_the_features_json_like_postgresql_returns_it() -> None:
     import orjson
 

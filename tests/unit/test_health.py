@@ -230,7 +230,7 @@ def test_the_screen() -> None:
         "250 updated in the last minute",
         "p50 400 ms, p99 1.2 s, max 1.5 s (event time -> row written, 240 rows)",
         "5 in the last hour: 3 decode_error, 2 late_event",
-        "taobao-v2 (newest row)",
+        "model         taobao-v2",
     ):
         assert needle in text, needle
     assert "secret" not in text
