@@ -121,8 +121,12 @@ class SampledTimer:
 
 class OperatorMetrics:
     """One operator instance's metrics. The operator adds to the counter attributes (named as in
-    `METRICS`) and calls `dead_letter(reason)`; when the wall clock passes `next_flush_ms` it
-    calls `flush` and applies the increments to Flink counters."""
+    `METRICS`) and calls `dead_letter(reason)`. When an element finds the wall clock past
+    `next_flush_ms` it calls `flush`, applies the increments to Flink counters and sets a
+    processing-time timer at `schedule(now_ms)`, whose `flush` hands over what came in after
+    (the input may go quiet). A timer's flush does not reschedule: the first element after the
+    timer fired finds a flush due and sets the next timer, so nothing counted waits for more
+    input."""
 
     def __init__(self, flush_interval_ms: int = FLUSH_INTERVAL_MS) -> None:
         self.flush_interval_ms = flush_interval_ms
@@ -157,11 +161,14 @@ class OperatorMetrics:
         timer = self.timers[name] = SampledTimer(fn)
         return timer
 
+    def schedule(self, now_ms: int) -> int:
+        """The next flush is due one interval from `now_ms`: that time."""
+        self.next_flush_ms = now_ms + self.flush_interval_ms
+        return self.next_flush_ms
+
     def flush(self, now_ms: int, newest_event_ms: int = 0) -> list[Increment]:
         """The increments since the last flush (zeros left out), with the event-time lag against
-        `newest_event_ms`, the newest event time folded (0: none yet, no lag); the next flush is
-        due one interval from `now_ms`."""
-        self.next_flush_ms = now_ms + self.flush_interval_ms
+        `newest_event_ms`, the newest event time folded (0: none yet, no lag)."""
         out: list[Increment] = []
         for name in COUNTERS:
             amount: int = getattr(self, name)

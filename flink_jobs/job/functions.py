@@ -108,8 +108,8 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
         now_ms = _now_ms()
         if now_ms >= self.metrics.next_flush_ms:
             self.flush_metrics(now_ms)
-            # Flushes what comes in before it if the input goes quiet (see on_timer).
-            ctx.timer_service().register_processing_time_timer(self.metrics.next_flush_ms)
+            # Flushes what comes in until then, if the input goes quiet (see on_timer).
+            ctx.timer_service().register_processing_time_timer(self.metrics.schedule(now_ms))
         try:
             event = decode_event(value, now_ms)
         except InvalidEvent as exc:

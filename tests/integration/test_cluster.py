@@ -689,15 +689,26 @@ def test_prometheus_metrics_move_with_the_stream(
             )
         )
 
-    def moved() -> bool:
-        return (
-            metric("dead_letters", reason="decode_error") == 5
-            and metric("dead_letters", reason="late_event") == 3
-            and metric("events_duplicate") == 1
-            and metric("users_erased") == 1
-        )
+    expected = {
+        ("dead_letters", "decode_error"): 5,
+        ("dead_letters", "late_event"): 3,
+        ("events_duplicate", ""): 1,
+        ("users_erased", ""): 1,
+    }
 
-    wait_for(moved, 60, "the dead letters, the duplicate and the erasure counted")
+    def counts() -> dict[tuple[str, str], float]:
+        samples = scrape()
+        return {
+            (name, reason): job_metric(
+                samples, name, job_id=job, **({"reason": reason} if reason else {})
+            )
+            for name, reason in expected
+        }
+
+    try:
+        wait_for(lambda: counts() == expected, 60, f"the job's metrics to read {expected}")
+    finally:
+        print(counts())
     assert metric("dead_letters") == 8 and metric("events_late") == 3
     assert metric("events_folded") == 300  # none of them was folded
     assert metric("profile_rows_sent") == 301  # the erasure's delete
@@ -721,6 +732,4 @@ def test_prometheus_metrics_move_with_the_stream(
     # Flink's reporter exports counters as Prometheus gauges (the dashboard uses rate() on them).
     assert {seen[n] for n in EXPORTED_NAMES} == {"gauge"}
     committed = read_metric_names(METRIC_NAMES_FILE)
-    assert sorted(committed - set(seen)) == [], (
-        "names in docker/grafana/metric-names.txt not served"
-    )
+    assert sorted(committed - set(seen)) == [], f"in {METRIC_NAMES_FILE.name}, not served: {record}"

@@ -46,9 +46,12 @@ def test_every_series_known_in_advance_is_registered_at_start() -> None:
     assert not any(name == "serving" for name, _ in series)  # a version appears when served
 
 
-def test_a_flush_hands_over_what_changed_since_the_last_and_schedules_the_next() -> None:
+def test_a_flush_hands_over_what_changed_since_the_last() -> None:
     m = OperatorMetrics()
-    assert m.flush(1_000) == [] and m.next_flush_ms == 1_000 + FLUSH_INTERVAL_MS
+    assert m.next_flush_ms == 0  # the first element flushes (nothing) and sets the first timer
+    assert (
+        m.flush(1_000) == [] and m.schedule(1_000) == m.next_flush_ms == 1_000 + FLUSH_INTERVAL_MS
+    )
     m.events_folded += 3
     m.profile_rows_sent += 4
     m.dead_letter("late_event")
@@ -145,3 +148,26 @@ def test_flink_counters_end_equal_to_what_the_operator_counted(
     assert flink.get(("event_time_lag_ms", ""), 0) == (now - newest if newest else 0)
     served = {label: v for (name, label), v in flink.items() if name == "serving"}
     assert served == ({} if serving is None else {**dict.fromkeys(served, 0), serving: 1})
+
+
+@given(st.lists(st.integers(0, 2_500), max_size=80))
+def test_nothing_counted_waits_for_more_input(gaps: list[int]) -> None:
+    """The operator's protocol (flink_jobs.job.functions): an element finding a flush due flushes
+    and sets a processing-time timer at `schedule(now)`; a timer flushes. However the elements
+    are spaced, once the last timer has fired Flink has every count."""
+    m = OperatorMetrics()
+    flink: dict[tuple[str, str], int] = {}
+    timers: list[int] = []
+    now = 1_000_000
+    for gap in gaps:
+        now += gap
+        for t in sorted(t for t in timers if t <= now):  # timers due before this element
+            timers.remove(t)
+            apply(flink, m.flush(t))
+        if now >= m.next_flush_ms:
+            apply(flink, m.flush(now))
+            timers.append(m.schedule(now))
+        m.events_folded += 1
+    for t in sorted(timers):  # the input went quiet
+        apply(flink, m.flush(t))
+    assert flink.get(("events_folded", ""), 0) == len(gaps)
