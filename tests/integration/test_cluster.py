@@ -28,6 +28,7 @@ from flink_jobs.io.producer import EventPublisher, ensure_topic
 from flink_jobs.ops.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
 from flink_jobs.ops.services import EmbeddedPostgres, free_port
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from tests.support.models import tiny_model
 from tests.support.prometheus import Sample, read_metric_names, total
 from tests.support.prometheus import scrape as scrape_url
 from udfs import events as ev
@@ -620,8 +621,9 @@ def test_prometheus_metrics_move_with_the_stream(
 ) -> None:
     """Scrape the cluster's Prometheus endpoints (where `cluster status` says they are) while the
     job runs: the job's metrics move by exactly what goes in (valid events, undecodable messages,
-    late events, a duplicate, an erasure), the lag and the model serving are there, and every
-    name the Grafana dashboard may use (docker/grafana/metric-names.txt) is served."""
+    late events, a duplicate, an erasure), the lag is there, the model serving moves with a
+    published model, and every name the Grafana dashboard may use
+    (docker/grafana/metric-names.txt) is served."""
     topic = "metrics-events"
     ensure_topic(kafka, topic, partitions=2)
     job = submit(cluster, kafka, pg_dsn, topic)
@@ -718,6 +720,25 @@ def test_prometheus_metrics_move_with_the_stream(
         cur.execute("SELECT reason, count(*) FROM dead_letter_events GROUP BY reason")
         assert dict(cur.fetchall()) == {"decode_error": 5, "late_event": 3}
     conn.close()
+
+    # 3. A model switch (the model registry) moves the serving series' 1 to the new version. The
+    #    job polls the registry on an event once its poll interval has passed: keep events coming.
+    published = subprocess.run(
+        [CLI, "model", "publish", str(tiny_model(tmp_path / "tiny-v2", "tiny-v2")), "--pg-dsn",
+         pg_dsn],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stdout + published.stderr
+    more = iter(synthetic_events(SyntheticSpec(600, 60, seed=12, start_ms=start_ms, days=1)))
+    with EventPublisher(kafka, topic) as pub:
+
+        def switched() -> bool:
+            pub.publish(next(more))
+            pub.flush()
+            return (metric("serving", model_version="tiny-v2"), metric("serving")) == (1, 1)
+
+        wait_for(switched, 90, "the serving series to move to tiny-v2")
+    assert metric("serving", model_version="taobao-v2") == 0
 
     # Every name: the job's own, and those the dashboard may use (Kafka, checkpoints), once
     # a checkpoint has completed.
