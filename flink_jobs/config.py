@@ -171,6 +171,14 @@ class ClusterSettings:
         for name in ("slots_per_taskmanager", "retained_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        ports = re.fullmatch(r"(\d+)(?:-(\d+))?", self.metrics_ports)
+        first, last = (int(ports[1]), int(ports[2] or ports[1])) if ports else (0, 0)
+        if not 0 < first <= last < 65536:
+            raise ConfigError(
+                f"metrics_ports={self.metrics_ports!r} is not a port or a range FIRST-LAST",
+                setting="--metrics-ports",
+                fix=f"set --metrics-ports, e.g. {DEFAULT_METRICS_PORTS}",
+            )
 
     @property
     def address(self) -> str:

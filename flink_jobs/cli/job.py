@@ -45,6 +45,12 @@ def register(sub: Subparsers, env: Environment) -> None:
         default=CLUSTER_DEFAULTS.retained_checkpoints,
         help=f"checkpoints kept per job ({CLUSTER_DEFAULTS.retained_checkpoints})",
     )
+    cstart.add_argument(
+        "--metrics-ports",
+        default=CLUSTER_DEFAULTS.metrics_ports,
+        help="Prometheus endpoints: each JobManager/TaskManager takes a free port of this range "
+        f"({CLUSTER_DEFAULTS.metrics_ports}; Flink's reporter listens on all interfaces)",
+    )
     for c in (cstart, csub.add_parser("status"), csub.add_parser("stop")):
         add_rest_port(c)
     cluster.set_defaults(handler=cmd_cluster)
@@ -99,6 +105,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             rpc_port=getattr(args, "rpc_port", None) or CLUSTER_DEFAULTS.rpc_port,
             retained_checkpoints=getattr(args, "retained_checkpoints", None)
             or CLUSTER_DEFAULTS.retained_checkpoints,
+            metrics_ports=getattr(args, "metrics_ports", None) or CLUSTER_DEFAULTS.metrics_ports,
         )
     )
     if args.cluster_command == "start":
@@ -108,6 +115,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             f"TaskManager(s), {overview['slots-total']} slots, {cluster.url} "
             f"(config and logs in {cluster.home})"
         )
+        print_metrics_endpoints(cluster)
     elif args.cluster_command == "status":
         if not cluster.running():
             print(f"no cluster answers on {cluster.url}")
@@ -120,10 +128,21 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
         for job in status["jobs"]:
             print(f"  {job['jid']}  {job['state']:<10} {job['name']}")
+        print_metrics_endpoints(cluster)
     else:
         cluster.stop()
         print("cluster stopped")
     return 0
+
+
+def print_metrics_endpoints(cluster: LocalCluster) -> None:
+    endpoints = cluster.metrics_endpoints()
+    if not endpoints:
+        return
+    print("Prometheus metrics (Flink's reporter listens on all interfaces):")
+    for e in endpoints:
+        where = e.url or f"none (no free port in {cluster.settings.metrics_ports}, see the log)"
+        print(f"  {e.process:<12} pid {e.pid:<8} {where}")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pyflink.common import Row, RowKind
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ValueStateDescriptor
 
 from flink_jobs.io.registry import Candidate, RegistryPoller
@@ -22,6 +22,7 @@ from udfs.cache import DEFAULT_CAPACITY, ProfileCache
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
 from udfs.host import beyond_final_watermark, tune_gc
+from udfs.metrics import BY_NAME, GROUP, Increment, OperatorMetrics
 from udfs.params import ProfileParams
 from udfs.profile import Profile
 from udfs.pseudonym import Pseudonymiser, load_key
@@ -45,7 +46,6 @@ COLUMN_KINDS: dict[str, tuple[Callable[[], Any], str, str]] = {
     "bytes": (_bytes, "BYTES", "BYTES"),
 }
 RECORD_SKEW_MS = 60_000  # record timestamp vs event_time beyond this is counted (contract breach)
-SCORE_SAMPLE_EVERY = 64  # time one scoring call in this many
 
 
 def row_type(columns: tuple[tuple[str, str], ...]) -> Any:
@@ -97,19 +97,23 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.topic = topic
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # Valid events are counted by Flink's own numRecordsIn; a per-event Python counter call
-        # costs several microseconds in thread mode.
-        group = runtime_context.get_metrics_group()
-        self.invalid = group.counter("events_dead_lettered")
-        # Watermarks come from Kafka record timestamps; the contract says they equal event_time.
-        self.skewed = group.counter("record_timestamp_skewed")
+        # Counted in plain ints, handed to Flink counters about once a second (udfs.metrics).
+        self.metrics = OperatorMetrics()
+        self.counters = FlinkCounters(runtime_context, self.metrics.series())
+        # The newest event time folded (by a subclass that folds): for the event-time lag, and
+        # where event time really stands when a bounded input ends with Flink's final watermark.
+        self.max_event_ms = 0
 
     def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         now_ms = _now_ms()
+        if now_ms >= self.metrics.next_flush_ms:
+            self.flush_metrics(now_ms)
+            # Flushes what comes in until then, if the input goes quiet (see on_timer).
+            ctx.timer_service().register_processing_time_timer(self.metrics.schedule(now_ms))
         try:
             event = decode_event(value, now_ms)
         except InvalidEvent as exc:
-            self.invalid.inc()
+            self.metrics.dead_letter(exc.reason.value)
             yield (
                 DEAD_LETTERS,
                 Row(
@@ -127,7 +131,7 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
             return
         key = ctx.get_current_key()
         if key != event.user_id:
-            self.invalid.inc()
+            self.metrics.dead_letter(Reason.KEY_MISMATCH.value)
             yield (
                 DEAD_LETTERS,
                 Row(
@@ -145,8 +149,9 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
             )
             return
         record_ts = ctx.timestamp()
+        # Watermarks come from Kafka record timestamps; the contract says they equal event_time.
         if record_ts is not None and abs(record_ts - event.event_time_ms) > RECORD_SKEW_MS:
-            self.skewed.inc()
+            self.metrics.record_timestamp_skewed += 1
         yield from self.process_event(event, key, now_ms, ctx)
 
     def process_event(
@@ -155,28 +160,43 @@ class DecodingFunction(KeyedProcessFunction):  # type: ignore[misc]
         """A valid event of the current key (`key` is its user_id)."""
         return iter(())
 
+    def flush_metrics(self, now_ms: int) -> None:
+        """Hand what the metrics counted since the last flush to Flink."""
+        self.counters.apply(self.metrics.flush(now_ms, self.max_event_ms))
 
-class _Timed:
-    """Calls `fn`, timing one call in SCORE_SAMPLE_EVERY into two Flink counters
-    (`<name>_sampled_ns` / `<name>_samples` is the in-job cost of one call: `scoring` for the
-    score, `explain` for its reasons). Counters, not a gauge: a Python gauge is read from a Java
-    metrics thread, which blocks the task in thread mode."""
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        """The metrics' processing-time timer (process_element registers it). A subclass with
+        event-time timers of its own passes the processing-time ones here."""
+        self.flush_metrics(_now_ms())
+        return iter(())
 
-    def __init__(self, fn: Callable[[Any], Any], group: Any, name: str) -> None:
-        self.fn = fn
-        self.calls = 0
-        self.sampled_ns = group.counter(f"{name}_sampled_ns")
-        self.samples = group.counter(f"{name}_samples")
+    def close(self) -> None:
+        self.flush_metrics(_now_ms())
 
-    def __call__(self, features: Any) -> Any:
-        self.calls += 1
-        if self.calls % SCORE_SAMPLE_EVERY:
-            return self.fn(features)
-        start = time.perf_counter_ns()
-        out = self.fn(features)
-        self.sampled_ns.inc(time.perf_counter_ns() - start)
-        self.samples.inc()
-        return out
+
+class FlinkCounters:
+    """The Flink counters behind `udfs.metrics.OperatorMetrics`, in the operator's metric group
+    `udfs.metrics.GROUP`; a labelled metric's series are counters in key-value groups
+    (`add_group(label, value)`: the label of the Prometheus series). Counters only: a Python gauge
+    is read from a Java metrics thread, which blocks the task in thread mode."""
+
+    def __init__(self, runtime_context: RuntimeContext, series: list[tuple[str, str]]) -> None:
+        self.group = runtime_context.get_metrics_group().add_group(GROUP)
+        self.counters: dict[tuple[str, str], Any] = {}
+        for name, label in series:
+            self._counter(name, label)
+
+    def _counter(self, name: str, label: str) -> Any:
+        counter = self.counters.get((name, label))
+        if counter is None:
+            key = BY_NAME[name].label
+            group = self.group.add_group(key, label) if key else self.group
+            counter = self.counters[(name, label)] = group.counter(name)
+        return counter
+
+    def apply(self, increments: list[Increment]) -> None:
+        for name, label, amount in increments:
+            self._counter(name, label).inc(amount)
 
 
 class UpdateProfile(DecodingFunction):
@@ -220,10 +240,9 @@ class UpdateProfile(DecodingFunction):
         self.state = runtime_context.get_state(
             ValueStateDescriptor("profile", Types.PICKLED_BYTE_ARRAY())
         )
-        group = runtime_context.get_metrics_group()
         self.scorer = Scorer(self.model_dir)
-        self.timed_score = _Timed(self.scorer.score, group, "scoring")
-        self.timed_explain = _Timed(self.scorer.explain, group, "explain")
+        self.timed_score = self.metrics.timed("scoring", self.scorer.score)
+        self.timed_explain = self.metrics.timed("explain", self.scorer.explain)
         self.engine = ProfileEngine(
             self.params,
             self.timed_score,
@@ -241,18 +260,12 @@ class UpdateProfile(DecodingFunction):
             if self.registry_dsn and self.model_poll_interval_ms > 0
             else None
         )
+        self.serve_model(self.scorer.version)
         self.cache = ProfileCache(self.cache_entries)
         tune_gc()
-        self.erased = group.counter("users_erased")
-        self.late = group.counter("events_late")
-        self.failed = group.counter("events_failed")  # dead-lettered as processing_error
-        self.duplicates = group.counter("events_duplicate")
-        self.expired = group.counter("profiles_expired")
-        # Largest event time this subtask has folded: where event time really stands when a
-        # bounded input ends with Flink's final MAX watermark.
-        self.max_event_ms = 0
 
     def close(self) -> None:
+        super().close()
         if self.registry is not None:
             self.registry.close()
         self.scorer.close()
@@ -274,7 +287,13 @@ class UpdateProfile(DecodingFunction):
         self.timed_score.fn = scorer.score
         self.timed_explain.fn = scorer.explain
         self.engine.use_model(self.timed_score, scorer.version, self.timed_explain)
+        self.serve_model(scorer.version)
         old.close()
+
+    def serve_model(self, version: str) -> None:
+        """Report `version` as the model serving (its `serving` series 1, the previous
+        version's 0): at start-up and on every switch."""
+        self.counters.apply(self.metrics.serve(version))
 
     def _profile(self, key: str) -> Profile | None:
         cached = self.cache.get(key)
@@ -287,17 +306,27 @@ class UpdateProfile(DecodingFunction):
         self.poll_registry(now_ms)
         step = self.engine.on_event(self._profile(key), event, self.topic, now_ms)
         if step.dead_letter is not None:
-            (self.failed if step.outcome is StepOutcome.FAILED else self.late).inc()
+            if step.outcome is StepOutcome.FAILED:
+                self.metrics.events_failed += 1
+                self.metrics.dead_letter(Reason.PROCESSING_ERROR.value)
+            else:
+                self.metrics.events_late += 1
+                self.metrics.dead_letter(Reason.LATE_EVENT.value)
             # A failed step discards the cached profile, which the fold may have half-updated.
             apply_step(step, key, self.state, self.cache, ctx)
             yield DEAD_LETTERS, Row(*step.dead_letter)
             return
         if step.outcome is StepOutcome.DUPLICATE:
-            self.duplicates.inc()
+            self.metrics.events_duplicate += 1
             return
+        if step.outcome is StepOutcome.APPLIED:
+            self.metrics.events_folded += 1
         yield from self._apply(key, step, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            yield from super().on_timer(timestamp, ctx)  # the metrics' flush
+            return
         watermark = ctx.timer_service().current_watermark()
         if beyond_final_watermark(
             timestamp, watermark, self.max_event_ms, self.max_out_of_orderness_ms
@@ -309,18 +338,20 @@ class UpdateProfile(DecodingFunction):
         self.poll_registry(_now_ms())
         step = self.engine.on_timer(self._profile(key), key, timestamp)
         if step.outcome is StepOutcome.EXPIRED:
-            self.expired.inc()
+            self.metrics.profiles_expired += 1
         yield from self._apply(key, step, ctx)
 
     def _apply(self, key: str, step: Step, ctx: Any) -> Iterator[Row]:
         if step.erase:
-            self.erased.inc()
+            self.metrics.users_erased += 1
+            self.metrics.profile_rows_sent += 1
             # Deleting the row deletes its history and dead letters too (a database trigger).
             row = Row(key, *([None] * (len(PROFILE_COLUMNS) - 1)))
             row.set_row_kind(RowKind.DELETE)
             yield row
         apply_step(step, key, self.state, self.cache, ctx)
         if step.row is not None:
+            self.metrics.profile_rows_sent += 1
             row = Row(*step.row)
             row.set_row_kind(RowKind.UPDATE_AFTER)
             yield row

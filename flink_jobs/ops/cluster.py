@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -161,15 +162,38 @@ class LocalCluster:
             f"(overview: {overview}); see the logs in {self.log_dir}"
         )
 
-    def taskmanager_pids(self) -> list[int]:
-        pid_file = self.home / "pids" / f"flink-{_user()}-taskexecutor.pid"
+    def _daemons(self, daemon: str) -> list[tuple[int, int]]:
+        """(index, pid) of each live `daemon` process ("taskexecutor", "standalonesession"):
+        flink-daemon.sh numbers a process's log by its line in the pid file."""
+        pid_file = self.home / "pids" / f"flink-{_user()}-{daemon}.pid"
         if not pid_file.exists():
             return []
-        pids = []
-        for line in pid_file.read_text().split():
-            if line.isdigit() and _alive(int(line)):
-                pids.append(int(line))
-        return pids
+        return [
+            (index, int(line))
+            for index, line in enumerate(pid_file.read_text().split())
+            if line.isdigit() and _alive(int(line))
+        ]
+
+    def _logs(self, daemon: str, index: int) -> list[Path]:
+        return sorted(self.log_dir.glob(f"flink-*-{daemon}-{index}-*.log"))
+
+    def taskmanager_pids(self) -> list[int]:
+        return [pid for _, pid in self._daemons("taskexecutor")]
+
+    def metrics_endpoints(self) -> list[MetricsEndpoint]:
+        """Where each live process of this cluster serves its Prometheus metrics: the port it
+        took from `settings.metrics_ports`, which Flink's reporter logs at start-up (None when the
+        log names none: the range was taken, see the log)."""
+        out = []
+        for daemon, process in (
+            ("standalonesession", "jobmanager"),
+            ("taskexecutor", "taskmanager"),
+        ):
+            for index, pid in self._daemons(daemon):
+                port = next(filter(None, map(_reporter_port, self._logs(daemon, index))), None)
+                url = f"http://127.0.0.1:{port}/metrics" if port else None
+                out.append(MetricsEndpoint(process, pid, url))
+        return out
 
     def kill_taskmanager(self, pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
@@ -177,19 +201,14 @@ class LocalCluster:
     def busy_taskmanager_pid(self, task: str = "update profile and score") -> int | None:
         """The live TaskManager that most recently started `task` (from the TaskManager logs:
         flink-daemon.sh numbers each log by the TaskManager's line in the pid file)."""
-        pid_file = self.home / "pids" / f"flink-{_user()}-taskexecutor.pid"
-        if not pid_file.exists():
-            return None
         latest: tuple[str, int] | None = None
-        for index, line in enumerate(pid_file.read_text().split()):
-            if not line.isdigit() or not _alive(int(line)):
-                continue
-            for log in self.log_dir.glob(f"flink-*-taskexecutor-{index}-*.log"):
+        for index, pid in self._daemons("taskexecutor"):
+            for log in self._logs("taskexecutor", index):
                 for entry in log.read_text(errors="replace").splitlines():
                     if task in entry and "switched from DEPLOYING to INITIALIZING" in entry:
                         stamp = entry[:23]
                         if latest is None or stamp > latest[0]:
-                            latest = (stamp, int(line))
+                            latest = (stamp, pid)
         return latest[1] if latest else None
 
     def status(self) -> dict[str, Any]:
@@ -269,6 +288,27 @@ def python_entry(python: str, job_args: list[str]) -> list[str]:
     """The job's Python entry point and its arguments, as `flink run` and Flink's PythonDriver
     (the Kubernetes operator's entry class for Python jobs) take them."""
     return ["-pyexec", python, "-pyclientexec", python, "-pym", ENTRY_MODULE, *job_args]
+
+
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    process: str  # "jobmanager" or "taskmanager"
+    pid: int
+    url: str | None  # http://127.0.0.1:<port>/metrics; None: the process serves none
+
+
+# What Flink's PrometheusReporter logs once it listens (on every interface: the reporter takes
+# only a port, and binds the wildcard address).
+REPORTER_STARTED = re.compile(r"Started PrometheusReporter HTTP server on port (\d+)")
+
+
+def _reporter_port(log: Path) -> int | None:
+    with log.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            found = REPORTER_STARTED.search(line)
+            if found:
+                return int(found[1])
+    return None
 
 
 # Flink's PythonEnvUtils logs, at INFO, the whole environment of every Python process it starts

@@ -86,10 +86,16 @@ PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFac
 
 def prometheus_reporter(ports: str) -> dict[str, str]:
     """Flink's Prometheus reporter (the `metrics-prometheus` plugin in the wheel's plugins/):
-    every JobManager and TaskManager process serves /metrics on a free port of `ports`."""
+    every JobManager and TaskManager process serves /metrics on a free port of `ports`.
+
+    The reporter takes a port and nothing else about where to listen: it binds the wildcard
+    address (all interfaces), unlike the REST and RPC endpoints, which the cluster keeps on
+    loopback. Label values are kept as they are (by default the reporter turns every character
+    outside [a-zA-Z0-9:_] into "_": model version "taobao-v2" would read "taobao_v2")."""
     return {
         "metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER,
         "metrics.reporter.prom.port": ports,
+        "metrics.reporter.prom.filterLabelValueCharacters": "false",
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,10 +23,17 @@ import psycopg2
 import pytest
 
 from flink_jobs.cli.data import print_report, verify
-from flink_jobs.config import DEFAULT_MODEL_DIR, ClusterSettings, JobConfig
+from flink_jobs.config import DEFAULT_MODEL_DIR, PROJECT_ROOT, ClusterSettings, JobConfig
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from flink_jobs.ops.cluster import LocalCluster, latest_checkpoint, stop_with_savepoint
 from flink_jobs.ops.services import EmbeddedPostgres, free_port
+from schemas.profilestream.events.v1 import user_event_pb2 as pb
+from tests.support.models import tiny_model
+from tests.support.prometheus import Sample, read_metric_names, total
+from tests.support.prometheus import scrape as scrape_url
+from udfs import events as ev
+from udfs.events import make_message
+from udfs.metrics import BY_NAME, EXPORTED_NAMES
 from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.sources import SyntheticSpec, synthetic_events, write_delimited
@@ -308,10 +316,16 @@ def test_cluster_commands(tmp_path: Path) -> None:
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert "2 TaskManager(s), 2 slots" in started.stdout
+        # Where each process serves Prometheus metrics, and that it does.
+        urls = re.findall(r"(?:jobmanager|taskmanager) +pid \d+ +(http://\S+)", started.stdout)
+        assert len(urls) == 3, started.stdout
+        for url in urls:
+            assert scrape_url(url)[0], url
         again = cli("cluster", "start", "--rest-port", port, "--rpc-port", rpc)
         assert again.returncode == 2 and "already answers" in again.stderr
         status = cli("cluster", "status", "--rest-port", port)
         assert status.returncode == 0 and "2 TaskManager(s), 2/2 slots free" in status.stdout
+        assert re.findall(r"http://\S+/metrics", status.stdout) == urls
     finally:
         stopped = cli("cluster", "stop", "--rest-port", port)
     assert stopped.returncode == 0
@@ -589,3 +603,154 @@ def test_secrets_never_leak(
         rows = cur.fetchall()
     conn.close()
     assert rows and all(p == PSEUDONYM(u) for u, p in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus metrics
+# ---------------------------------------------------------------------------------------------
+METRIC_NAMES_FILE = PROJECT_ROOT / "docker" / "grafana" / "metric-names.txt"
+
+
+def job_metric(samples: list[Sample], name: str, **labels: str) -> float:
+    """The job's metric `name` (udfs.metrics.METRICS) summed over its series matching `labels`."""
+    return total(samples, BY_NAME[name].prometheus_name, **labels) or 0.0
+
+
+def test_prometheus_metrics_move_with_the_stream(
+    cluster: LocalCluster, kafka: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Scrape the cluster's Prometheus endpoints (where `cluster status` says they are) while the
+    job runs: the job's metrics move by exactly what goes in (valid events, undecodable messages,
+    late events, a duplicate, an erasure), the lag is there, the model serving moves with a
+    published model, and every name the Grafana dashboard may use
+    (docker/grafana/metric-names.txt) is served."""
+    topic = "metrics-events"
+    ensure_topic(kafka, topic, partitions=2)
+    job = submit(cluster, kafka, pg_dsn, topic)
+    endpoints = cluster.metrics_endpoints()
+    assert sorted(e.process for e in endpoints) == ["jobmanager", "taskmanager", "taskmanager"]
+    assert all(e.url for e in endpoints), endpoints
+    seen: dict[str, str] = {}  # every metric name served, and its type
+
+    def scrape(process: str = "taskmanager") -> list[Sample]:
+        samples = []
+        for e in endpoints:
+            if e.process == process and e.url:
+                got, types = scrape_url(e.url)
+                samples += got
+                seen.update({s.name: types.get(s.name, "") for s in got})
+        return samples
+
+    def metric(name: str, **labels: str) -> float:
+        return job_metric(scrape(), name, job_id=job, **labels)
+
+    # The operator is up: its model is serving, nothing counted yet.
+    wait_for(lambda: metric("serving", model_version="taobao-v2") == 1, 120, "the job")
+    assert metric("events_folded") == 0 and metric("dead_letters") == 0
+
+    # 1. Valid events (one day, ending an hour ago), then the input goes quiet: what was counted
+    #    reaches Flink without further events (the metrics' processing-time timer).
+    sent_ms = int(time.time() * 1000)
+    start_ms = sent_ms - 25 * 3600 * 1000
+    events = synthetic_events(SyntheticSpec(300, 30, seed=11, start_ms=start_ms, days=1))
+    newest_ms = max(e.event_time.seconds * 1000 + e.event_time.nanos // 10**6 for e in events)
+    with EventPublisher(kafka, topic) as pub:
+        for e in events:
+            pub.publish(e)
+    wait_for(lambda: metric("events_folded") == 300, 120, "300 events folded")
+    assert metric("profile_rows_sent") == 300  # one row per event (no timer is due in a day)
+    assert metric("scoring_samples") >= 300 // 64 and metric("scoring_sampled_ns") > 0
+    # Wall clock minus the newest event time folded, at a flush after that event was sent.
+    lag = metric("event_time_lag_ms")
+    assert sent_ms - newest_ms <= lag <= time.time() * 1000 - newest_ms
+    wait_for(lambda: rows_updated_since(pg_dsn, 0) == 30, 60, "30 profiles in PostgreSQL")
+
+    # 2. What an operator must see: 5 undecodable messages, 3 late events, a duplicate, an erasure.
+    by_user: dict[str, list[pb.UserEvent]] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e)
+    users = sorted(by_user)
+    with EventPublisher(kafka, topic, validate=False) as pub:
+        for i in range(5):
+            pub.publish_raw(b"bad", b"\xff\xfe not a UserEvent %d" % i, newest_ms)
+        for user in users[:3]:
+            last = by_user[user][-1]
+            late = make_message(
+                event_id=f"late-{user}",
+                user_id=user,
+                event_type=ev.VIEW,
+                event_time_ms=last.event_time.seconds * 1000 - 3600 * 1000,
+                item_id="i-late",
+            )
+            pub.publish(late)
+        pub.publish(by_user[users[3]][-1])  # sent again: a duplicate
+        erase_ms = by_user[users[4]][-1].event_time.seconds * 1000 + 1000
+        pub.publish(
+            make_message(
+                event_id="erase", user_id=users[4], event_type=ev.ERASE, event_time_ms=erase_ms
+            )
+        )
+
+    expected = {
+        ("dead_letters", "decode_error"): 5,
+        ("dead_letters", "late_event"): 3,
+        ("events_duplicate", ""): 1,
+        ("users_erased", ""): 1,
+    }
+
+    def counts() -> dict[tuple[str, str], float]:
+        samples = scrape()
+        return {
+            (name, reason): job_metric(
+                samples, name, job_id=job, **({"reason": reason} if reason else {})
+            )
+            for name, reason in expected
+        }
+
+    try:
+        wait_for(lambda: counts() == expected, 60, f"the job's metrics to read {expected}")
+    finally:
+        print(counts())
+    assert metric("dead_letters") == 8 and metric("events_late") == 3
+    assert metric("events_folded") == 300  # none of them was folded
+    assert metric("profile_rows_sent") == 301  # the erasure's delete
+    wait_for(lambda: rows_updated_since(pg_dsn, 0) == 29, 60, "the erased profile gone")
+    conn = psycopg2.connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT reason, count(*) FROM dead_letter_events GROUP BY reason")
+        assert dict(cur.fetchall()) == {"decode_error": 5, "late_event": 3}
+    conn.close()
+
+    # 3. A model switch (the model registry) moves the serving series' 1 to the new version. The
+    #    job polls the registry on an event once its poll interval has passed: keep events coming.
+    published = subprocess.run(
+        [CLI, "model", "publish", str(tiny_model(tmp_path / "tiny-v2", "tiny-v2")), "--pg-dsn",
+         pg_dsn],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stdout + published.stderr
+    more = iter(synthetic_events(SyntheticSpec(600, 60, seed=12, start_ms=start_ms, days=1)))
+    with EventPublisher(kafka, topic) as pub:
+
+        def switched() -> bool:
+            pub.publish(next(more))
+            pub.flush()
+            return (metric("serving", model_version="tiny-v2"), metric("serving")) == (1, 1)
+
+        wait_for(switched, 90, "the serving series to move to tiny-v2")
+    assert metric("serving", model_version="taobao-v2") == 0
+
+    # Every name: the job's own, and those the dashboard may use (Kafka, checkpoints), once
+    # a checkpoint has completed.
+    checkpoints = "flink_jobmanager_job_numberOfCompletedCheckpoints"
+    wait_for(lambda: (total(scrape("jobmanager"), checkpoints) or 0) > 0, 60, "a checkpoint")
+    scrape()
+    record = tmp_path / "metric-names-seen.txt"
+    record.write_text("".join(f"{n} {t}\n" for n, t in sorted(seen.items())), encoding="utf-8")
+    print(f"{len(seen)} metric names seen, written to {record}")
+    missing = [n for n in EXPORTED_NAMES if n not in seen]
+    assert missing == [], missing
+    # Flink's reporter exports counters as Prometheus gauges (the dashboard uses rate() on them).
+    assert {seen[n] for n in EXPORTED_NAMES} == {"gauge"}
+    committed = read_metric_names(METRIC_NAMES_FILE)
+    assert sorted(committed - set(seen)) == [], f"in {METRIC_NAMES_FILE.name}, not served: {record}"

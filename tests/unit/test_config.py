@@ -203,3 +203,51 @@ def test_the_job_reads_the_password_file_for_its_sink(
     config = JobConfig.from_args(["--bootstrap", "k:9092", "--pg-dsn", "postgresql://app@db/p"])
     assert config.pg_password == "from-file"
     assert config.secrets() == {}  # nothing to hand to `flink run`: the client reads the file
+
+
+def test_cluster_processes_serve_prometheus_metrics_on_the_configured_ports(
+    tmp_path: Path,
+) -> None:
+    from flink_jobs.config import ClusterSettings
+    from flink_jobs.ops.flink_config import flink_settings
+
+    cluster = flink_settings(
+        "cluster", cluster=ClusterSettings(metrics_ports="9300-9305"), cluster_home=tmp_path
+    )
+    assert cluster["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
+    assert cluster["metrics.reporter.prom.port"] == "9300-9305"
+    # Label values as the job gives them (model version "taobao-v2", not "taobao_v2").
+    assert cluster["metrics.reporter.prom.filterLabelValueCharacters"] == "false"
+    assert ClusterSettings(metrics_ports="9249").metrics_ports == "9249"
+    for bad in ("", "9259-9249", "0", "70000", "9249-", "a-b", "9249,9250"):
+        with pytest.raises(ConfigError, match="--metrics-ports"):
+            ClusterSettings(metrics_ports=bad)
+
+
+def test_metrics_endpoints_come_from_each_live_process_log(tmp_path: Path) -> None:
+    """The port each process took from the range is the one its reporter logged at start-up;
+    a process whose log names none (the range was taken) has no endpoint."""
+    import getpass
+
+    from flink_jobs.ops.cluster import LocalCluster
+
+    cluster = LocalCluster(home=tmp_path)
+    (tmp_path / "pids").mkdir()
+    cluster.log_dir.mkdir()
+    user, me, dead = getpass.getuser(), os.getpid(), 2**22 + 1  # above Linux's pid_max
+    (tmp_path / "pids" / f"flink-{user}-standalonesession.pid").write_text(f"{me}\n")
+    (tmp_path / "pids" / f"flink-{user}-taskexecutor.pid").write_text(f"{dead}\n{me}\n{me}\n")
+    started = "INFO  o.a.f.m.p.PrometheusReporter [] - Started PrometheusReporter HTTP server on"
+    logs = {
+        "standalonesession-0": f"x\n{started} port 9249.\n",
+        "taskexecutor-0": f"{started} port 9250.\n",  # a dead TaskManager's
+        "taskexecutor-1": f"y\n{started} port 9251.\nz\n",
+        "taskexecutor-2": "no reporter\n",
+    }
+    for name, text in logs.items():
+        (cluster.log_dir / f"flink-{user}-{name}-host.log").write_text(text)
+    assert [(e.process, e.pid, e.url) for e in cluster.metrics_endpoints()] == [
+        ("jobmanager", me, "http://127.0.0.1:9249/metrics"),
+        ("taskmanager", me, "http://127.0.0.1:9251/metrics"),
+        ("taskmanager", me, None),
+    ]
