@@ -27,13 +27,19 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = PROJECT_ROOT / "schemas" / "sql" / "migrations"
 
 
-def connect(dsn: str, *, timeout_s: int = 5) -> Any:
-    # The password of PROFILESTREAM_PG_PASSWORD_FILE, when neither the DSN nor PGPASSWORD has one.
-    extra: dict[str, Any] = {"connect_timeout": timeout_s}
+def open_connection(dsn: str, *, timeout_s: int, **options: Any) -> Any:
+    """A psycopg2 connection to `dsn` (psycopg2's errors as they come), with the password of
+    PROFILESTREAM_PG_PASSWORD_FILE when neither the DSN nor PGPASSWORD has one; `options` are
+    further libpq parameters. Every connection the project opens goes through here."""
     if (password := environment().password_for(dsn)) is not None:
-        extra["password"] = password
+        options["password"] = password
+    return psycopg2.connect(dsn, connect_timeout=timeout_s, **options)
+
+
+def connect(dsn: str, *, timeout_s: int = 5) -> Any:
+    """An autocommit connection; a DatabaseError naming PG_DSN when there is none."""
     try:
-        conn = psycopg2.connect(dsn, **extra)
+        conn = open_connection(dsn, timeout_s=timeout_s)
     except psycopg2.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseError(

@@ -28,8 +28,8 @@ from typing import Any
 
 import psycopg2
 
-from flink_jobs.config import environment, redact_dsn
-from flink_jobs.io.db import connect
+from flink_jobs.config import redact_dsn
+from flink_jobs.io.db import connect, open_connection
 from udfs.errors import ModelError
 from udfs.registry import (
     ModelState,
@@ -245,17 +245,13 @@ class RegistryPoller:
 
     def _connection(self) -> Any:
         if self.conn is None or self.conn.closed:
-            extra: dict[str, Any] = {}
-            # PROFILESTREAM_PG_PASSWORD_FILE in the worker's environment, when neither the DSN
-            # nor PGPASSWORD (which libpq reads itself) has the password.
-            if (password := environment().password_for(self.dsn)) is not None:
-                extra["password"] = password
-            self.conn = psycopg2.connect(
+            # The password from the worker's environment (PGPASSWORD, ~/.pgpass or
+            # PROFILESTREAM_PG_PASSWORD_FILE), as for every connection.
+            self.conn = open_connection(
                 self.dsn,
-                connect_timeout=POLL_CONNECT_TIMEOUT_S,
+                timeout_s=POLL_CONNECT_TIMEOUT_S,
                 options=f"-c statement_timeout={POLL_STATEMENT_TIMEOUT_MS}",
                 application_name="profilestream-model-poll",
-                **extra,
             )
             self.conn.autocommit = True
         return self.conn

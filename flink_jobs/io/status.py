@@ -37,7 +37,7 @@ import psycopg2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from flink_jobs.config import redact_dsn
-from flink_jobs.io.db import require_schema
+from flink_jobs.io.db import open_connection, require_schema
 from flink_jobs.io.producer import check_broker, client_config
 from udfs.errors import ConfigError, DatabaseError, KafkaUnavailable
 from udfs.health import Database, Freshness, KafkaLag, PartitionLag
@@ -136,7 +136,7 @@ def database_figures(dsn: str, timeout_s: float = TIMEOUT_S) -> Database:
     when it does not answer; a ConfigError (a mistake, not a health problem) when the database
     is not one the job writes (not migrated, or newer than this code)."""
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=max(1, round(timeout_s)))
+        conn = open_connection(dsn, timeout_s=max(1, round(timeout_s)))
     except psycopg2.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DatabaseError(f"{redact_dsn(dsn)} does not answer: {first}") from None
