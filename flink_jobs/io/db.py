@@ -30,7 +30,8 @@ MIGRATIONS_DIR = PROJECT_ROOT / "schemas" / "sql" / "migrations"
 def open_connection(dsn: str, *, timeout_s: int, **options: Any) -> Any:
     """A psycopg2 connection to `dsn` (psycopg2's errors as they come), with the password of
     PROFILESTREAM_PG_PASSWORD_FILE when neither the DSN nor PGPASSWORD has one; `options` are
-    further libpq parameters. Every connection the project opens goes through here."""
+    further libpq parameters. `connect`, `profilestream status` and the job's model-registry
+    poll open theirs here (the embedded server's admin connections need no password)."""
     if (password := environment().password_for(dsn)) is not None:
         options["password"] = password
     return psycopg2.connect(dsn, connect_timeout=timeout_s, **options)
