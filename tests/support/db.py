@@ -7,19 +7,26 @@ import psycopg2
 
 from udfs.rows import PROFILE_COLUMN_NAMES
 
+# The columns the sink writes: the job's row and the cluster columns of migration 0007 (the
+# job's learned-segment assignment), whichever of them the row does not list yet.
+SINK_COLUMN_NAMES = PROFILE_COLUMN_NAMES + tuple(
+    c for c in ("cluster_id", "cluster_version") if c not in PROFILE_COLUMN_NAMES
+)
+
 # The statement Flink's Postgres dialect sends for an upsert (no WHERE clause).
 UPSERT = (
-    f"INSERT INTO user_profiles ({', '.join(PROFILE_COLUMN_NAMES)}) VALUES "
-    f"({', '.join(['%s'] * len(PROFILE_COLUMN_NAMES))}) ON CONFLICT (user_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in PROFILE_COLUMN_NAMES[1:])
+    f"INSERT INTO user_profiles ({', '.join(SINK_COLUMN_NAMES)}) VALUES "
+    f"({', '.join(['%s'] * len(SINK_COLUMN_NAMES))}) ON CONFLICT (user_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in SINK_COLUMN_NAMES[1:])
 )
 
 
 def profile_row(
     version: int, score: float = 0.5, epoch: int = 1_735_689_600_000
 ) -> tuple[object, ...]:
-    """Alice's profile row at `version` (of the profile started at `epoch`), in UPSERT's order."""
-    values: dict[str, object] = {name: 0 for name in PROFILE_COLUMN_NAMES}
+    """Alice's profile row at `version` (of the profile started at `epoch`), in UPSERT's order;
+    without a cluster (as written before the job assigned them)."""
+    values: dict[str, object] = {name: 0 for name in SINK_COLUMN_NAMES}
     values.update(
         user_id="alice",
         profile_epoch_ms=epoch,
@@ -37,15 +44,20 @@ def profile_row(
         top_category="shoes",
         features='{"cnt_view_life": 1}',
         score_reasons='[{"feature": "cnt_cart_24h", "contribution": 0.25}]',
+        cluster_id=None,
+        cluster_version=None,
     )
-    return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
+    return tuple(values[name] for name in SINK_COLUMN_NAMES)
 
 
 def row_with(version: int, **changes: object) -> tuple[object, ...]:
     """`profile_row(version)` with some columns changed (by name)."""
-    values = dict(zip(PROFILE_COLUMN_NAMES, profile_row(version), strict=True))
+    values = dict(zip(SINK_COLUMN_NAMES, profile_row(version), strict=True))
+    unknown = set(changes) - set(values)
+    if unknown:
+        raise KeyError(f"not a sink column: {sorted(unknown)}")
     values.update(changes)
-    return tuple(values[name] for name in PROFILE_COLUMN_NAMES)
+    return tuple(values[name] for name in SINK_COLUMN_NAMES)
 
 
 def query(dsn: str, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
