@@ -12,7 +12,8 @@ embedded PostgreSQL; bench/runner.py explains how throughput is measured):
 - job       the production job (flink_jobs.job.run.run_job) end to end into PostgreSQL
 - ceiling   the same udfs code over the same bytes in a plain Python loop: decode, then the
             job's engine with its write-through cache and a dict for state (udfs.host)
-- ablation  floor -> + state -> + profile update -> + features -> + scoring (-> the job)
+- ablation  floor -> + state write -> + state read -> + profile update -> + features -> + scoring
+            (-> the job)
 - freshness the job running unbounded under a steady load at half its measured rate for 60 s:
             producer send time -> row visible in PostgreSQL (a poller), p50 and p99
 - scale     the job at 10,000 and at 1,000,000 users, 2 events each on average: throughput,
@@ -62,7 +63,7 @@ from udfs.sources import SyntheticSpec, synthetic_events
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("floor", "job", "ceiling", "ablation", "freshness", "scale")
 DEFAULT_PARTS = ("floor", "job", "ceiling", "freshness", "scale")
-ABLATION = ("state", "update", "features", "scoring")
+ABLATION = ("write", "state", "update", "features", "scoring")
 PARTITIONS = 2
 
 

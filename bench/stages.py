@@ -5,6 +5,8 @@ emit nothing, and do the job's per-event work up to a point, so the difference b
 stages' throughput is what the added step costs inside the running job:
 
     floor     decode and validate, nothing else (no state, no output): the plumbing floor
+    write     + one ValueState write of a profile-sized value, no read: the least a job that keeps
+              a per-key state current on every event can do (its reads served by a cache)
     state     + one ValueState read and a write of a profile-sized value
     update    + the profile update as the job does it (write-through cache, the engine's fold,
               lazy inactivity timer, state encoding and write)
@@ -33,7 +35,7 @@ from udfs.features import features_and_vector
 from udfs.params import ProfileParams
 from udfs.scoring import Scorer
 
-STAGES = ("floor", "state", "update", "features", "scoring")
+STAGES = ("floor", "write", "state", "update", "features", "scoring")
 
 
 class Stage(DecodingFunction):
@@ -72,6 +74,9 @@ class Stage(DecodingFunction):
     ) -> Iterator[Any]:
         stage = self.stage
         if stage == "floor":
+            return
+        if stage == "write":
+            self.state.update(self.blob)
             return
         if stage == "state":
             self.state.value()
