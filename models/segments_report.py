@@ -253,7 +253,8 @@ Rule, declared before fitting: {sel["rule"]}.
 For each K: K-means on all snapshots; its silhouette on {ev["silhouette_sample"]:,} snapshots
 (a fixed-seed sample when there are more); its stability, the adjusted Rand index (ARI)
 between the full fit's clusters and those of a refit on each of {spec["bootstrap"]} bootstrap
-resamples of the snapshots (every snapshot labelled by the refit's nearest centroid).
+resamples of the users (a drawn user brings all of their snapshots; every snapshot is labelled
+by the refit's nearest centroid).
 
 | K | silhouette | ARI mean | ARI sd | ARI min | smallest cluster | inertia |
 |---|---|---|---|---|---|---|
