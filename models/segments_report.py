@@ -104,7 +104,8 @@ def write(out: Path, result: Result) -> None:
     table = sel["table"]
     ks = [r["k"] for r in table]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
-    a1.plot(ks, [r["silhouette"] for r in table], marker="o")
+    sil = [np.nan if r["silhouette"] is None else r["silhouette"] for r in table]
+    a1.plot(ks, sil, marker="o")
     a1.set_xlabel("K")
     a1.set_ylabel("silhouette")
     a1.set_title("Silhouette")
