@@ -5,6 +5,7 @@
     events.py   produce, erase                       (events in Kafka)
     job.py      run, cluster, submit, savepoint      (the Flink job, local or on a cluster)
     model.py    train, evaluate, model publish|list  (the purchase-propensity model)
+    segments.py segments train                       (learned shopper segments, K-means)
     data.py     db migrate|rotate-pseudonyms, verify (what is in PostgreSQL)
     status.py   status                               (the running job's health, for operators)
 

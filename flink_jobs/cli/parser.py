@@ -26,7 +26,7 @@ LOG_FORMATS = ["taobao", "rees46", "proto", "synthetic"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flink_jobs.cli import data, demo, events, job, model, status
+    from flink_jobs.cli import data, demo, events, job, model, segments, status
 
     parser = argparse.ArgumentParser(
         prog="profilestream",
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     env = Environment.read()
-    for group in (demo, events, job, model, data, status):
+    for group in (demo, events, job, model, segments, data, status):
         group.register(sub, env)
     return parser
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
+from tests.support.compare import assert_same_json
 from tests.support.shared_data import shared_file
 from udfs.features import FEATURE_NAMES
 from udfs.scoring import Scorer
@@ -135,26 +135,6 @@ def test_training_on_the_shared_taobao_sample_reproduces_the_committed_model(
     built = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
     committed = json.loads((DEFAULT_MODEL_DIR / "metadata.json").read_text(encoding="utf-8"))
     assert_same_json(built, committed, "metadata.json")
-
-
-def assert_same_json(built: Any, committed: Any, where: str) -> None:
-    """Equal JSON values, floats within a relative 1e-9."""
-    if isinstance(committed, float) and isinstance(built, float):
-        assert math.isclose(built, committed, rel_tol=1e-9, abs_tol=1e-12), (
-            where,
-            built,
-            committed,
-        )
-    elif isinstance(committed, dict) and isinstance(built, dict):
-        assert built.keys() == committed.keys(), where
-        for key in committed:
-            assert_same_json(built[key], committed[key], f"{where}.{key}")
-    elif isinstance(committed, list) and isinstance(built, list):
-        assert len(built) == len(committed), where
-        for i, (b, c) in enumerate(zip(built, committed, strict=True)):
-            assert_same_json(b, c, f"{where}[{i}]")
-    else:
-        assert built == committed, (where, built, committed)
 
 
 @pytest.mark.slow
