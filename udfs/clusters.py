@@ -18,7 +18,10 @@ nearest centroid in squared Euclidean distance, the lowest id on a tie: what sci
 training vectors). The trainer builds its vectors with this very `transform`, so training and the
 stream cannot disagree on them.
 
-Pure Python without NumPy: it runs per update inside Flink's embedded interpreter.
+Pure Python without NumPy: it runs per update inside Flink's embedded interpreter, compiled with
+mypyc like the rest of the hot path (udfs/native.py: annotations are enforced at run time, so
+pass Python ints and floats). tests/unit/test_cluster_assignment.py checks `assign` against
+`KMeans.predict` on random vectors and the compiled build against these sources.
 """
 
 from __future__ import annotations
@@ -41,12 +44,29 @@ TRANSFORMS: Final[tuple[str, ...]] = ("identity", "log1p", "sin24", "cos24")
 _TWO_PI_OVER_24: Final = 2.0 * math.pi / 24.0
 
 
+# log1p of the counts 0..1023, computed by math.log1p itself (so exactly its values): a lookup
+# where the count is a whole number, as most clustering inputs are (mypyc has no log1p of its own
+# and calls it through Python, ~10x the cost of a lookup).
+_LOG1P_TABLE: Final[tuple[float, ...]] = tuple(math.log1p(i) for i in range(1024))
+
+
+def _log1p(value: float) -> float:
+    """math.log1p(value) for value > 0, else 0.0 (the `log1p` transform)."""
+    if not value > 0.0:  # NaN too
+        return 0.0
+    if value < 1024.0:
+        whole = int(value)
+        if whole == value:
+            return _LOG1P_TABLE[whole]
+    return math.log1p(value)
+
+
 def transform_value(transform: str, value: float, fill: float) -> float:
     """One raw feature value through its transform (before clipping and scaling)."""
     if not math.isfinite(value):
         value = fill
     if transform == "log1p":
-        return math.log1p(value) if value > 0.0 else 0.0
+        return _log1p(value)
     if transform == "sin24":
         return math.sin(value * _TWO_PI_OVER_24)
     if transform == "cos24":
@@ -128,11 +148,17 @@ class Segmentation:
         self.clusters = tuple(clusters)
         self.path = path
         self.metadata = metadata or {}
-        self._index = tuple(FEATURE_NAMES.index(f.source) for f in self.features)
-        self._plan = tuple(
-            (FEATURE_NAMES.index(f.source), f.transform, f.fill, f.lo, f.hi, f.mean, f.scale)
-            for f in self.features
-        )
+        # The per-update path reads these flat tuples by index (mypyc compiles the loops to C:
+        # no tuple unpacking, no string comparison per feature).
+        self._n = len(self.features)
+        self._source = tuple(FEATURE_NAMES.index(f.source) for f in self.features)
+        self._transform = tuple(TRANSFORMS.index(f.transform) for f in self.features)
+        self._fill = tuple(f.fill for f in self.features)
+        self._lo = tuple(f.lo for f in self.features)
+        self._hi = tuple(f.hi for f in self.features)
+        self._mean = tuple(f.mean for f in self.features)
+        self._scale = tuple(f.scale for f in self.features)
+        self._flat = tuple(v for c in self.centroids for v in c)  # centroid j at j * _n
 
     @property
     def k(self) -> int:
@@ -141,32 +167,60 @@ class Segmentation:
     def vector(self, profile_vector: Sequence[float]) -> list[float]:
         """The scaled clustering vector of a profile's feature vector (FEATURE_NAMES order)."""
         out: list[float] = []
-        for index, transform, fill, lo, hi, mean, scale in self._plan:
-            v = transform_value(transform, float(profile_vector[index]), fill)
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out.append((v - mean) / scale)
+        source = self._source
+        transform = self._transform
+        fill = self._fill
+        lo = self._lo
+        hi = self._hi
+        mean = self._mean
+        scale = self._scale
+        for i in range(self._n):
+            v: float = float(profile_vector[source[i]])
+            if math.isnan(v) or math.isinf(v):  # not math.isfinite: mypyc calls that via Python
+                v = fill[i]
+            # transform_value, inlined (TRANSFORMS order)
+            t = transform[i]
+            if t == 1:
+                v = _log1p(v)
+            elif t == 2:
+                v = math.sin(v * _TWO_PI_OVER_24)
+            elif t == 3:
+                v = math.cos(v * _TWO_PI_OVER_24)
+            if v < lo[i]:
+                v = lo[i]
+            elif v > hi[i]:
+                v = hi[i]
+            out.append((v - mean[i]) / scale[i])
         return out
 
     def nearest(self, x: Sequence[float]) -> int:
         """The id of the centroid nearest to a scaled vector (lowest id on a tie)."""
+        if len(x) != self._n:
+            raise ValueError(f"a vector of {len(x)} values for {self._n} features")
+        return self._nearest([float(a) for a in x])
+
+    def _nearest(self, x: list[float]) -> int:
+        n = self._n
+        flat = self._flat
         best = 0
         best_d = math.inf
-        for j, c in enumerate(self.centroids):
+        base = 0
+        for j in range(len(self.centroids)):
             d = 0.0
-            for a, b in zip(x, c, strict=True):
-                diff = a - b
+            for i in range(n):
+                diff = x[i] - flat[base + i]
                 d += diff * diff
+                if d >= best_d:
+                    break  # squares only add: this centroid can be neither nearer nor first
             if d < best_d:
                 best_d = d
                 best = j
+            base += n
         return best
 
     def assign(self, profile_vector: Sequence[float]) -> int:
         """The cluster of a profile's feature vector."""
-        return self.nearest(self.vector(profile_vector))
+        return self._nearest(self.vector(profile_vector))
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], path: Path | None = None) -> Segmentation:
