@@ -42,6 +42,9 @@ SEGMENTATION_NAME: Final = "shopper_segments"
 # hour of the day on a circle (23 h is next to 0 h)
 TRANSFORMS: Final[tuple[str, ...]] = ("identity", "log1p", "sin24", "cos24")
 _TWO_PI_OVER_24: Final = 2.0 * math.pi / 24.0
+# `assign` keeps the distances to up to this many centroids in local doubles (no Python objects
+# per feature and centroid once compiled); a segmentation with more goes the general way.
+UNROLLED_K: Final = 10
 
 
 # log1p of the counts 0..1023, computed by math.log1p itself (so exactly its values): a lookup
@@ -59,6 +62,12 @@ def _log1p(value: float) -> float:
         if whole == value:
             return _LOG1P_TABLE[whole]
     return math.log1p(value)
+
+
+def _as_tuple(values: Sequence[float]) -> tuple[Any, ...]:
+    """`values` as a tuple: the engine's vectors are one, and compiled code reads a tuple's items
+    directly (any other sequence through Python's generic indexing)."""
+    return values if isinstance(values, tuple) else tuple(values)
 
 
 def transform_value(transform: str, value: float, fill: float) -> float:
@@ -159,6 +168,18 @@ class Segmentation:
         self._mean = tuple(f.mean for f in self.features)
         self._scale = tuple(f.scale for f in self.features)
         self._flat = tuple(v for c in self.centroids for v in c)  # centroid j at j * _n
+        # feature-major, padded with zeros to UNROLLED_K centroids: centroid j's value of feature
+        # i at i * UNROLLED_K + j (empty when K > UNROLLED_K)
+        k = len(self.centroids)
+        self._by_feature: tuple[float, ...] = (
+            tuple(
+                self.centroids[j][i] if j < k else 0.0
+                for i in range(self._n)
+                for j in range(UNROLLED_K)
+            )
+            if k <= UNROLLED_K
+            else ()
+        )
 
     @property
     def k(self) -> int:
@@ -166,32 +187,27 @@ class Segmentation:
 
     def vector(self, profile_vector: Sequence[float]) -> list[float]:
         """The scaled clustering vector of a profile's feature vector (FEATURE_NAMES order)."""
-        out: list[float] = []
-        source = self._source
-        transform = self._transform
-        fill = self._fill
-        lo = self._lo
-        hi = self._hi
-        mean = self._mean
-        scale = self._scale
-        for i in range(self._n):
-            v: float = float(profile_vector[source[i]])
-            if math.isnan(v) or math.isinf(v):  # not math.isfinite: mypyc calls that via Python
-                v = fill[i]
-            # transform_value, inlined (TRANSFORMS order)
-            t = transform[i]
-            if t == 1:
-                v = _log1p(v)
-            elif t == 2:
-                v = math.sin(v * _TWO_PI_OVER_24)
-            elif t == 3:
-                v = math.cos(v * _TWO_PI_OVER_24)
-            if v < lo[i]:
-                v = lo[i]
-            elif v > hi[i]:
-                v = hi[i]
-            out.append((v - mean[i]) / scale[i])
-        return out
+        values = _as_tuple(profile_vector)
+        return [self._scaled(values, i) for i in range(self._n)]
+
+    def _scaled(self, profile_vector: tuple[Any, ...], i: int) -> float:
+        """Clustering feature i of a profile's feature vector: `transform_value`, clipped and
+        scaled (the one place both `vector` and `assign` compute it)."""
+        v: float = float(profile_vector[self._source[i]])
+        if math.isnan(v) or math.isinf(v):  # not math.isfinite: mypyc calls that via Python
+            v = self._fill[i]
+        t = self._transform[i]  # TRANSFORMS order
+        if t == 1:
+            v = _log1p(v)
+        elif t == 2:
+            v = math.sin(v * _TWO_PI_OVER_24)
+        elif t == 3:
+            v = math.cos(v * _TWO_PI_OVER_24)
+        if v < self._lo[i]:
+            v = self._lo[i]
+        elif v > self._hi[i]:
+            v = self._hi[i]
+        return (v - self._mean[i]) / self._scale[i]
 
     def nearest(self, x: Sequence[float]) -> int:
         """The id of the centroid nearest to a scaled vector (lowest id on a tie)."""
@@ -219,8 +235,62 @@ class Segmentation:
         return best
 
     def assign(self, profile_vector: Sequence[float]) -> int:
-        """The cluster of a profile's feature vector."""
-        return self._nearest(self.vector(profile_vector))
+        """The cluster of a profile's feature vector: `nearest(vector(profile_vector))`."""
+        c = self._by_feature
+        if not c:
+            return self._nearest(self.vector(profile_vector))
+        # The same sums as `_nearest` (each centroid's squares added in feature order), kept in
+        # ten doubles and computed feature by feature, so no vector is built.
+        d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
+        o = 0
+        values = _as_tuple(profile_vector)
+        for i in range(self._n):
+            x = self._scaled(values, i)
+            t = x - c[o]
+            d0 += t * t
+            t = x - c[o + 1]
+            d1 += t * t
+            t = x - c[o + 2]
+            d2 += t * t
+            t = x - c[o + 3]
+            d3 += t * t
+            t = x - c[o + 4]
+            d4 += t * t
+            t = x - c[o + 5]
+            d5 += t * t
+            t = x - c[o + 6]
+            d6 += t * t
+            t = x - c[o + 7]
+            d7 += t * t
+            t = x - c[o + 8]
+            d8 += t * t
+            t = x - c[o + 9]
+            d9 += t * t
+            o += UNROLLED_K
+        # as `_nearest` picks: the lowest id on a tie (only a strictly smaller distance replaces
+        # the best), never a NaN distance
+        k = len(self.centroids)
+        best = 0
+        best_d = min(math.inf, d0)
+        if k > 1 and d1 < best_d:
+            best, best_d = 1, d1
+        if k > 2 and d2 < best_d:
+            best, best_d = 2, d2
+        if k > 3 and d3 < best_d:
+            best, best_d = 3, d3
+        if k > 4 and d4 < best_d:
+            best, best_d = 4, d4
+        if k > 5 and d5 < best_d:
+            best, best_d = 5, d5
+        if k > 6 and d6 < best_d:
+            best, best_d = 6, d6
+        if k > 7 and d7 < best_d:
+            best, best_d = 7, d7
+        if k > 8 and d8 < best_d:
+            best, best_d = 8, d8
+        if k > 9 and d9 < best_d:
+            best = 9
+        return best
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], path: Path | None = None) -> Segmentation:

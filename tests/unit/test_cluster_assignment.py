@@ -27,6 +27,7 @@ from udfs import _impl, native
 from udfs import events as ev
 from udfs.clusters import (
     SEGMENTATION_FILE,
+    UNROLLED_K,
     ClusterFeature,
     ClusterInfo,
     Segmentation,
@@ -79,14 +80,18 @@ def fitted(vectors: list[list[float]], k: int) -> tuple[Segmentation, KMeans]:
     return Segmentation("fit", features, km.cluster_centers_.tolist(), clusters), km
 
 
-def test_assign_is_kmeans_predict_on_many_random_vectors() -> None:
-    rng = random.Random(13)
-    segmentation, km = fitted(random_profile_vectors(rng, 3000), k=7)
-    unseen = random_profile_vectors(rng, 20_000)
+@pytest.mark.parametrize("k", [1, 7, UNROLLED_K, UNROLLED_K + 3])
+def test_assign_is_kmeans_predict_on_many_random_vectors(k: int) -> None:
+    """Up to UNROLLED_K centroids `assign` keeps the distances in locals, beyond it goes through
+    `vector` and `nearest`: both are KMeans.predict."""
+    rng = random.Random(13 + k)
+    segmentation, km = fitted(random_profile_vectors(rng, 3000), k=k)
+    unseen = random_profile_vectors(rng, 8000)
     predicted = km.predict(np.array([segmentation.vector(v) for v in unseen]))
     assigned = [segmentation.assign(v) for v in unseen]
     assert assigned == predicted.tolist()
-    assert len(set(assigned)) == 7
+    assert assigned == [segmentation.nearest(segmentation.vector(v)) for v in unseen]
+    assert len(set(assigned)) == k
     # the profile vector as the engine hands it over: a tuple, counts as ints
     ints = [tuple(int(x) if x.is_integer() else x for x in v) for v in unseen[:2000]]
     assert [segmentation.assign(v) for v in ints] == assigned[:2000]
