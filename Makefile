@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 # The profile step's hot path compiled with mypyc (udfs/native.py); rebuilt when its sources change.
 NATIVE := udfs/_native.json
 NATIVE_SRC := udfs/events.py udfs/sketches.py udfs/profile.py udfs/fold.py udfs/codec.py \
-	udfs/features.py udfs/rows.py udfs/engine.py udfs/cache.py udfs/params.py udfs/native.py \
+	udfs/features.py udfs/clusters.py udfs/rows.py udfs/engine.py udfs/cache.py udfs/params.py udfs/native.py \
 	udfs/_impl.py
 
 # demo knobs: DATASET=path FORMAT=taobao|rees46 EVENTS=n USERS=n; PG_DSN / KAFKA_BOOTSTRAP use external services

@@ -43,13 +43,14 @@ from typing import Any
 
 import psutil
 
-from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
 from flink_jobs.io import db
 from flink_jobs.io.db import pg_counts
 from flink_jobs.io.producer import EventPublisher, PublishReport, ensure_topic
 from flink_jobs.ops.runtime import install_connector_jars, install_java
 from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.cache import ProfileCache
+from udfs.clusters import load_segmentation
 from udfs.codec import encode_profile
 from udfs.engine import ProfileEngine
 from udfs.events import VIEW as EVENT_VIEW
@@ -77,7 +78,7 @@ def say(text: str) -> None:
 def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> dict[str, float]:
     """The job's per-event work without Flink: decode, then the job's engine with its
     write-through cache, a dict for state and a table for timers (`udfs.host.MemoryHost`):
-    the same features, segments, scoring, rows and state bytes."""
+    the same features, segments, clusters, scoring, rows and state bytes."""
     scorer = Scorer(model_dir)
     explained = 0
 
@@ -87,7 +88,12 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
         return scorer.explain(vector)
 
     engine = ProfileEngine(
-        params, scorer.score, scorer.version, Pseudonymiser(load_key()), explain=explain
+        params,
+        scorer.score,
+        scorer.version,
+        Pseudonymiser(load_key()),
+        explain=explain,
+        segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
     )
     host = MemoryHost(engine, ProfileCache())
     tune_gc()  # what the job's operator does
@@ -112,24 +118,41 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
     }
 
 
-def scoring_standalone(model_dir: Path, raws: list[bytes], params: ProfileParams) -> float:
-    """Microseconds per LightGBM single-row score outside the job (same rows)."""
+def profile_vectors(raws: list[bytes], params: ProfileParams) -> list[Any]:
+    """The model input of the row of each of the first 20,000 events (the job's vectors)."""
     from udfs.features import features_and_vector
 
-    scorer = Scorer(model_dir)
-    host = MemoryHost(ProfileEngine(params, scorer.score, "bench", str))
+    host = MemoryHost(ProfileEngine(params, lambda v: 0.0, "bench", str))
     vectors = []
     for raw in raws[:20_000]:
         step = host.on_event(decode_event(raw, 2**62), "bench", 0)
         if step.profile is not None:
             p = step.profile
             vectors.append(features_and_vector(p, p.last_ms, params)[1])
+    return vectors
+
+
+def scoring_standalone(model_dir: Path, vectors: list[Any]) -> float:
+    """Microseconds per LightGBM single-row score outside the job (the same rows)."""
+    scorer = Scorer(model_dir)
     start = time.perf_counter()
     for v in vectors:
         scorer.score(v)
     per = (time.perf_counter() - start) / max(1, len(vectors)) * 1e6
     scorer.close()
     return per
+
+
+def cluster_standalone(segments_dir: Path, vectors: list[Any]) -> float:
+    """Microseconds per cluster assignment outside the job (the same rows), best of 5."""
+    assign = load_segmentation(segments_dir).assign
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for v in vectors:
+            assign(v)
+        best = min(best, time.perf_counter() - start)
+    return best / max(1, len(vectors)) * 1e6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,9 +517,12 @@ def main(argv: list[str] | None = None) -> None:
             out["scoring_us"] = statistics.median(scoring) if scoring else None
             explain = [r["explain_us"] for r in jobs if r.get("explain_us")]
             out["explain_us"] = statistics.median(explain) if explain else None
-            out["scoring_us_standalone"] = scoring_standalone(
-                DEFAULT_MODEL_DIR, raws, ProfileParams()
-            )
+            cluster = [r["cluster_us"] for r in jobs if r.get("cluster_us")]
+            out["cluster_us"] = statistics.median(cluster) if cluster else None
+            vectors = profile_vectors(raws, ProfileParams())
+            out["scoring_us_standalone"] = scoring_standalone(DEFAULT_MODEL_DIR, vectors)
+            out["cluster_us_standalone"] = cluster_standalone(DEFAULT_SEGMENTS_DIR, vectors)
+            del vectors
         if floors and jobs:
             ratios = [
                 j["events_per_s"] / f["events_per_s"] for f, j in zip(floors, jobs, strict=True)
@@ -569,6 +595,8 @@ def report(out: dict[str, Any]) -> None:
         ("job / ceiling", out.get("job_over_ceiling"), ""),
         ("scoring in the job", out.get("scoring_us"), "us per update"),
         ("score reasons, job", out.get("explain_us"), "us per explanation"),
+        ("cluster in the job", out.get("cluster_us"), "us per update"),
+        ("cluster, outside", out.get("cluster_us_standalone"), "us per update"),
         ("rows with new reasons", out.get("reasons_share"), "of rows"),
         ("state per user", out.get("state_bytes_per_user"), "bytes"),
         ("freshness p50", out.get("freshness_p50_ms"), "ms"),

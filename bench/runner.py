@@ -225,7 +225,14 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     def tick() -> None:
         sampler.tick()
         got = sampler.metric_sum(
-            ["scoring_sampled_ns", "scoring_samples", "explain_sampled_ns", "explain_samples"]
+            [
+                "scoring_sampled_ns",
+                "scoring_samples",
+                "explain_sampled_ns",
+                "explain_samples",
+                "clustering_sampled_ns",
+                "clustering_samples",
+            ]
         )
         if got.get("scoring_samples"):
             scoring.update(got)
@@ -271,6 +278,10 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     if scoring.get("explain_samples"):
         # per computed explanation; the engine computes one only when the score moved
         out["explain_us"] = scoring["explain_sampled_ns"] / scoring["explain_samples"] / 1000
+    if scoring.get("clustering_samples"):
+        # the learned segment: one nearest-centroid assignment per row (udfs.clusters)
+        out["cluster_us"] = scoring["clustering_sampled_ns"] / scoring["clustering_samples"] / 1000
+        out["cluster_samples"] = int(scoring["clustering_samples"])
     if sampler.checkpoint:
         out["checkpoint"] = sampler.checkpoint
     return out

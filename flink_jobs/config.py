@@ -38,6 +38,8 @@ DEFAULT_TOPIC = "user-events"
 DEFAULT_GROUP_ID = "profilestream"
 DEFAULT_JOB_NAME = "profilestream-profiles"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "purchase_propensity" / "taobao-v2"
+# The learned shopper segments every profile row is assigned to (udfs.clusters).
+DEFAULT_SEGMENTS_DIR = PROJECT_ROOT / "models" / "segments" / "taobao-s1"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
 # How often each profile operator instance looks for a newer model in the registry (0: never).
 DEFAULT_MODEL_POLL_INTERVAL_MS = 5_000
@@ -55,6 +57,8 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     "and PGPASSWORD have none (how Docker and Kubernetes mount secrets)",
     "PROFILESTREAM_TOPIC": f"the events topic (--topic, default {DEFAULT_TOPIC})",
     "PROFILESTREAM_MODEL_DIR": "the model directory (--model-dir)",
+    "PROFILESTREAM_SEGMENTS_DIR": "the segmentation directory, learned shopper segments "
+    "(--segments-dir)",
     "PROFILESTREAM_STATE_DIR": "checkpoints, RocksDB files, the demo and the local cluster "
     "(default .profilestream)",
     "PROFILESTREAM_CACHE": "downloads: connector jars, Java (default .cache)",
@@ -78,6 +82,7 @@ class Environment:
     pg_password_file: Path | None = None
     topic: str = DEFAULT_TOPIC
     model_dir: Path = DEFAULT_MODEL_DIR
+    segments_dir: Path = DEFAULT_SEGMENTS_DIR
     state_dir: Path = PROJECT_ROOT / ".profilestream"
     cache_dir: Path = PROJECT_ROOT / ".cache"
     jar_dir: Path = PROJECT_ROOT / ".cache" / "jars"
@@ -102,6 +107,7 @@ class Environment:
             pg_password_file=Path(password_file) if password_file else None,
             topic=get("PROFILESTREAM_TOPIC") or DEFAULT_TOPIC,
             model_dir=Path(get("PROFILESTREAM_MODEL_DIR") or DEFAULT_MODEL_DIR),
+            segments_dir=Path(get("PROFILESTREAM_SEGMENTS_DIR") or DEFAULT_SEGMENTS_DIR),
             state_dir=Path(get("PROFILESTREAM_STATE_DIR") or cls.state_dir),
             cache_dir=cache,
             jar_dir=Path(get("PROFILESTREAM_JAR_DIR") or cache / "jars"),
@@ -192,6 +198,9 @@ class JobConfig:
     topic: str = DEFAULT_TOPIC
     group_id: str = DEFAULT_GROUP_ID
     model_dir: Path = DEFAULT_MODEL_DIR
+    # The segmentation every row's cluster_id comes from (udfs.clusters): loaded by each operator
+    # instance, and registered in segment_clusters where the job is started.
+    segments_dir: Path = DEFAULT_SEGMENTS_DIR
     state_dir: Path = field(default_factory=lambda: environment().state_dir)
     job_name: str = DEFAULT_JOB_NAME
     parallelism: int = 1
@@ -306,8 +315,9 @@ class JobConfig:
         values["pg_dsn"] = require(args.pg_dsn, "PG_DSN", "--pg-dsn")
         if args.stopping_offsets is not None:
             values["stopping_offsets"] = parse_offsets(args.stopping_offsets)
-        if args.model_dir is not None:
-            values["model_dir"] = Path(args.model_dir).resolve()
+        for name in ("model_dir", "segments_dir"):
+            if values[name] is not None:
+                values[name] = Path(values[name]).resolve()
         return cls(**values)
 
 
@@ -345,6 +355,7 @@ JOB_ARGUMENTS: tuple[tuple[str, str, type, str], ...] = (
     ("--pg-dsn", "pg_dsn", str, "postgresql://user@host:port/db (password: PGPASSWORD)"),
     ("--topic", "topic", str, "the events topic"),
     ("--model-dir", "model_dir", Path, "the model directory"),
+    ("--segments-dir", "segments_dir", Path, "the segmentation directory (learned segments)"),
     ("--job-name", "job_name", str, "the Flink job name"),
     ("--checkpoint-interval-ms", "checkpoint_interval_ms", int, "checkpoint interval"),
     ("--model-poll-interval-ms", "model_poll_interval_ms", int, "model registry poll (0: off)"),

@@ -24,6 +24,7 @@ COMPILED: tuple[str, ...] = (
     "udfs.fold",
     "udfs.codec",
     "udfs.features",
+    "udfs.clusters",
     "udfs.rows",
     "udfs.engine",
     "udfs.cache",

@@ -18,7 +18,10 @@ nearest centroid in squared Euclidean distance, the lowest id on a tie: what sci
 training vectors). The trainer builds its vectors with this very `transform`, so training and the
 stream cannot disagree on them.
 
-Pure Python without NumPy: it runs per update inside Flink's embedded interpreter.
+Pure Python without NumPy: it runs per update inside Flink's embedded interpreter, compiled with
+mypyc like the rest of the hot path (udfs/native.py: annotations are enforced at run time, so
+pass Python ints and floats). tests/unit/test_cluster_assignment.py checks `assign` against
+`KMeans.predict` on random vectors and the compiled build against these sources.
 """
 
 from __future__ import annotations
@@ -39,6 +42,32 @@ SEGMENTATION_NAME: Final = "shopper_segments"
 # hour of the day on a circle (23 h is next to 0 h)
 TRANSFORMS: Final[tuple[str, ...]] = ("identity", "log1p", "sin24", "cos24")
 _TWO_PI_OVER_24: Final = 2.0 * math.pi / 24.0
+# `assign` keeps the distances to up to this many centroids in local doubles (no Python objects
+# per feature and centroid once compiled); a segmentation with more goes the general way.
+UNROLLED_K: Final = 10
+
+
+# log1p of the counts 0..1023, computed by math.log1p itself (so exactly its values): a lookup
+# where the count is a whole number, as most clustering inputs are (mypyc has no log1p of its own
+# and calls it through Python, ~10x the cost of a lookup).
+_LOG1P_TABLE: Final[tuple[float, ...]] = tuple(math.log1p(i) for i in range(1024))
+
+
+def _log1p(value: float) -> float:
+    """math.log1p(value) for value > 0, else 0.0 (the `log1p` transform)."""
+    if not value > 0.0:  # NaN too
+        return 0.0
+    if value < 1024.0:
+        whole = int(value)
+        if whole == value:
+            return _LOG1P_TABLE[whole]
+    return math.log1p(value)
+
+
+def _as_tuple(values: Sequence[float]) -> tuple[Any, ...]:
+    """`values` as a tuple: the engine's vectors are one, and compiled code reads a tuple's items
+    directly (any other sequence through Python's generic indexing)."""
+    return values if isinstance(values, tuple) else tuple(values)
 
 
 def transform_value(transform: str, value: float, fill: float) -> float:
@@ -46,7 +75,7 @@ def transform_value(transform: str, value: float, fill: float) -> float:
     if not math.isfinite(value):
         value = fill
     if transform == "log1p":
-        return math.log1p(value) if value > 0.0 else 0.0
+        return _log1p(value)
     if transform == "sin24":
         return math.sin(value * _TWO_PI_OVER_24)
     if transform == "cos24":
@@ -128,10 +157,28 @@ class Segmentation:
         self.clusters = tuple(clusters)
         self.path = path
         self.metadata = metadata or {}
-        self._index = tuple(FEATURE_NAMES.index(f.source) for f in self.features)
-        self._plan = tuple(
-            (FEATURE_NAMES.index(f.source), f.transform, f.fill, f.lo, f.hi, f.mean, f.scale)
-            for f in self.features
+        # The per-update path reads these flat tuples by index (mypyc compiles the loops to C:
+        # no tuple unpacking, no string comparison per feature).
+        self._n = len(self.features)
+        self._source = tuple(FEATURE_NAMES.index(f.source) for f in self.features)
+        self._transform = tuple(TRANSFORMS.index(f.transform) for f in self.features)
+        self._fill = tuple(f.fill for f in self.features)
+        self._lo = tuple(f.lo for f in self.features)
+        self._hi = tuple(f.hi for f in self.features)
+        self._mean = tuple(f.mean for f in self.features)
+        self._scale = tuple(f.scale for f in self.features)
+        self._flat = tuple(v for c in self.centroids for v in c)  # centroid j at j * _n
+        # feature-major, padded with zeros to UNROLLED_K centroids: centroid j's value of feature
+        # i at i * UNROLLED_K + j (empty when K > UNROLLED_K)
+        k = len(self.centroids)
+        self._by_feature: tuple[float, ...] = (
+            tuple(
+                self.centroids[j][i] if j < k else 0.0
+                for i in range(self._n)
+                for j in range(UNROLLED_K)
+            )
+            if k <= UNROLLED_K
+            else ()
         )
 
     @property
@@ -140,33 +187,110 @@ class Segmentation:
 
     def vector(self, profile_vector: Sequence[float]) -> list[float]:
         """The scaled clustering vector of a profile's feature vector (FEATURE_NAMES order)."""
-        out: list[float] = []
-        for index, transform, fill, lo, hi, mean, scale in self._plan:
-            v = transform_value(transform, float(profile_vector[index]), fill)
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out.append((v - mean) / scale)
-        return out
+        values = _as_tuple(profile_vector)
+        return [self._scaled(values, i) for i in range(self._n)]
+
+    def _scaled(self, profile_vector: tuple[Any, ...], i: int) -> float:
+        """Clustering feature i of a profile's feature vector: `transform_value`, clipped and
+        scaled (the one place both `vector` and `assign` compute it)."""
+        v: float = float(profile_vector[self._source[i]])
+        if math.isnan(v) or math.isinf(v):  # not math.isfinite: mypyc calls that via Python
+            v = self._fill[i]
+        t = self._transform[i]  # TRANSFORMS order
+        if t == 1:
+            v = _log1p(v)
+        elif t == 2:
+            v = math.sin(v * _TWO_PI_OVER_24)
+        elif t == 3:
+            v = math.cos(v * _TWO_PI_OVER_24)
+        if v < self._lo[i]:
+            v = self._lo[i]
+        elif v > self._hi[i]:
+            v = self._hi[i]
+        return (v - self._mean[i]) / self._scale[i]
 
     def nearest(self, x: Sequence[float]) -> int:
         """The id of the centroid nearest to a scaled vector (lowest id on a tie)."""
+        if len(x) != self._n:
+            raise ValueError(f"a vector of {len(x)} values for {self._n} features")
+        return self._nearest([float(a) for a in x])
+
+    def _nearest(self, x: list[float]) -> int:
+        n = self._n
+        flat = self._flat
         best = 0
         best_d = math.inf
-        for j, c in enumerate(self.centroids):
+        base = 0
+        for j in range(len(self.centroids)):
             d = 0.0
-            for a, b in zip(x, c, strict=True):
-                diff = a - b
+            for i in range(n):
+                diff = x[i] - flat[base + i]
                 d += diff * diff
+                if d >= best_d:
+                    break  # squares only add: this centroid can be neither nearer nor first
             if d < best_d:
                 best_d = d
                 best = j
+            base += n
         return best
 
     def assign(self, profile_vector: Sequence[float]) -> int:
-        """The cluster of a profile's feature vector."""
-        return self.nearest(self.vector(profile_vector))
+        """The cluster of a profile's feature vector: `nearest(vector(profile_vector))`."""
+        c = self._by_feature
+        if not c:
+            return self._nearest(self.vector(profile_vector))
+        # The same sums as `_nearest` (each centroid's squares added in feature order), kept in
+        # ten doubles and computed feature by feature, so no vector is built.
+        d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
+        o = 0
+        values = _as_tuple(profile_vector)
+        for i in range(self._n):
+            x = self._scaled(values, i)
+            t = x - c[o]
+            d0 += t * t
+            t = x - c[o + 1]
+            d1 += t * t
+            t = x - c[o + 2]
+            d2 += t * t
+            t = x - c[o + 3]
+            d3 += t * t
+            t = x - c[o + 4]
+            d4 += t * t
+            t = x - c[o + 5]
+            d5 += t * t
+            t = x - c[o + 6]
+            d6 += t * t
+            t = x - c[o + 7]
+            d7 += t * t
+            t = x - c[o + 8]
+            d8 += t * t
+            t = x - c[o + 9]
+            d9 += t * t
+            o += UNROLLED_K
+        # as `_nearest` picks: the lowest id on a tie (only a strictly smaller distance replaces
+        # the best), never a NaN distance
+        k = len(self.centroids)
+        best = 0
+        best_d = min(math.inf, d0)
+        if k > 1 and d1 < best_d:
+            best, best_d = 1, d1
+        if k > 2 and d2 < best_d:
+            best, best_d = 2, d2
+        if k > 3 and d3 < best_d:
+            best, best_d = 3, d3
+        if k > 4 and d4 < best_d:
+            best, best_d = 4, d4
+        if k > 5 and d5 < best_d:
+            best, best_d = 5, d5
+        if k > 6 and d6 < best_d:
+            best, best_d = 6, d6
+        if k > 7 and d7 < best_d:
+            best, best_d = 7, d7
+        if k > 8 and d8 < best_d:
+            best, best_d = 8, d8
+        if k > 9 and d9 < best_d:
+            best = 9
+        return best
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], path: Path | None = None) -> Segmentation:

@@ -174,18 +174,20 @@ def compare_profiles(
     expected: Mapping[str, list[ProfileRow]],
     actual: Mapping[str, tuple[object, ...]],
     ignore: frozenset[str] = frozenset(),
+    ignore_for: Mapping[str, frozenset[str]] | None = None,
 ) -> list[Mismatch]:
     """Every difference between expected and actual rows (keyed by user_id, PROFILE_COLUMNS
-    order; columns named in `ignore` are not compared). A row matches when it equals one of its
-    candidates; otherwise the differences from the first candidate are reported. A missing or
-    unexpected row is one mismatch on `<row>`."""
+    order; columns named in `ignore`, or in `ignore_for` of that user, are not compared). A row
+    matches when it equals one of its candidates; otherwise the differences from the first
+    candidate are reported. A missing or unexpected row is one mismatch on `<row>`."""
     out: list[Mismatch] = []
     for user_id, candidates in expected.items():
         got = actual.get(user_id)
         if got is None:
             out.append(Mismatch(user_id, "<row>", "present", "missing"))
             continue
-        diffs = [_row_diff(user_id, c, got, ignore) for c in candidates]
+        skip = ignore | ignore_for[user_id] if ignore_for and user_id in ignore_for else ignore
+        diffs = [_row_diff(user_id, c, got, skip) for c in candidates]
         if all(diffs):
             out.extend(diffs[0])
     out.extend(Mismatch(u, "<row>", "absent", "unexpected") for u in actual if u not in expected)

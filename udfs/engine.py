@@ -20,6 +20,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from udfs.clusters import Segmentation
 from udfs.codec import decode_profile, encode_profile
 from udfs.events import ERASE, Event, Reason
 from udfs.features import features_and_vector
@@ -29,6 +30,7 @@ from udfs.profile import Profile
 from udfs.rows import DeadLetterRow, ProfileRow, dead_letter_row, profile_row, reasons_json
 
 ScoreFn = Callable[[Sequence[float]], float]
+AssignFn = Callable[[Sequence[float]], int]
 ExplainFn = Callable[[Sequence[float]], list[int]]
 # Score reasons (SHAP values) cost tens of microseconds, more than the rest of the row: they are
 # recomputed only when the score moved by at least this much since they were computed (and on a
@@ -86,10 +88,14 @@ class ProfileEngine:
         pseudonym: PseudonymFn,
         explain: ExplainFn | None = None,
         explain_step: float = DEFAULT_EXPLAIN_STEP,
+        segmentation: Segmentation | None = None,
+        assign: AssignFn | None = None,
     ) -> None:
         """`score` maps the feature vector (FEATURE_NAMES order) to the row's score; `explain`
         to its reasons (`udfs.scoring.Scorer.explain`; None: rows carry no reasons), recomputed
-        when the score moves by `explain_step` (0: on every row)."""
+        when the score moves by `explain_step` (0: on every row). Every row carries the
+        `segmentation`'s cluster of that vector and its version (None: both NULL); `assign`
+        replaces `segmentation.assign` (the job times it: udfs.metrics)."""
         if not 0 <= explain_step < 1:
             raise ValueError(f"explain_step {explain_step} must be in [0, 1)")
         self.params = params
@@ -98,6 +104,11 @@ class ProfileEngine:
         self.explain_step_micros = round(explain_step * 1e6)
         self.model_version = model_version
         self.pseudonym = pseudonym
+        self.assign: AssignFn | None = None
+        self.cluster_version: str | None = None
+        if segmentation is not None:
+            self.assign = assign if assign is not None else segmentation.assign
+            self.cluster_version = segmentation.version
 
     def use_model(self, score: ScoreFn, model_version: str, explain: ExplainFn | None) -> None:
         """Score (and explain) the next rows with another model; rows name `model_version`.
@@ -130,6 +141,10 @@ class ProfileEngine:
                 profile.reasons = explain(vector)
                 profile.explained_micros = micros
             reasons = reasons_json(profile.reasons)
+        cluster_id: int | None = None
+        assign = self.assign
+        if assign is not None:
+            cluster_id = assign(vector)
         return profile_row(
             user_id,
             self.pseudonym(user_id),
@@ -140,6 +155,8 @@ class ProfileEngine:
             now_ms,
             expired=expired,
             reasons=reasons,
+            cluster_id=cluster_id,
+            cluster_version=self.cluster_version,
         )
 
     def store(self, step: Step, profile: Profile) -> None:

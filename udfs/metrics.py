@@ -27,7 +27,7 @@ from udfs.events import Reason
 GROUP = "profilestream"  # the operator's metric group: every name below is under it
 OPERATOR_SCOPE = "flink_taskmanager_job_task_operator"  # Flink's Prometheus prefix for operators
 FLUSH_INTERVAL_MS = 1_000
-SAMPLE_EVERY = 64  # time one call in this many (scoring, explanations)
+SAMPLE_EVERY = 64  # time one call in this many (scoring, explanations, cluster assignment)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("scoring_samples", "counter", "scoring calls timed"),
     Metric("explain_sampled_ns", "counter", f"time of one explanation in {SAMPLE_EVERY}, ns"),
     Metric("explain_samples", "counter", "explanations timed"),
+    Metric(
+        "clustering_sampled_ns",
+        "counter",
+        f"time of one cluster assignment (learned segment) in {SAMPLE_EVERY}, ns",
+    ),
+    Metric("clustering_samples", "counter", "cluster assignments timed"),
     Metric(
         "event_time_lag_ms",
         "gauge",

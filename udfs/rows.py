@@ -25,7 +25,11 @@ PROFILE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("profile_version", "bigint"),
     ("as_of_ms", "bigint"),
     ("expired", "boolean"),
-    ("segment", "string"),
+    ("segment", "string"),  # the rule-based segment (udfs.features.segment)
+    # the learned segment: the K-means cluster of the row's features (udfs.clusters) and the
+    # segmentation that assigned it; None without a segmentation
+    ("cluster_id", "int"),
+    ("cluster_version", "string"),
     ("score", "double"),
     ("model_version", "string"),
     # the score's top 3 SHAP contributions (udfs.scoring.explain, udfs.engine); None without a
@@ -91,6 +95,8 @@ def profile_row(
     *,
     expired: bool = False,
     reasons: bytes | None = None,
+    cluster_id: int | None = None,
+    cluster_version: str | None = None,
 ) -> ProfileRow:
     """The `user_profiles` row for `profile` with features computed as of `now_ms`."""
     views, carts, removes, favorites, purchases, searches = profile.counts
@@ -103,6 +109,8 @@ def profile_row(
         now_ms,
         expired,
         segment(profile, features),
+        cluster_id,
+        cluster_version,
         score,
         model_version,
         reasons,

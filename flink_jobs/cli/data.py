@@ -11,9 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.cli.parser import Subparsers, add_log, add_model_dir, add_pg, log_args
-from flink_jobs.config import Environment, require
+from flink_jobs.cli.parser import (
+    Subparsers,
+    add_log,
+    add_model_dir,
+    add_pg,
+    add_segments_dir,
+    log_args,
+)
+from flink_jobs.config import Environment, environment, require
 from flink_jobs.io import db, registry
+from udfs.clusters import load_segmentation
 from udfs.consistency import Expected, Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.errors import ModelError
@@ -30,6 +38,7 @@ def register(sub: Subparsers, env: Environment) -> None:
     add_log(verify_p, 10_000, 1_000)
     add_pg(verify_p, env)
     add_model_dir(verify_p, env)
+    add_segments_dir(verify_p, env)
     verify_p.add_argument(
         "--topic", default=env.topic, help="the topic the job read (dead letters record it)"
     )
@@ -61,6 +70,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         Pseudonymiser(load_key()),
         topic=args.topic,
         spec=spec,
+        segments_dir=args.segments_dir,
     )
     print_report(report, args.examples)
     return 0 if report.ok else 1
@@ -99,14 +109,27 @@ class VerifyReport:
     # there is one (see `verify`).
     model_versions: list[str] = field(default_factory=list)
     reasons_compared: bool = True
+    # The segmentation the clusters were recomputed with, and rows naming another one
+    # (cluster_version -> rows): their clusters cannot be compared.
+    cluster_version: str | None = None
+    other_cluster_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def users_mismatched(self) -> int:
         return len({m.user_id for m in self.mismatches})
 
     @property
+    def cluster_problems(self) -> list[str]:
+        return [
+            f"{n:,} rows name cluster_version {version!r}, not {self.cluster_version!r} (the "
+            "segmentation of --segments-dir): their clusters were not compared; pass "
+            "--segments-dir with that segmentation"
+            for version, n in sorted(self.other_cluster_versions.items())
+        ]
+
+    @property
     def ok(self) -> bool:
-        return not self.mismatches and not self.dead_letter_problems
+        return not self.mismatches and not self.dead_letter_problems and not self.cluster_problems
 
 
 def fetch_profiles(dsn: str) -> dict[str, tuple[Any, ...]]:
@@ -130,6 +153,8 @@ def fetch_dead_letters(dsn: str) -> dict[str, str]:
 
 
 MODEL_VERSION = PROFILE_COLUMN_NAMES.index("model_version")
+CLUSTER_VERSION = PROFILE_COLUMN_NAMES.index("cluster_version")
+CLUSTER_COLUMNS = frozenset({"cluster_id", "cluster_version"})
 
 
 def verify(
@@ -143,12 +168,18 @@ def verify(
     topic: str = "",
     max_out_of_orderness_ms: int = 5_000,
     spec: Any = None,
+    segments_dir: Path | None = None,
 ) -> VerifyReport:
     """Recompute every profile from the log and compare with PostgreSQL. Each user is scored
     with the model version their row names (from the model registry; `model_dir` when the
     registry does not have it), so scores match exactly after a model switch too. Reasons are
     compared only when a single version ever served: after a switch, a row's reasons come from
-    whichever model last explained it, which depends on when the switch happened."""
+    whichever model last explained it, which depends on when the switch happened.
+
+    Clusters are recomputed with the segmentation of `segments_dir` (None: the default one) and
+    compared like every column; a row naming another cluster_version is reported as such
+    (`VerifyReport.cluster_problems`) instead of as a cluster mismatch."""
+    segmentation = load_segmentation(segments_dir or environment().segments_dir)
     actual = fetch_profiles(pg_dsn)
     named = sorted({str(row[MODEL_VERSION]) for row in actual.values()})
     served = served_versions(pg_dsn)
@@ -157,7 +188,14 @@ def verify(
     recomputed: dict[str, Expected] = {}
     try:
         for version, scorer in scorers.items():
-            engine = ProfileEngine(params, scorer.score, version, pseudonym, explain=scorer.explain)
+            engine = ProfileEngine(
+                params,
+                scorer.score,
+                version,
+                pseudonym,
+                explain=scorer.explain,
+                segmentation=segmentation,
+            )
             recomputed[version] = recompute(
                 message_bytes(fmt, path, spec=spec),
                 engine,
@@ -177,11 +215,20 @@ def verify(
     expected.profiles = profiles
     versions = sorted(set(named) | served)
     ignore = frozenset({"score_reasons"}) if len(versions) > 1 else frozenset()
+    other: dict[str, int] = {}
+    ignore_for: dict[str, frozenset[str]] = {}
+    for user_id, row in actual.items():
+        named_version = row[CLUSTER_VERSION]
+        if named_version is not None and named_version != segmentation.version:
+            other[str(named_version)] = other.get(str(named_version), 0) + 1
+            ignore_for[user_id] = CLUSTER_COLUMNS
     report = VerifyReport(
-        expected, len(actual), compare_profiles(expected.profiles, actual, ignore)
+        expected, len(actual), compare_profiles(expected.profiles, actual, ignore, ignore_for)
     )
     report.model_versions = versions
     report.reasons_compared = not ignore
+    report.cluster_version = segmentation.version
+    report.other_cluster_versions = other
     stored = fetch_dead_letters(pg_dsn)
     for key, reason in expected.dead_letters.items():
         if key not in stored:
@@ -262,6 +309,9 @@ def print_report(report: VerifyReport, examples: int = 5) -> None:
             f"{report.key_mismatches:,} dead letters with reason key_mismatch (records whose "
             "Kafka key was not their user_id; a log file has no keys: not compared)"
         )
+    print(f"clusters: recomputed with segmentation {report.cluster_version}")
+    for problem in report.cluster_problems:
+        print(f"  {problem}")
     print(
         f"mismatches: {len(report.mismatches)} in {report.users_mismatched} profiles; "
         f"dead-letter problems: {len(report.dead_letter_problems)}"

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flink_jobs.cli.parser import Subparsers, add_job, add_kafka, add_model_dir, add_pg, job_config
+from flink_jobs.cli.parser import (
+    Subparsers,
+    add_job,
+    add_kafka,
+    add_model_dir,
+    add_pg,
+    add_segments_dir,
+    job_config,
+)
 from flink_jobs.config import ClusterSettings, Environment, parse_offsets
 from flink_jobs.job.run import preflight, run_job
 from flink_jobs.ops.cluster import LocalCluster, stop_with_savepoint
@@ -19,6 +27,7 @@ def register(sub: Subparsers, env: Environment) -> None:
     add_kafka(run, env)
     add_pg(run, env)
     add_model_dir(run, env)
+    add_segments_dir(run, env)
     run.add_argument(
         "--state-dir",
         type=Path,
@@ -65,6 +74,7 @@ def register(sub: Subparsers, env: Environment) -> None:
         "(default: the local cluster, 127.0.0.1:<rest-port>)",
     )
     add_model_dir(submit, env)
+    add_segments_dir(submit, env)
     submit.add_argument("--parallelism", type=int)
     submit.add_argument("--from-savepoint", help="a savepoint or retained checkpoint path")
     add_job(submit)

@@ -65,6 +65,16 @@ def add_model_dir(p: argparse.ArgumentParser, env: Environment, flag: str = "--m
     p.add_argument(flag, type=Path, default=env.model_dir, help="a model directory")
 
 
+def add_segments_dir(p: argparse.ArgumentParser, env: Environment) -> None:
+    p.add_argument(
+        "--segments-dir",
+        type=Path,
+        default=env.segments_dir,
+        help="a segmentation directory, the learned shopper segments every row is assigned to "
+        "(env PROFILESTREAM_SEGMENTS_DIR, default models/segments/taobao-s1)",
+    )
+
+
 def add_job(p: argparse.ArgumentParser) -> None:
     """The job options `run` and `submit` share (defaults: JobConfig's)."""
     p.add_argument("--checkpoint-interval-ms", type=int, default=DEFAULT_CHECKPOINT_INTERVAL_MS)
@@ -85,6 +95,7 @@ def job_config(args: argparse.Namespace, **fields: Any) -> JobConfig:
         pg_dsn=require(args.pg_dsn, "PG_DSN", "--pg-dsn"),
         topic=args.topic,
         model_dir=args.model_dir,
+        segments_dir=args.segments_dir,
         checkpoint_interval_ms=args.checkpoint_interval_ms,
         model_poll_interval_ms=args.model_poll_interval_ms,
         **tuning_values(args),

@@ -19,6 +19,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from flink_jobs.io.registry import Candidate, RegistryPoller
 from udfs.cache import DEFAULT_CAPACITY, ProfileCache
+from udfs.clusters import Segmentation, load_segmentation
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import Event, InvalidEvent, Reason, decode_event
 from udfs.host import beyond_final_watermark, tune_gc
@@ -211,7 +212,10 @@ class UpdateProfile(DecodingFunction):
     The model: `model_dir` at start; with `registry_dsn` (no password: it comes from the
     worker's environment, see flink_jobs.io.registry) the instance polls the model registry every
     `model_poll_interval_ms` of wall clock, on the first event or timer after that, and switches
-    to a newer checked model (`switch_model`) before scoring it."""
+    to a newer checked model (`switch_model`) before scoring it.
+
+    The segmentation (`segments_dir`; None: rows carry no cluster) is loaded once per instance in
+    `open()` and assigns every row's cluster_id (timed like scoring: `clustering_*` metrics)."""
 
     def __init__(
         self,
@@ -223,9 +227,11 @@ class UpdateProfile(DecodingFunction):
         cache_entries: int = DEFAULT_CAPACITY,
         registry_dsn: str | None = None,
         model_poll_interval_ms: int = 0,
+        segments_dir: Path | None = None,
     ) -> None:
         super().__init__(topic)
         self.model_dir = str(model_dir)
+        self.segments_dir = str(segments_dir) if segments_dir is not None else None
         self.params = params
         self.max_out_of_orderness_ms = max_out_of_orderness_ms
         # Where the worker reads the pseudonym key (None: the environment): the key itself is
@@ -243,12 +249,17 @@ class UpdateProfile(DecodingFunction):
         self.scorer = Scorer(self.model_dir)
         self.timed_score = self.metrics.timed("scoring", self.scorer.score)
         self.timed_explain = self.metrics.timed("explain", self.scorer.explain)
+        segmentation: Segmentation | None = None
+        if self.segments_dir is not None:
+            segmentation = load_segmentation(Path(self.segments_dir))
         self.engine = ProfileEngine(
             self.params,
             self.timed_score,
             self.scorer.version,
             Pseudonymiser(load_key(self.pseudonym_key_file)),
             explain=self.timed_explain,
+            segmentation=segmentation,
+            assign=self.metrics.timed("clustering", segmentation.assign) if segmentation else None,
         )
         self.registry = (
             RegistryPoller(

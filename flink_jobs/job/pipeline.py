@@ -5,7 +5,7 @@ so tests can inject their own; `create_environment`, `table_environment`, `kafka
     Kafka (key = user_id, value = UserEvent bytes; per-partition watermarks from record timestamps)
       -> keyBy(record key), in Java
       -> UpdateProfile (Python: decode + validate, key check, RocksDB ValueState, event-time timers,
-                        LightGBM) --(rows)--> sinks.profiles
+                        LightGBM, K-means cluster) --(rows)--> sinks.profiles
                                  --(contract violations, late events)--> sinks.dead_letters
 
 Only one operator runs Python. In thread mode every Python operator of a TaskManager shares one
@@ -75,6 +75,7 @@ def build_pipeline(
                 config.profile_cache_entries,
                 registry_dsn=split_password(config.pg_dsn)[0],
                 model_poll_interval_ms=config.model_poll_interval_ms,
+                segments_dir=config.segments_dir,
             ),
             output_type=PROFILE_ROW_TYPE,
         )

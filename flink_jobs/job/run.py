@@ -17,7 +17,9 @@ from typing import Literal
 from flink_jobs.config import JobConfig
 from flink_jobs.io.db import check_pseudonym_key, require_schema
 from flink_jobs.io.producer import check_broker
+from flink_jobs.io.segments import register_segmentation
 from flink_jobs.ops.runtime import Java, connector_jars, find_java
+from udfs.clusters import load_segmentation
 from udfs.errors import ConfigError, JobFailed, KafkaUnavailable
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.scoring import Scorer
@@ -35,13 +37,16 @@ class JobResult:
 def preflight(config: JobConfig, target: Literal["local", "cluster"] = "local") -> Java:
     """Everything that can be checked before a job starts; each failure is one actionable line.
 
-    "local" (`run`, the demo): Java, the connector jars, the model, the pseudonym key, a writable
-    checkpoint directory, the broker and the topic, the database schema and the key it was
-    written with. "cluster" (`submit`): what the submitting machine can check (the model and the
-    checkpoint directory are the cluster's; the topic may be created after the job starts)."""
+    "local" (`run`, the demo): Java, the connector jars, the model, the segmentation, the
+    pseudonym key, a writable checkpoint directory, the broker and the topic, the database schema
+    and the key it was written with. "cluster" (`submit`): what the submitting machine can check
+    (the model and the checkpoint directory are the cluster's; the topic may be created after the
+    job starts), the segmentation included: the `flink run` client registers it from this
+    machine (flink_jobs.job.entry)."""
     java = find_java()
     connector_jars(verify=True)
     pseudonymiser = Pseudonymiser(load_key(config.pseudonym_key_file))
+    load_segmentation(config.segments_dir)  # ModelError on a missing or malformed segmentation
     if target == "local":
         Scorer(config.model_dir).close()  # raises ModelError on a missing or mismatched model
         check_writable(
@@ -56,6 +61,15 @@ def preflight(config: JobConfig, target: Literal["local", "cluster"] = "local") 
     require_schema(config.pg_dsn)
     check_pseudonym_key(config.pg_dsn, pseudonymiser.key_id)
     return java
+
+
+def register_job_segmentation(config: JobConfig) -> None:
+    """Register the segmentation the job assigns in segment_clusters (idempotent; a ModelError
+    when its version is registered with other content): done by whoever starts the job, before
+    any row names it."""
+    segmentation = load_segmentation(config.segments_dir)
+    if register_segmentation(config.pg_dsn, segmentation):
+        log.info("segmentation %s registered in segment_clusters", segmentation.version)
 
 
 def check_writable(directory: Path, what: str, setting: str) -> None:
@@ -102,6 +116,7 @@ def run_job(
 
     java = java or find_java()
     start = time.monotonic()
+    register_job_segmentation(config)
     env = create_environment(config, java)
     t_env = table_environment(env, config)
     sinks = JdbcSinks(t_env, config)

@@ -33,6 +33,7 @@ import yaml
 from flink_jobs.config import (
     DEFAULT_JOB_NAME,
     DEFAULT_MODEL_DIR,
+    DEFAULT_SEGMENTS_DIR,
     DEFAULT_TOPIC,
     PROJECT_ROOT,
     ClusterSettings,
@@ -64,6 +65,7 @@ IMAGE_VENV = PurePosixPath("/opt/venv")
 IMAGE_JARS = IMAGE_PROJECT / "jars"
 LAYOUT = ContainerLayout(python=str(IMAGE_VENV / "bin" / "python"))
 IMAGE_MODEL_DIR = IMAGE_PROJECT / DEFAULT_MODEL_DIR.relative_to(PROJECT_ROOT).as_posix()
+IMAGE_SEGMENTS_DIR = IMAGE_PROJECT / DEFAULT_SEGMENTS_DIR.relative_to(PROJECT_ROOT).as_posix()
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,11 @@ class Target:
             kafka_bootstrap=self.kafka,
             pg_dsn=self.pg_dsn,
             model_dir=Path(str(IMAGE_MODEL_DIR)),
+            segments_dir=Path(str(IMAGE_SEGMENTS_DIR)),
             pseudonym_key_file=Path(self.pseudonym_key_file),
         )
         args = config.to_args()
-        for path in (str(IMAGE_MODEL_DIR), self.pseudonym_key_file):
+        for path in (str(IMAGE_MODEL_DIR), str(IMAGE_SEGMENTS_DIR), self.pseudonym_key_file):
             if path not in args:  # to_args resolves paths: this machine must not change them
                 raise RuntimeError(f"{path} changed while resolving the job arguments: {args}")
         return args

@@ -660,6 +660,7 @@ def test_prometheus_metrics_move_with_the_stream(
     wait_for(lambda: metric("events_folded") == 300, 120, "300 events folded")
     assert metric("profile_rows_sent") == 300  # one row per event (no timer is due in a day)
     assert metric("scoring_samples") >= 300 // 64 and metric("scoring_sampled_ns") > 0
+    assert metric("clustering_samples") >= 300 // 64 and metric("clustering_sampled_ns") > 0
     # Wall clock minus the newest event time folded, at a flush after that event was sent.
     lag = metric("event_time_lag_ms")
     assert sent_ms - newest_ms <= lag <= time.time() * 1000 - newest_ms

@@ -13,12 +13,17 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
+from flink_jobs.io import segments
 from flink_jobs.io.producer import ensure_topic
 from tests.support.cli import cli
+from tests.support.clusters import write_segmentation
 from tests.support.e2e import produce_file, run_bounded
+from tests.support.golden import SEGMENTATION
+from tests.support.models import row_vector
 from tests.support.shared_data import shared_file
 from udfs import events as ev
+from udfs.clusters import load_segmentation
 from udfs.events import Reason, make_message, validate_message
 from udfs.rows import dead_letter_id
 from udfs.scoring import read_metadata
@@ -121,23 +126,38 @@ def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_pat
     bad, duplicate, late = build_log(log)
     offsets = produce_file(kafka, topic, "proto", log)
     assert sum(offsets.values()) == 4000 + len(bad) + 3
-    run_bounded(kafka, pg_dsn, topic, offsets, tmp_path)
+    # The learned segments of a segmentation made for these shoppers (tests/support/golden.py),
+    # not the trained default, so the moves between clusters asserted below do not depend on a
+    # model; the default's rows are checked by the other end-to-end tests.
+    segments_dir = write_segmentation(tmp_path / "segments", SEGMENTATION, "e2e-s1")
+    run_bounded(kafka, pg_dsn, topic, offsets, tmp_path, segments_dir=segments_dir)
 
-    proc = cli(
-        "verify", "--events", str(log), "--format", "proto", "--pg-dsn", pg_dsn, "--topic", topic
-    )
+    verify = ("verify", "--events", str(log), "--format", "proto", "--pg-dsn", pg_dsn)
+    proc = cli(*verify, "--topic", topic, "--segments-dir", str(segments_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mismatches: 0 in 0 profiles; dead-letter problems: 0" in proc.stdout
     # 4,000 + the duplicate delivery + the late event
     assert "4,002 valid events" in proc.stdout and "1 duplicates, 1 late events" in proc.stdout
     assert "profiles: 250 expected, 250 in PostgreSQL" in proc.stdout
+    segmentation = load_segmentation(segments_dir)
+    assert f"clusters: recomputed with segmentation {segmentation.version}" in proc.stdout
 
     conn = psycopg2.connect(pg_dsn)
     with conn.cursor() as cur:
+        cur.execute("SELECT cluster_id, cluster_version, features FROM user_profiles")
+        clustered = cur.fetchall()
+        cur.execute(
+            "SELECT cluster_id, previous_cluster_id, cluster_version, segment, previous_segment"
+            " FROM user_profile_history WHERE change = 'cluster'"
+        )
+        moves = cur.fetchall()
+        cur.execute("SELECT count(*) FROM user_profile_history WHERE cluster_id IS NULL")
+        (unclustered_history,) = cur.fetchone()
+        registered_rows = segments.registered(conn, segmentation.version)
         cur.execute("SELECT dead_letter_id, reason, raw, source_topic FROM dead_letter_events")
         dead = {r[0]: (r[1], bytes(r[2]), r[3]) for r in cur.fetchall()}
         cur.execute("SELECT segment, count(*) FROM user_profiles GROUP BY 1")
-        segments = dict(cur.fetchall())
+        rule_segments = dict(cur.fetchall())
         cur.execute("SELECT count(*) FROM user_profiles WHERE user_id LIKE 'victim%'")
         (victims,) = cur.fetchone()
         cur.execute("SELECT score_reasons FROM user_profiles")
@@ -164,7 +184,39 @@ def test_pipeline_matches_offline_recomputation(kafka: str, pg_dsn: str, tmp_pat
     assert dead_letter_id(duplicate) not in dead
     assert victims == 0
     # 28 days of shoppers: several segments, including inactivity driven by event-time timers.
-    assert segments.get("at_risk", 0) > 0 and len(segments) >= 4, segments
+    assert rule_segments.get("at_risk", 0) > 0 and len(rule_segments) >= 4, rule_segments
+    # The learned segment: every row's cluster is the default segmentation's cluster of the
+    # row's own features (verify compared it with the recomputation too), several clusters.
+    assert {version for _, version, _ in clustered} == {segmentation.version}
+    assert all(c == segmentation.assign(row_vector(f)) for c, _, f in clustered)
+    assert len({c for c, _, _ in clustered}) >= 3, clustered
+    # A user who moved to another cluster (the rule-based segment unchanged) has a history row
+    # saying so, with the cluster they came from.
+    assert moves, "no 'cluster' history row: no user changed cluster between two writes"
+    for cluster, previous, version, segment, previous_segment in moves:
+        assert previous is not None and previous != cluster and version == segmentation.version
+        assert segment == previous_segment
+    assert unclustered_history == 0
+    # The job registered its segmentation for BI when it started.
+    assert registered_rows == segments.cluster_rows(segmentation)
+    assert [r.name for r in registered_rows] == [c.name for c in segmentation.clusters]
+
+    # A row naming another segmentation: verify says so instead of comparing its cluster.
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SET profilestream.maintenance = 'on'")  # past the version guard
+        cur.execute(
+            "UPDATE user_profiles SET cluster_version = 'other-s9', cluster_id = 99"
+            " WHERE user_id = (SELECT min(user_id) FROM user_profiles)"
+        )
+    conn.close()
+    proc = cli(*verify, "--topic", topic, "--segments-dir", str(segments_dir))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"1 rows name cluster_version 'other-s9', not '{segmentation.version}'" in proc.stdout, (
+        proc.stdout
+    )
+    assert "mismatches: 0 in 0 profiles; dead-letter problems: 0" in proc.stdout
 
 
 @pytest.mark.data
@@ -181,4 +233,5 @@ def test_real_rees46_sample_through_the_job_verifies(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "profiles: 4,504 expected, 4,504 in PostgreSQL" in proc.stdout
-    assert "mismatches: 0 in 0 profiles" in proc.stdout
+    assert "mismatches: 0 in 0 profiles" in proc.stdout  # the clusters included:
+    assert f"clusters: recomputed with segmentation {DEFAULT_SEGMENTS_DIR.name}" in proc.stdout

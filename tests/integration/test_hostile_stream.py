@@ -19,12 +19,13 @@ import psycopg2
 import pytest
 
 from flink_jobs.cli.data import fetch_profiles
-from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from tests.support import hostile
 from tests.support.cli import cli
 from tests.support.e2e import produce_file, run_bounded
 from udfs import events as ev
+from udfs.clusters import load_segmentation
 from udfs.consistency import compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import decode_event, make_message
@@ -112,6 +113,7 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
         scorer.version,
         Pseudonymiser(load_key()),
         explain=scorer.explain,
+        segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
     )
     expected = recompute(valid, engine, now_ms=now_ms, topic=topic)
     assert expected.invalid_messages == 0

@@ -31,11 +31,12 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 
-from flink_jobs.config import JobConfig
+from flink_jobs.config import DEFAULT_SEGMENTS_DIR, JobConfig
 from flink_jobs.job.functions import SOURCE_ROW_TYPE, UpdateProfile
 from flink_jobs.job.pipeline import build_pipeline, create_environment
 from flink_jobs.ops.runtime import find_java
 from udfs import events as ev
+from udfs.clusters import load_segmentation
 from udfs.consistency import Expected, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import Reason, make_message
@@ -306,6 +307,7 @@ def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutp
         scorer.version,
         Pseudonymiser(load_key(key_file)),
         explain=scorer.explain,
+        segmentation=load_segmentation(config.segments_dir),
     )
     # The job dead-letters a record whose key is not its user_id; the recomputation, which
     # knows no keys, would fold it.
@@ -372,6 +374,10 @@ def test_final_profiles_equal_the_offline_recomputation(output: JobOutput, scene
     assert sum(final[u][COL["purchases"]] for u in scene.shoppers) > 0  # type: ignore[misc]
     assert all(0.0 < final[u][COL["score"]] < 1.0 for u in scene.shoppers)  # type: ignore[operator]
     assert all(final[u][COL["score_reasons"]] for u in scene.shoppers)
+    # Every row the job emitted (timer and expiry rows too) carries its learned segment.
+    rows = [r for r in output.profiles if r.get_row_kind() != RowKind.DELETE]
+    assert {r[COL["cluster_version"]] for r in rows} == {DEFAULT_SEGMENTS_DIR.name}
+    assert all(isinstance(r[COL["cluster_id"]], int) for r in rows)
 
 
 def test_silent_user_goes_at_risk_then_dormant_then_expires(

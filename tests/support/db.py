@@ -36,6 +36,8 @@ def profile_row(
         segment="new",
         score=score,
         model_version="m1",
+        cluster_id=2,
+        cluster_version="s1",
         spend_micros=1_500_000,
         first_event_ms=epoch,
         last_event_ms=epoch + version,

@@ -43,9 +43,16 @@ def run_bounded(
     offsets: dict[int, int],
     tmp_path: Path,
     restart_attempts: int = 3,
+    **fields: Any,
 ) -> None:
     config = job_config(
-        kafka, pg_dsn, topic, tmp_path, stopping_offsets=offsets, restart_attempts=restart_attempts
+        kafka,
+        pg_dsn,
+        topic,
+        tmp_path,
+        stopping_offsets=offsets,
+        restart_attempts=restart_attempts,
+        **fields,
     )
     result = run_job(config, preflight(config))
     assert result.status == "FINISHED"

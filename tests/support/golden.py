@@ -5,8 +5,9 @@ watermark passes them, the bounded-input end rule), recording every row and dead
 `tests/data/golden_rows.json` holds, per user, a digest of the rows the profile code produces for
 this corpus. Frozen at issue 9 (before the per-event cost work: a faster implementation must
 reproduce them exactly) and rewritten once since, on purpose, by issue 10 (new features and the
-`score_reasons` column). The mid-stream states in it stay those written by the code of issue 9's
-start (format 2).
+`score_reasons` column) and issue 13 (the `cluster_id` and `cluster_version` columns, assigned by
+the fixed `SEGMENTATION` below). The mid-stream states in it stay those written by the code of
+issue 9's start (format 2).
 
     python -m tests.support.golden     # rewrite the digests (only when rows are meant to change)
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
 from udfs import events as ev
 from udfs.cache import ProfileCache
+from udfs.clusters import ClusterFeature, ClusterInfo, Segmentation
 from udfs.engine import ProfileEngine, Step, StepOutcome
 from udfs.events import InvalidEvent, decode_event, make_message
 from udfs.host import MemoryHost
@@ -93,15 +95,48 @@ def corpus(seed: int = 11) -> list[bytes]:
     return [m.SerializeToString() for m in out]
 
 
+# The segmentation the corpus is clustered with: fixed here, like the scorer, so the digests do not
+# depend on a trained segmentation (models/segments/). Every transform, a NaN fill (no purchase
+# yet) and clipping at both ends are on the path.
+SEGMENTATION = Segmentation(
+    "golden-s1",
+    [
+        ClusterFeature("views", "cnt_view_30d", "log1p", 0.0, 0.0, 5.0, 1.6, 0.8),
+        ClusterFeature("carts", "cnt_cart_30d", "log1p", 0.0, 0.0, 3.0, 0.5, 0.5),
+        ClusterFeature("purchases", "cnt_purchase_30d", "log1p", 0.0, 0.0, 2.5, 0.2, 0.4),
+        ClusterFeature("spend", "rfm_spend_30d", "log1p", 0.0, 0.0, 7.0, 1.0, 1.7),
+        ClusterFeature(
+            "since_buy", "rfm_hours_since_last_purchase", "log1p", 5e3, 1.0, 8.0, 6.0, 1.5
+        ),
+        ClusterFeature("abandon", "fun_cart_abandonment_rate", "identity", 0.0, 0.0, 1.0, 0.3, 0.4),
+        ClusterFeature("peak_sin", "hab_peak_hour", "sin24", 12.0, -0.9, 0.9, 0.0, 0.7),
+        ClusterFeature("peak_cos", "hab_peak_hour", "cos24", 12.0, -0.9, 0.9, 0.0, 0.7),
+    ],
+    [
+        [-0.8, -0.8, -0.4, -0.5, 0.6, -0.5, 0.0, 0.0],
+        [0.6, 1.0, -0.4, -0.5, 0.6, 1.0, 0.5, -0.5],
+        [0.8, 0.6, 1.5, 1.5, -1.2, -0.3, -0.5, 0.5],
+        [1.5, 0.2, 0.2, 0.3, 0.0, 0.0, 0.8, 0.8],
+    ],
+    [ClusterInfo(i, f"golden {i}", "") for i in range(4)],
+)
+
+
 def engine(score: Callable[[Sequence[float]], float] | None = None) -> ProfileEngine:
-    """The engine with a deterministic scorer (a checksum of the model input), so the digests do
-    not depend on a model file."""
+    """The engine with a deterministic scorer (a checksum of the model input) and `SEGMENTATION`,
+    so the digests do not depend on a model file."""
 
     def checksum(features: Sequence[float]) -> float:
         values = [0.0 if math.isnan(x) else float(x) for x in features]
         return sum(v * (i + 1) for i, v in enumerate(values)) % 1.0
 
-    return ProfileEngine(ProfileParams(), score or checksum, "golden", Pseudonymiser(b"g" * 32))
+    return ProfileEngine(
+        ProfileParams(),
+        score or checksum,
+        "golden",
+        Pseudonymiser(b"g" * 32),
+        segmentation=SEGMENTATION,
+    )
 
 
 def replay(

@@ -40,6 +40,15 @@ def test_missing_model(tmp_path: Path) -> None:
     assert_one_line_error(proc, f"no model at {tmp_path}", "--model-dir")
 
 
+def test_missing_or_malformed_segmentation(tmp_path: Path) -> None:
+    run = ("run", "--bootstrap", "127.0.0.1:1", "--pg-dsn", "postgresql://u@h/db")
+    proc = run_cli(*run, "--segments-dir", str(tmp_path))
+    assert_one_line_error(proc, f"no segmentation at {tmp_path}", "--segments-dir")
+    (tmp_path / "segmentation.json").write_text('{"version": "x", "features": []}')
+    proc = run_cli("submit", *run[1:], "--segments-dir", str(tmp_path))
+    assert_one_line_error(proc, "is not a valid segmentation", "segmentation.json")
+
+
 def test_model_with_wrong_feature_contract(tmp_path: Path) -> None:
     model = tmp_path / "m"
     model.mkdir()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs.config import JobConfig, parse_offsets, redact_dsn
+from flink_jobs.config import DEFAULT_SEGMENTS_DIR, JobConfig, parse_offsets, redact_dsn
 from flink_jobs.ops import runtime
 from flink_jobs.ops.runtime import find_java
 from udfs.errors import ConfigError, SetupError
@@ -109,6 +109,7 @@ def test_job_config_round_trips_through_the_flink_run_arguments() -> None:
         model_poll_interval_ms=750,
         stopping_offsets={0: 12, 1: 7},
         pseudonym_key_file=Path("/keys/pseudonym.key"),
+        segments_dir=Path("/segments/s2"),
         jdbc_flush_rows=64,
         jdbc_flush_interval_ms=50,
         profile_cache_entries=0,
@@ -134,12 +135,20 @@ def test_environment_is_read_in_one_place(tmp_path: Path) -> None:
             "PROFILESTREAM_TOPIC": "",  # empty counts as unset
             "PROFILESTREAM_CACHE": str(tmp_path),
             "PGPASSWORD": "pw",
+            "PROFILESTREAM_SEGMENTS_DIR": str(tmp_path / "s"),
         }
     )
     assert env.kafka_bootstrap == "k:1" and env.topic == "user-events"
+    assert env.segments_dir == tmp_path / "s"
+    assert Environment.read({}).segments_dir == DEFAULT_SEGMENTS_DIR
     assert env.jar_dir == tmp_path / "jars" and env.pg_password == "pw"
     assert env.pg_dsn is None
-    assert {"KAFKA_BOOTSTRAP", "PG_DSN", "PROFILESTREAM_STATE_DIR"} <= set(ENVIRONMENT_VARIABLES)
+    assert {
+        "KAFKA_BOOTSTRAP",
+        "PG_DSN",
+        "PROFILESTREAM_STATE_DIR",
+        "PROFILESTREAM_SEGMENTS_DIR",
+    } <= set(ENVIRONMENT_VARIABLES)
 
 
 def test_the_three_flink_configurations_share_one_builder(tmp_path: Path) -> None:

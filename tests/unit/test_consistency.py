@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
 from udfs import events as ev
+from udfs.clusters import load_segmentation
 from udfs.consistency import Mismatch, compare_profiles, recompute
 from udfs.engine import ProfileEngine
 from udfs.events import make_message
@@ -34,6 +35,7 @@ def engine() -> ProfileEngine:
         scorer.version,
         Pseudonymiser(b"k" * 32),
         explain=scorer.explain,
+        segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
     )
 
 
@@ -97,6 +99,23 @@ def test_compare_finds_every_kind_of_difference() -> None:
         "activity_score"
     ]
     assert compare_profiles(expected, {u: rows[0] for u, rows in expected.items()}) == []
+
+
+def test_compare_checks_the_cluster_and_can_leave_it_out_for_some_users() -> None:
+    expected = recompute([raw("a"), raw("b")], engine(), now_ms=NOW).profiles
+    i_id, i_version = (PROFILE_COLUMN_NAMES.index(c) for c in ("cluster_id", "cluster_version"))
+    assert expected["a"][0][i_version] == DEFAULT_SEGMENTS_DIR.name
+    assert isinstance(expected["a"][0][i_id], int)
+    rows = {u: list(r[0]) for u, r in expected.items()}
+    rows["a"][i_id] = (rows["a"][i_id] + 1) % 3
+    rows["b"][i_version] = "other-s9"
+    actual = {u: tuple(r) for u, r in rows.items()}
+    assert [(m.user_id, m.column) for m in compare_profiles(expected, actual)] == [
+        ("a", "cluster_id"),
+        ("b", "cluster_version"),
+    ]
+    ignore_b = {"b": frozenset({"cluster_id", "cluster_version"})}
+    assert [m.user_id for m in compare_profiles(expected, actual, ignore_for=ignore_b)] == ["a"]
 
 
 def test_compare_can_leave_reasons_out() -> None:

@@ -320,9 +320,11 @@ def test_compose_submits_the_job_with_arguments_its_parser_accepts() -> None:
     )
     assert job.jdbc_url.startswith("jdbc:postgresql://postgres:5432/")
     assert ":" not in job.pg_dsn.split("//", 1)[1].split("@", 1)[0]
-    # The model is the repository's, at its place in the image.
+    # The model and the segmentation are the repository's, at their place in the image.
     model = PurePosixPath(job.model_dir.as_posix()).relative_to(IMAGE_PROJECT)
     assert (ROOT / model / "metadata.json").is_file()
+    segments = PurePosixPath(job.segments_dir.as_posix()).relative_to(IMAGE_PROJECT)
+    assert (ROOT / segments / "segmentation.json").is_file()
     # Every TaskManager has the pseudonym key at the path the job names.
     key = PurePosixPath(str(job.pseudonym_key_file))
     assert key.parent == PurePosixPath("/run/secrets")
@@ -424,6 +426,8 @@ def test_flink_deployment_runs_the_python_job_with_savepoint_upgrades() -> None:
     assert ":" not in config.pg_dsn.split("//", 1)[1].split("@", 1)[0]
     model = PurePosixPath(config.model_dir.as_posix()).relative_to(IMAGE_PROJECT)
     assert (ROOT / model / "metadata.json").is_file()
+    segments = PurePosixPath(config.segments_dir.as_posix()).relative_to(IMAGE_PROJECT)
+    assert (ROOT / segments / "segmentation.json").is_file()
     assert job["parallelism"] >= 1
 
 

@@ -169,7 +169,8 @@ def test_the_engine_switches_model_for_the_next_row(tmp_path: Path) -> None:
         return validate_message(msg, 2**62)
 
     step = engine.on_event(None, view(1), "t", 0)  # type: ignore[arg-type]
-    assert step.row is not None and step.row[8] == "taobao-v2"
+    assert step.row is not None
+    assert step.row[PROFILE_COLUMN_NAMES.index("model_version")] == "taobao-v2"
     engine.use_model(second.score, second.version, second.explain)
     step = engine.on_event(step.profile, view(2), "t", 0)  # type: ignore[arg-type]
     row = dict(zip(PROFILE_COLUMN_NAMES, step.row or (), strict=True))
