@@ -14,8 +14,9 @@ A profile's feature vector (`udfs.features.FEATURE_NAMES` order, as the scorer t
 the clustering vector feature by feature: take `source`, replace NaN or an infinity by `fill`,
 apply `transform`, clip to [lo, hi], subtract `mean`, divide by `scale`. The cluster is the
 nearest centroid in squared Euclidean distance, the lowest id on a tie: what scikit-learn's
-`KMeans.predict` returns for the same vectors (tests/unit/test_clusters.py checks it on the
-training vectors). The trainer builds its vectors with this very `transform`, so training and the
+`KMeans.predict` returns for the same vectors (tests/unit/test_segments.py checks it on every
+training vector of the committed segmentations, tests/unit/test_cluster_assignment.py on random
+ones). The trainer builds its vectors with this very `transform`, so training and the
 stream cannot disagree on them.
 
 Pure Python without NumPy: it runs per update inside Flink's embedded interpreter, compiled with

@@ -7,11 +7,8 @@ import psycopg2
 
 from udfs.rows import PROFILE_COLUMN_NAMES
 
-# The columns the sink writes: the job's row and the cluster columns of migration 0007 (the
-# job's learned-segment assignment), whichever of them the row does not list yet.
-SINK_COLUMN_NAMES = PROFILE_COLUMN_NAMES + tuple(
-    c for c in ("cluster_id", "cluster_version") if c not in PROFILE_COLUMN_NAMES
-)
+# The columns the sink writes: the job's row (udfs.rows.PROFILE_COLUMNS).
+SINK_COLUMN_NAMES = PROFILE_COLUMN_NAMES
 
 # The statement Flink's Postgres dialect sends for an upsert (no WHERE clause).
 UPSERT = (
@@ -36,8 +33,6 @@ def profile_row(
         segment="new",
         score=score,
         model_version="m1",
-        cluster_id=2,
-        cluster_version="s1",
         spend_micros=1_500_000,
         first_event_ms=epoch,
         last_event_ms=epoch + version,
