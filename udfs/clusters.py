@@ -46,6 +46,7 @@ _TWO_PI_OVER_24: Final = 2.0 * math.pi / 24.0
 # `assign` keeps the distances to up to this many centroids in local doubles (no Python objects
 # per feature and centroid once compiled); a segmentation with more goes the general way.
 UNROLLED_K: Final = 10
+SHORT_K: Final = 5
 
 
 # log1p of the counts 0..1023, computed by math.log1p itself (so exactly its values): a lookup
@@ -169,14 +170,16 @@ class Segmentation:
         self._mean = tuple(f.mean for f in self.features)
         self._scale = tuple(f.scale for f in self.features)
         self._flat = tuple(v for c in self.centroids for v in c)  # centroid j at j * _n
-        # feature-major, padded with zeros to UNROLLED_K centroids: centroid j's value of feature
-        # i at i * UNROLLED_K + j (empty when K > UNROLLED_K)
+        # feature-major, padded with zeros to `_stride` centroids: centroid j's value of feature
+        # i at i * _stride + j (empty when K > UNROLLED_K)
         k = len(self.centroids)
+        # K <= 5 (the default segmentation) strides by 5 and adds half the squares
+        self._stride = SHORT_K if k <= SHORT_K else UNROLLED_K
         self._by_feature: tuple[float, ...] = (
             tuple(
                 self.centroids[j][i] if j < k else 0.0
                 for i in range(self._n)
-                for j in range(UNROLLED_K)
+                for j in range(self._stride)
             )
             if k <= UNROLLED_K
             else ()
@@ -245,7 +248,21 @@ class Segmentation:
         d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
         o = 0
         values = _as_tuple(profile_vector)
-        for i in range(self._n):
+        if self._stride == SHORT_K:
+            for i in range(self._n):
+                x = self._scaled(values, i)
+                t = x - c[o]
+                d0 += t * t
+                t = x - c[o + 1]
+                d1 += t * t
+                t = x - c[o + 2]
+                d2 += t * t
+                t = x - c[o + 3]
+                d3 += t * t
+                t = x - c[o + 4]
+                d4 += t * t
+                o += SHORT_K
+        for i in range(self._n if self._stride == UNROLLED_K else 0):
             x = self._scaled(values, i)
             t = x - c[o]
             d0 += t * t

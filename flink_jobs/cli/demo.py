@@ -229,6 +229,11 @@ def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> 
                 "GROUP BY 1 ORDER BY 2 DESC"
             )
             segments = cur.fetchall()
+            cur.execute(
+                "SELECT cluster_id, cluster_name, profiles FROM bi_cluster_sizes "
+                "WHERE profiles > 0 ORDER BY profiles DESC, cluster_id"
+            )
+            clusters = cur.fetchall()
     finally:
         conn.close()
     return {
@@ -238,6 +243,7 @@ def summarize(dsn: str, produced: int, job_s: float, steady_s: float | None) -> 
         "dead_letter_reasons": reasons,
         "profiles": profiles,
         "segments": segments,
+        "clusters": clusters,
         "top": top,
         "job_s": job_s,
         "events_per_s": (folded + dead) / job_s if job_s else 0.0,
@@ -261,6 +267,11 @@ def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str, say:
         f"  profiles written     {s['profiles']:>10,}  "
         + ", ".join(f"{name}: {n:,}" for name, n in s["segments"])
     )
+    if s.get("clusters"):
+        say(
+            "  learned segments     "
+            + "; ".join(f"{cid} {name or '?'}: {n:,}" for cid, name, n in s["clusters"])
+        )
     say(
         f"  job wall time        {s['job_s']:>10.1f} s  ({s['events_per_s']:,.0f} events/s "
         "including MiniCluster start-up)"

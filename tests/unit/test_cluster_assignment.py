@@ -27,6 +27,7 @@ from udfs import _impl, native
 from udfs import events as ev
 from udfs.clusters import (
     SEGMENTATION_FILE,
+    SHORT_K,
     UNROLLED_K,
     ClusterFeature,
     ClusterInfo,
@@ -80,7 +81,7 @@ def fitted(vectors: list[list[float]], k: int) -> tuple[Segmentation, KMeans]:
     return Segmentation("fit", features, km.cluster_centers_.tolist(), clusters), km
 
 
-@pytest.mark.parametrize("k", [1, 7, UNROLLED_K, UNROLLED_K + 3])
+@pytest.mark.parametrize("k", [1, 3, SHORT_K, SHORT_K + 1, 7, UNROLLED_K, UNROLLED_K + 3])
 def test_assign_is_kmeans_predict_on_many_random_vectors(k: int) -> None:
     """Up to UNROLLED_K centroids `assign` keeps the distances in locals, beyond it goes through
     `vector` and `nearest`: both are KMeans.predict."""
