@@ -88,7 +88,19 @@ def test_demo_prints_summary_with_profiles(tmp_path: Path) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT count(*), sum(event_count) FROM user_profiles")
         assert cur.fetchone() == (200, 3000)
+        # every profile has a learned segment of the default segmentation, and the summary line
+        # names the clusters with their sizes as PostgreSQL counts them
+        cur.execute(
+            "SELECT cluster_version, count(*) FROM user_profiles WHERE NOT expired GROUP BY 1"
+        )
+        assert cur.fetchall() == [("taobao-s1", 200)]
+        cur.execute(
+            "SELECT cluster_id, cluster_name, profiles FROM bi_cluster_sizes WHERE profiles > 0 "
+            "ORDER BY profiles DESC, cluster_id"
+        )
+        expected = "; ".join(f"{cid} {name}: {n:,}" for cid, name, n in cur.fetchall())
     conn.close()
+    assert f"learned segments     {expected}" in out, out
     stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
     assert "stopped" in stop.stdout
 
