@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, final
 
 from udfs.errors import ModelError
 from udfs.features import FEATURE_NAMES
@@ -122,6 +122,52 @@ def _number(where: str, value: Any) -> float:
     return float(value)
 
 
+@final
+class _Step:
+    """One clustering feature as the per-update loop reads it, with its value in each of up to
+    UNROLLED_K centroids (`c0`..`c9`, zero padded). Compiled, these fields are C doubles and
+    ints: the loop reads them without boxed floats or tuple indexing."""
+
+    def __init__(self, source: int, transform: int, f: ClusterFeature, column: list[float]) -> None:
+        self.source = source
+        self.transform = transform  # TRANSFORMS order
+        self.fill = f.fill
+        self.lo = f.lo
+        self.hi = f.hi
+        self.mean = f.mean
+        self.scale = f.scale
+        c = column + [0.0] * (UNROLLED_K - len(column))
+        self.c0: float = c[0]
+        self.c1: float = c[1]
+        self.c2: float = c[2]
+        self.c3: float = c[3]
+        self.c4: float = c[4]
+        self.c5: float = c[5]
+        self.c6: float = c[6]
+        self.c7: float = c[7]
+        self.c8: float = c[8]
+        self.c9: float = c[9]
+
+    def scaled(self, profile_vector: tuple[Any, ...]) -> float:
+        """This feature of a profile's feature vector: `transform_value`, clipped and scaled
+        (the one place `vector` and `assign` compute it)."""
+        v: float = float(profile_vector[self.source])
+        if math.isnan(v) or math.isinf(v):  # not math.isfinite: mypyc calls that via Python
+            v = self.fill
+        t = self.transform
+        if t == 1:
+            v = _log1p(v)
+        elif t == 2:
+            v = math.sin(v * _TWO_PI_OVER_24)
+        elif t == 3:
+            v = math.cos(v * _TWO_PI_OVER_24)
+        if v < self.lo:
+            v = self.lo
+        elif v > self.hi:
+            v = self.hi
+        return (v - self.mean) / self.scale
+
+
 class Segmentation:
     """A loaded segmentation: `vector` (the scaled clustering vector) and `assign` (its cluster)."""
 
@@ -159,31 +205,21 @@ class Segmentation:
         self.clusters = tuple(clusters)
         self.path = path
         self.metadata = metadata or {}
-        # The per-update path reads these flat tuples by index (mypyc compiles the loops to C:
-        # no tuple unpacking, no string comparison per feature).
         self._n = len(self.features)
-        self._source = tuple(FEATURE_NAMES.index(f.source) for f in self.features)
-        self._transform = tuple(TRANSFORMS.index(f.transform) for f in self.features)
-        self._fill = tuple(f.fill for f in self.features)
-        self._lo = tuple(f.lo for f in self.features)
-        self._hi = tuple(f.hi for f in self.features)
-        self._mean = tuple(f.mean for f in self.features)
-        self._scale = tuple(f.scale for f in self.features)
-        self._flat = tuple(v for c in self.centroids for v in c)  # centroid j at j * _n
-        # feature-major, padded with zeros to `_stride` centroids: centroid j's value of feature
-        # i at i * _stride + j (empty when K > UNROLLED_K)
         k = len(self.centroids)
-        # K <= 5 (the default segmentation) strides by 5 and adds half the squares
-        self._stride = SHORT_K if k <= SHORT_K else UNROLLED_K
-        self._by_feature: tuple[float, ...] = (
-            tuple(
-                self.centroids[j][i] if j < k else 0.0
-                for i in range(self._n)
-                for j in range(self._stride)
+        # K <= 5 (the default segmentation) adds 5 squares per feature, K <= 10 ten; more
+        # centroids take the general `vector`/`nearest` path
+        self._stride = SHORT_K if k <= SHORT_K else UNROLLED_K if k <= UNROLLED_K else 0
+        self._steps = [
+            _Step(
+                FEATURE_NAMES.index(f.source),
+                TRANSFORMS.index(f.transform),
+                f,
+                [c[i] for c in self.centroids] if k <= UNROLLED_K else [],
             )
-            if k <= UNROLLED_K
-            else ()
-        )
+            for i, f in enumerate(self.features)
+        ]
+        self._flat = tuple(v for c in self.centroids for v in c)  # centroid j at j * _n
 
     @property
     def k(self) -> int:
@@ -192,26 +228,7 @@ class Segmentation:
     def vector(self, profile_vector: Sequence[float]) -> list[float]:
         """The scaled clustering vector of a profile's feature vector (FEATURE_NAMES order)."""
         values = _as_tuple(profile_vector)
-        return [self._scaled(values, i) for i in range(self._n)]
-
-    def _scaled(self, profile_vector: tuple[Any, ...], i: int) -> float:
-        """Clustering feature i of a profile's feature vector: `transform_value`, clipped and
-        scaled (the one place both `vector` and `assign` compute it)."""
-        v: float = float(profile_vector[self._source[i]])
-        if math.isnan(v) or math.isinf(v):  # not math.isfinite: mypyc calls that via Python
-            v = self._fill[i]
-        t = self._transform[i]  # TRANSFORMS order
-        if t == 1:
-            v = _log1p(v)
-        elif t == 2:
-            v = math.sin(v * _TWO_PI_OVER_24)
-        elif t == 3:
-            v = math.cos(v * _TWO_PI_OVER_24)
-        if v < self._lo[i]:
-            v = self._lo[i]
-        elif v > self._hi[i]:
-            v = self._hi[i]
-        return (v - self._mean[i]) / self._scale[i]
+        return [step.scaled(values) for step in self._steps]
 
     def nearest(self, x: Sequence[float]) -> int:
         """The id of the centroid nearest to a scaled vector (lowest id on a tie)."""
@@ -240,51 +257,49 @@ class Segmentation:
 
     def assign(self, profile_vector: Sequence[float]) -> int:
         """The cluster of a profile's feature vector: `nearest(vector(profile_vector))`."""
-        c = self._by_feature
-        if not c:
+        stride = self._stride
+        if not stride:
             return self._nearest(self.vector(profile_vector))
         # The same sums as `_nearest` (each centroid's squares added in feature order), kept in
         # ten doubles and computed feature by feature, so no vector is built.
         d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
-        o = 0
         values = _as_tuple(profile_vector)
-        if self._stride == SHORT_K:
-            for i in range(self._n):
-                x = self._scaled(values, i)
-                t = x - c[o]
+        if stride == SHORT_K:
+            for step in self._steps:
+                x = step.scaled(values)
+                t = x - step.c0
                 d0 += t * t
-                t = x - c[o + 1]
+                t = x - step.c1
                 d1 += t * t
-                t = x - c[o + 2]
+                t = x - step.c2
                 d2 += t * t
-                t = x - c[o + 3]
+                t = x - step.c3
                 d3 += t * t
-                t = x - c[o + 4]
+                t = x - step.c4
                 d4 += t * t
-                o += SHORT_K
-        for i in range(self._n if self._stride == UNROLLED_K else 0):
-            x = self._scaled(values, i)
-            t = x - c[o]
-            d0 += t * t
-            t = x - c[o + 1]
-            d1 += t * t
-            t = x - c[o + 2]
-            d2 += t * t
-            t = x - c[o + 3]
-            d3 += t * t
-            t = x - c[o + 4]
-            d4 += t * t
-            t = x - c[o + 5]
-            d5 += t * t
-            t = x - c[o + 6]
-            d6 += t * t
-            t = x - c[o + 7]
-            d7 += t * t
-            t = x - c[o + 8]
-            d8 += t * t
-            t = x - c[o + 9]
-            d9 += t * t
-            o += UNROLLED_K
+        else:
+            for step in self._steps:
+                x = step.scaled(values)
+                t = x - step.c0
+                d0 += t * t
+                t = x - step.c1
+                d1 += t * t
+                t = x - step.c2
+                d2 += t * t
+                t = x - step.c3
+                d3 += t * t
+                t = x - step.c4
+                d4 += t * t
+                t = x - step.c5
+                d5 += t * t
+                t = x - step.c6
+                d6 += t * t
+                t = x - step.c7
+                d7 += t * t
+                t = x - step.c8
+                d8 += t * t
+                t = x - step.c9
+                d9 += t * t
         # as `_nearest` picks: the lowest id on a tie (only a strictly smaller distance replaces
         # the best), never a NaN distance
         k = len(self.centroids)
