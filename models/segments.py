@@ -57,13 +57,13 @@ import math
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
 from models.dataset import Array, ExampleSpec, decode_all, first_dense_period
+from models.jsonable import clean, iso_utc
 from udfs.clusters import (
     SEGMENTATION_FILE,
     SEGMENTATION_NAME,
@@ -326,7 +326,7 @@ def plan(events: Sequence[Event], spec: SegmentSpec) -> Plan:
     start = ev.cutoff(first_dense_period(list(events), ev) + 1)
     if cuts[0] <= start:
         raise TrainingError(
-            f"the log (dense data {_iso(start)} .. {_iso(end)}) is too short to hold out "
+            f"the log (dense data {iso_utc(start)} .. {iso_utc(end)}) is too short to hold out "
             f"{spec.eval_periods} label period(s) of {spec.horizon_ms / MINUTE_MS:g} minutes "
             f"({spec.period_ms / MINUTE_MS:g} minutes apart) and still train before them",
             fix="lower --eval-periods, --horizon-minutes or --period-minutes (the REES46 sample "
@@ -840,7 +840,7 @@ def evaluate_later(
         alone = purchase_rates(np.asarray(assigned), np.asarray(y), snap.users, fit.k)[1]
         per_cutoff.append(
             {
-                "cutoff": _iso(t),
+                "cutoff": iso_utc(t),
                 "users": len(y),
                 "purchases": int(sum(y)),
                 "purchase_rate": float(np.mean(y)),
@@ -860,7 +860,7 @@ def evaluate_later(
             f"purchase in (t, t + {duration(spec.horizon_ms)}]"
         ),
         "horizon": duration(spec.horizon_ms),
-        "train_cutoff": _iso(t0),
+        "train_cutoff": iso_utc(t0),
         "train_snapshots": len(rows),
         "k": fit.k,
         "k_stable": fit.stable,
@@ -982,24 +982,6 @@ def duration(ms: int) -> str:
     return f"{ms / MINUTE_MS:g} min"
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN (null instead) and with plain numbers."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return None if math.isnan(f) else f
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
-
-
 def versions() -> dict[str, str]:
     import matplotlib
     import scipy
@@ -1084,7 +1066,7 @@ def train(
             "mode": spec.snapshots,
             "rows": len(rows),
             "users": len(set(users)),
-            "cutoff": _iso(final.cutoff_ms),
+            "cutoff": iso_utc(final.cutoff_ms),
             "definition": (
                 "a user's snapshot is the row the job last wrote for the user: features as of "
                 "the user's newest event"
@@ -1126,7 +1108,7 @@ def train(
         "data": provenance,
         "versions": versions(),
     }
-    return Result(fit, holdout, _clean(meta), rows)
+    return Result(fit, holdout, clean(meta), rows)
 
 
 def write(out: Path, result: Result) -> None:
@@ -1156,7 +1138,7 @@ def load_events(
         "events": len(events) + rejected,
         "rejected": rejected,
         "users": len({e.user_id for e in events}),
-        "time_range": [_iso(min(times)), _iso(max(times))],
+        "time_range": [iso_utc(min(times)), iso_utc(max(times))],
     }
     if path is not None:
         provenance["file"] = Path(path).name

@@ -26,10 +26,8 @@ each heuristic is mapped to a probability by Platt scaling on the fitting rows.
 from __future__ import annotations
 
 import json
-import math
 import platform
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ from models.evaluation import (
     rolling_origin,
     user_holdout,
 )
+from models.jsonable import clean, iso_utc
 from udfs.calibration import Calibration
 from udfs.errors import TrainingError
 from udfs.features import FEATURE_NAMES
@@ -269,7 +268,7 @@ def run_protocol(ex: Examples, features: list[str], n_boot: int = BOOTSTRAP) -> 
         test_rows.append(np.flatnonzero(fold.test))
         row: dict[str, Any] = {
             "period": int(fold.day),
-            "cutoff": _iso(int(ex.t[fold.test][0])),
+            "cutoff": iso_utc(int(ex.t[fold.test][0])),
             "examples": int(fold.test.sum()),
             "positives": int(ex.y[fold.test].sum()),
             "fit_examples": int(fold.fit.sum()),
@@ -341,7 +340,7 @@ def train(ex: Examples, n_boot: int = BOOTSTRAP) -> tuple[Fitted, list[str], dic
         "model_features": features,
         "excluded_features": dropped,
         "final_fit": {
-            "fit_periods": f"until {_iso(int(ex.t[stop][0]) - 1)}",
+            "fit_periods": f"until {iso_utc(int(ex.t[stop][0]) - 1)}",
             "fit_examples": int(fit.sum()),
             "stop_and_calibration_examples": int(stop.sum()),
             "best_iteration": model.best_iteration,
@@ -351,24 +350,6 @@ def train(ex: Examples, n_boot: int = BOOTSTRAP) -> tuple[Fitted, list[str], dic
         "evaluation": evaluation,
     }
     return model, features, info
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN (null instead) and with plain floats."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return None if math.isnan(f) else f
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def write_model(
@@ -398,7 +379,7 @@ def write_model(
         "calibration": model.calibration.to_json(),
         "examples": spec.to_json(),
         "data": provenance,
-        **_clean(info),
+        **clean(info),
         "training": {
             "library": "lightgbm",
             "params": LGB_PARAMS,
@@ -447,7 +428,7 @@ def load_examples(
         "format": fmt,
         "events": len(events) + rejected,
         "rejected": rejected,
-        "time_range": [_iso(ex.time_range_ms[0]), _iso(ex.time_range_ms[1])],
+        "time_range": [iso_utc(ex.time_range_ms[0]), iso_utc(ex.time_range_ms[1])],
         "examples": len(ex.y),
         "users": len(np.unique(ex.users)),
         "positive_rate": float(ex.y.mean()) if len(ex.y) else 0.0,
@@ -490,7 +471,7 @@ def evaluate(model_dir: Path, ex: Examples, n_boot: int = BOOTSTRAP) -> dict[str
         result["shipped_model"] = {"version": scorer.version, **metrics(ex.y, shipped)}
     finally:
         scorer.close()
-    return _clean(result)  # type: ignore[no-any-return]
+    return clean(result)  # type: ignore[no-any-return]
 
 
 def summary_json(result: dict[str, Any]) -> dict[str, Any]:
