@@ -115,6 +115,8 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
         "state_bytes_max": max(sizes, default=0),
         "rows": rows,
         "rows_with_new_reasons": explained,
+        # of those, answered by the scorer's memo of explanations (udfs.scoring.EXPLAIN_MEMO)
+        "explain_memo_hits": scorer.explain_memo_hits,
     }
 
 
@@ -544,6 +546,9 @@ def main(argv: list[str] | None = None) -> None:
             out["ceiling_us_per_event"] = ceiling["us_per_event"]
             out["state_bytes_per_user"] = ceiling["state_bytes_per_user"]
             out["reasons_share"] = ceiling["rows_with_new_reasons"] / max(1, ceiling["rows"])
+            out["reasons_memo_share"] = ceiling["explain_memo_hits"] / max(
+                1, ceiling["rows_with_new_reasons"]
+            )
             if jobs:
                 out["job_over_ceiling"] = out["job_events_per_s"] / ceiling["events_per_s"]
         del raws
@@ -594,10 +599,11 @@ def report(out: dict[str, Any]) -> None:
         ("job / floor", out.get("job_over_floor"), ""),
         ("job / ceiling", out.get("job_over_ceiling"), ""),
         ("scoring in the job", out.get("scoring_us"), "us per update"),
-        ("score reasons, job", out.get("explain_us"), "us per explanation"),
+        ("score reasons, job", out.get("explain_us"), "us per explanation (memo hits included)"),
         ("cluster in the job", out.get("cluster_us"), "us per update"),
         ("cluster, outside", out.get("cluster_us_standalone"), "us per update"),
         ("rows with new reasons", out.get("reasons_share"), "of rows"),
+        ("  of them from the memo", out.get("reasons_memo_share"), ""),
         ("state per user", out.get("state_bytes_per_user"), "bytes"),
         ("freshness p50", out.get("freshness_p50_ms"), "ms"),
         ("freshness p99", out.get("freshness_p99_ms"), "ms"),

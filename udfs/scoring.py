@@ -11,7 +11,10 @@ model's inputs by name; the score is the model's probability mapped through the 
 `explain` gives the reasons for a score: LightGBM's own SHAP values (`C_API_PREDICT_CONTRIB`
 on the single-row fast path): per feature, its contribution to the log-odds; the contributions
 of all features plus the bias (expected value) add up to the model's raw log-odds. The three
-largest in magnitude are kept.
+largest in magnitude are kept. Explanations are memoised by the exact model input (the bytes of
+the doubles LightGBM reads; `EXPLAIN_MEMO` most recently used): a shopper's first event gives one
+of a handful of vectors (one view, one cart ...), so most explanations of new profiles repeat one
+already computed, bit for bit the same (docs/performance.md).
 
 Scoring calls LightGBM's own C library (`lib_lightgbm.so` from the lightgbm wheel) through ctypes:
 the model is loaded with `LGBM_BoosterCreateFromModelfile` and each row goes through
@@ -28,6 +31,7 @@ import contextlib
 import ctypes
 import importlib.util
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +47,9 @@ _C_API_DTYPE_FLOAT64 = 1
 _C_API_PREDICT_NORMAL = 0
 _C_API_PREDICT_CONTRIB = 3
 REASONS = 3
+# Explanations kept per Scorer, least recently used dropped first (a few hundred bytes each; 0:
+# no memo).
+EXPLAIN_MEMO = 4096
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,9 @@ class Scorer:
         self._out_len_ref = ctypes.byref(self._out_len)
         self._out_ref = ctypes.byref(self._out)
         self._contrib_ref = ctypes.byref(self._contrib)
+        self._explained: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self.explain_calls = 0
+        self.explain_memo_hits = 0
 
     def raw_score(self, features: Sequence[Any]) -> float:
         """The model's probability (what `Booster.predict` returns for the model's inputs picked
@@ -227,13 +237,30 @@ class Scorer:
     def explain(self, features: Sequence[Any]) -> list[int]:
         """The score's reasons: the REASONS largest contributions by magnitude, largest first,
         flat [index in FEATURE_NAMES, contribution in millionths of log-odds, ...] (what the
-        state stores; `udfs.rows.reasons_json` renders it)."""
-        values = self.contributions(features)
+        state stores; `udfs.rows.reasons_json` renders it). A model input explained before (the
+        same bytes) gets the memoised reasons: the same computation would give the same ones."""
+        self.explain_calls += 1
+        self._row[:] = self._pick(features)  # type: ignore[call-overload]
+        key = bytes(self._row)
+        memo = self._explained
+        known = memo.get(key)
+        if known is not None:
+            memo.move_to_end(key)
+            self.explain_memo_hits += 1
+            return list(known)
+        ret = self._predict(self._fast_contrib, self._row_ref, self._out_len_ref, self._contrib_ref)
+        if ret != 0:
+            _check(ret)
+        values = self._contrib
         order = sorted(range(self._n), key=lambda i: -abs(values[i]))[:REASONS]
         out: list[int] = []
         for i in order:
             out.append(self._code_index[i])
             out.append(round(values[i] * 1e6))
+        if EXPLAIN_MEMO > 0:
+            if len(memo) >= EXPLAIN_MEMO:
+                memo.popitem(last=False)
+            memo[key] = tuple(out)
         return out
 
     def close(self) -> None:

@@ -13,10 +13,15 @@ import orjson
 import pytest
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
+from udfs.engine import ProfileEngine
 from udfs.errors import ModelError
+from udfs.events import decode_event
 from udfs.features import FEATURE_NAMES
+from udfs.host import MemoryHost
+from udfs.params import ProfileParams
 from udfs.rows import reasons_json
 from udfs.scoring import Scorer, read_metadata
+from udfs.sources import SyntheticSpec, synthetic_events
 
 
 def test_committed_model_metadata_names_a_subset_of_the_code_features() -> None:
@@ -75,6 +80,51 @@ def test_reasons_are_lightgbm_shap_values_that_add_up_to_the_raw_log_odds() -> N
         assert [r["contribution"] for r in reasons] == [
             round(contributions[i] * 1e6) / 1e6 for i in top
         ]
+    scorer.close()
+
+
+def _reasons_computed(scorer: Scorer, features: list[float]) -> list[int]:
+    """The reasons straight from LightGBM's contributions, no memo."""
+    values = scorer.contributions(features)
+    top = sorted(range(len(scorer.names)), key=lambda i: -abs(values[i]))[:3]
+    return [x for i in top for x in (FEATURE_NAMES.index(scorer.names[i]), round(values[i] * 1e6))]
+
+
+def test_memoised_reasons_are_the_computed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated model input gets its memoised reasons: the same as computing them again, as a
+    new list each time (the profile keeps and may replace it); inputs that differ in any bit
+    (-0.0 and 0.0, NaN) are told apart; the memo stays within its bound."""
+    monkeypatch.setattr("udfs.scoring.EXPLAIN_MEMO", 64)
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    distinct = [list(map(float, row)) for row in _random_vectors(100)]
+    column = next(FEATURE_NAMES.index(n) for n in scorer.names if FEATURE_NAMES.index(n) > 10)
+    signed = list(distinct[50])
+    signed[column] = -0.0
+    zero = list(signed)
+    zero[column] = 0.0
+    # 100 misses (the memo then holds distinct[36:]), 10 hits, 10 misses (evicting distinct[36:46]),
+    # 6 misses (those), then -0.0 and 0.0 told apart (2 misses) and -0.0 again (a hit)
+    stream = distinct + distinct[90:] + distinct[:10] + distinct[40:46] + [signed, zero, signed]
+    for features in stream:
+        got = scorer.explain(features)
+        assert got == _reasons_computed(scorer, features)
+        got.append(-1)  # the caller's list: the memo is not changed through it
+    assert scorer.explain_calls == len(stream)
+    assert scorer.explain_memo_hits == 10 + 1
+    assert len(scorer._explained) == 64
+    scorer.close()
+
+
+def test_first_events_share_their_explanations() -> None:
+    """Why the memo pays: the first event of a new profile gives one of a few model inputs."""
+    now_ms = 1_900_000_000_000
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    engine = ProfileEngine(ProfileParams(), scorer.score, "t", str, explain=scorer.explain)
+    host = MemoryHost(engine)
+    for message in synthetic_events(SyntheticSpec(events=4_000, users=2_000, seed=3)):
+        host.on_event(decode_event(message.SerializeToString(), now_ms), "t", now_ms)
+    assert scorer.explain_calls > 2_000  # every first row is explained
+    assert scorer.explain_memo_hits > scorer.explain_calls / 2
     scorer.close()
 
 
