@@ -80,19 +80,12 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
     write-through cache, a dict for state and a table for timers (`udfs.host.MemoryHost`):
     the same features, segments, clusters, scoring, rows and state bytes."""
     scorer = Scorer(model_dir)
-    explained = 0
-
-    def explain(vector: Any) -> list[int]:
-        nonlocal explained
-        explained += 1
-        return scorer.explain(vector)
-
     engine = ProfileEngine(
         params,
         scorer.score,
         scorer.version,
         Pseudonymiser(load_key()),
-        explain=explain,
+        explain=scorer.explain,
         segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
     )
     host = MemoryHost(engine, ProfileCache())
@@ -114,7 +107,7 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
         "state_bytes_per_user": sum(sizes) / len(sizes) if sizes else 0.0,
         "state_bytes_max": max(sizes, default=0),
         "rows": rows,
-        "rows_with_new_reasons": explained,
+        "rows_with_new_reasons": scorer.explain_calls,
         # of those, answered by the scorer's memo of explanations (udfs.scoring.EXPLAIN_MEMO)
         "explain_memo_hits": scorer.explain_memo_hits,
     }

@@ -28,7 +28,10 @@ COMPILED: tuple[str, ...] = (
     "udfs.rows",
     "udfs.engine",
     "udfs.cache",
+    "udfs.trees",
 )
+# Hand-written C extension modules built with them (module -> source, relative to ROOT).
+C_EXTENSIONS: dict[str, str] = {"udfs._treewalk": "udfs/_treewalk.c"}
 # Modules the compiled code depends on without being compiled (mypyc inlines their Final constants).
 DEPENDS: tuple[str, ...] = ("udfs.params",)
 GROUP = "udfs._native"  # the shared library: udfs/_native__mypyc.<abi>.so
@@ -44,12 +47,19 @@ def source(module: str) -> Path:
 
 def source_digests() -> dict[str, str]:
     """SHA-256 of every source the compiled build is made from."""
-    return {m: hashlib.sha256(source(m).read_bytes()).hexdigest() for m in (*COMPILED, *DEPENDS)}
+    digests = {m: _sha256(source(m)) for m in (*COMPILED, *DEPENDS)}
+    digests.update({path: _sha256(ROOT / path) for path in C_EXTENSIONS.values()})
+    return digests
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def extensions() -> list[Path]:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    names = [m.rsplit(".", 1)[1] for m in COMPILED] + [GROUP.rsplit(".", 1)[1] + "__mypyc"]
+    names = [m.rsplit(".", 1)[1] for m in (*COMPILED, *C_EXTENSIONS)]
+    names.append(GROUP.rsplit(".", 1)[1] + "__mypyc")
     return [PACKAGE_DIR / (name + suffix) for name in names]
 
 

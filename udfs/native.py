@@ -1,4 +1,5 @@
-"""The profile step's hot path compiled to C with mypyc, from the very same typed Python source.
+"""The profile step's hot path compiled to C with mypyc, from the very same typed Python source,
+and the hand-written C of `C_EXTENSIONS` (udfs/_treewalk.c: the model's tree walk).
 
     python -m udfs.native build     # what `make setup` runs (about a minute, once)
     python -m udfs.native status    # which implementation this interpreter uses, and why
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from udfs._impl import (
+    C_EXTENSIONS,
     COMPILED,
     GROUP,
     MANIFEST,
@@ -71,7 +73,7 @@ def build(verbose: bool = False) -> bool:
         return False
     digests = source_digests()
     from mypyc.build import mypycify
-    from setuptools import Distribution
+    from setuptools import Distribution, Extension
 
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     cwd = Path.cwd()
@@ -84,6 +86,8 @@ def build(verbose: bool = False) -> bool:
             target_dir=str(BUILD_DIR / "c"),
             verbose=verbose,
         )
+        for name, c_source in C_EXTENSIONS.items():
+            ext_modules.append(Extension(name, [c_source], extra_compile_args=["-O3"]))
         dist = Distribution({"name": "profilestream-native", "ext_modules": ext_modules})
         dist.script_args = ["build_ext", "--inplace", "--build-temp", str(BUILD_DIR / "obj")]
         if not verbose:
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args[0] if args else "status"
     if command == "build":
         if build(verbose="-v" in args):
-            print(f"udfs: compiled {len(COMPILED)} modules with mypyc ({', '.join(COMPILED)})")
+            print(f"udfs: compiled {len(COMPILED)} modules with mypyc ({', '.join(COMPILED)}) "
+                  f"and {', '.join(C_EXTENSIONS)}")  # fmt: skip
         else:
             reason = json.loads(MANIFEST.read_text())["reason"]
             print(f"udfs: WARNING: {reason}: the profile step runs as pure Python (several times "

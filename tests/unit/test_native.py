@@ -80,3 +80,16 @@ def test_a_build_of_other_sources_is_not_used(
     assert _impl.why_not_native() == "no C compiler (cc) on PATH"
     monkeypatch.setenv(_impl.ENV_PURE, "1")
     assert _impl.why_not_native() == f"{_impl.ENV_PURE} is set"
+
+
+def test_the_makefile_rebuilds_when_any_native_source_changes() -> None:
+    """`make` rebuilds the native modules from NATIVE_SRC: it must name every source the build
+    is made from, or an edit would leave a stale build (then silently the pure fallback)."""
+    text = (_impl.ROOT / "Makefile").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("NATIVE_SRC :="))
+    named = set(line.split(":=", 1)[1].split())
+    needed = {
+        str(_impl.source(m).relative_to(_impl.ROOT)) for m in (*_impl.COMPILED, *_impl.DEPENDS)
+    }
+    needed |= set(_impl.C_EXTENSIONS.values())
+    assert needed <= named, sorted(needed - named)

@@ -1,0 +1,198 @@
+"""The compiled tree walker (udfs.trees) gives LightGBM's probabilities bit for bit, and the
+Scorer falls back to LightGBM's C path for a model it does not cover or that it would get wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+import udfs.scoring
+from flink_jobs.config import DEFAULT_MODEL_DIR
+from udfs._impl import selected
+from udfs.features import FEATURE_NAMES
+from udfs.scoring import Scorer
+from udfs.trees import TreeModel, Unsupported
+
+INPUTS = FEATURE_NAMES[:6]
+
+
+def _rows(n: int, seed: int = 0) -> np.ndarray:
+    """Feature vectors with exact zeros, -0.0, values below LightGBM's zero threshold, NaN,
+    negatives and large values."""
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(mean=0.5, sigma=1.5, size=(n, len(FEATURE_NAMES)))
+    x[::3] *= -1.0
+    mask = rng.random(x.shape)
+    x[mask < 0.15] = 0.0
+    x[(mask >= 0.15) & (mask < 0.2)] = -0.0
+    x[(mask >= 0.2) & (mask < 0.25)] = 1e-36
+    x[(mask >= 0.25) & (mask < 0.35)] = np.nan
+    x[(mask >= 0.35) & (mask < 0.4)] = np.round(x[(mask >= 0.35) & (mask < 0.4)])
+    return x
+
+
+def _model_dir(tmp_path: Path, params: dict[str, Any], categorical: bool = False) -> Path:
+    """A small binary model over INPUTS, trained here, as a model directory."""
+    x = _rows(3000, seed=1)[:, : len(INPUTS)]
+    y = ((np.nan_to_num(x[:, 1]) > 0.5) ^ (np.nan_to_num(x[:, 2]) < -1.0)).astype(int)
+    if categorical:
+        x[:, 0] = np.abs(np.nan_to_num(np.round(x[:, 0]))) % 5
+        y = np.isin(x[:, 0], [1, 3]).astype(int)
+    data = lgb.Dataset(
+        x,
+        y,
+        feature_name=list(INPUTS),
+        categorical_feature=[0] if categorical else "auto",
+        free_raw_data=False,
+    )
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 7, "min_data_in_leaf": 5, **params},
+        data,
+        num_boost_round=25,
+    )
+    target = tmp_path / "model"
+    target.mkdir()
+    booster.save_model(str(target / "model.txt"))
+    meta = {"name": "test", "version": "t1", "feature_names": list(INPUTS)}
+    (target / "metadata.json").write_text(json.dumps(meta))
+    return target
+
+
+def _same_bits(a: Scorer, b: Scorer, rows: np.ndarray) -> None:
+    for row in rows:
+        vector = tuple(float(v) for v in row)
+        assert a.raw_score(vector).hex() == b.raw_score(vector).hex(), vector
+
+
+def test_the_committed_model_is_walked_and_equals_lightgbm_bit_for_bit() -> None:
+    walked, lightgbm = Scorer(DEFAULT_MODEL_DIR), Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    assert walked.evaluator.startswith("trees (86 trees"), walked.evaluator
+    assert lightgbm.evaluator.startswith("lightgbm")
+    _same_bits(walked, lightgbm, _rows(5000))
+    trees = walked._trees
+    assert trees is not None
+    probes = np.array(trees.probes(len(FEATURE_NAMES)))
+    _same_bits(walked, lightgbm, probes)
+    # a list works as well as the engine's tuple
+    row = [float(v) for v in _rows(1)[0]]
+    assert walked.raw_score(row) == lightgbm.raw_score(row)
+
+
+def test_the_c_walk_and_the_object_walk_agree_bit_for_bit() -> None:
+    """With the native build, the walk runs over udfs._treewalk's C arrays; without it, over the
+    compiled (or pure) Node objects. Both on the same rows, including the probes."""
+    text = (DEFAULT_MODEL_DIR / "model.txt").read_text()
+    index = Scorer(DEFAULT_MODEL_DIR)._code_index
+    default, objects = TreeModel(text, index), TreeModel(text, index, native=False)
+    assert objects.forest is None
+    if selected["mode"] == "native":
+        assert default.forest is not None, "the native build should include udfs._treewalk"
+    rows = [tuple(float(v) for v in row) for row in _rows(5000, seed=3)]
+    rows += [tuple(r) for r in default.probes(len(FEATURE_NAMES))]
+    for row in rows:
+        assert default.raw(row).hex() == objects.raw(row).hex(), row
+        assert default.raw(list(row)) == objects.raw(row)
+    ints = tuple(range(len(FEATURE_NAMES)))  # ints are read as floats, as LightGBM's row does
+    assert default.raw(ints) == objects.raw(ints) == objects.raw(tuple(map(float, ints)))
+
+
+def test_a_vector_the_model_cannot_read_is_an_error() -> None:
+    text = (DEFAULT_MODEL_DIR / "model.txt").read_text()
+    index = Scorer(DEFAULT_MODEL_DIR)._code_index
+    for trees in (TreeModel(text, index), TreeModel(text, index, native=False)):
+        with pytest.raises(IndexError):
+            trees.raw((1.0,) * 3)
+        with pytest.raises(TypeError):
+            trees.raw(("x",) * len(FEATURE_NAMES))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # missing type NaN where the training data had NaN, None elsewhere
+        {"zero_as_missing": True},  # missing type Zero
+        {"use_missing": False},  # missing type None everywhere
+        {"min_data_in_leaf": 4000},  # single-leaf trees
+        {"sigmoid": 0.7},
+    ],
+    ids=["nan", "zero-as-missing", "no-missing", "single-leaf", "sigmoid"],
+)
+def test_models_trained_here_are_walked_bit_for_bit(tmp_path: Path, params: dict[str, Any]) -> None:
+    model = _model_dir(tmp_path, params)
+    walked, lightgbm = Scorer(model), Scorer(model, walk_trees=False)
+    assert walked.evaluator.startswith("trees"), walked.evaluator
+    rows = _rows(3000, seed=2)
+    _same_bits(walked, lightgbm, rows)
+    booster = lgb.Booster(model_file=str(model / "model.txt"))
+    expected = booster.predict(rows[:, : len(INPUTS)])
+    got = np.array([walked.raw_score(tuple(r)) for r in rows])
+    assert np.array_equal(got, expected)
+    if params.get("zero_as_missing"):  # the model really has missing type Zero splits
+        assert 1 in _missing_types(model)
+
+
+def _missing_types(model: Path) -> set[int]:
+    kinds = set()
+    for line in (model / "model.txt").read_text().splitlines():
+        if line.startswith("decision_type="):
+            kinds |= {(int(d) >> 2) & 3 for d in line.split("=", 1)[1].split()}
+    return kinds
+
+
+def test_a_categorical_model_is_scored_by_lightgbm_with_the_reason(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, {"min_data_per_group": 5, "cat_smooth": 1}, categorical=True)
+    assert "num_cat=1" in (model / "model.txt").read_text()
+    with pytest.raises(Unsupported, match="categorical"):
+        TreeModel((model / "model.txt").read_text(), list(range(len(INPUTS))))
+    scorer = Scorer(model)
+    assert scorer.evaluator.startswith("lightgbm (the tree walker does not cover this model")
+    assert "categorical" in scorer.evaluator
+    _same_bits(scorer, Scorer(model, walk_trees=False), _rows(500))
+
+
+def test_a_walker_that_disagrees_with_lightgbm_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OffByOneUlp:
+        trees = 1
+
+        def __init__(self, text: str, index: list[int]) -> None:
+            self.inner = TreeModel(text, index)
+
+        def probes(self, width: int) -> list[list[float]]:
+            return self.inner.probes(width)
+
+        def probability(self, vector: Any) -> float:
+            return math.nextafter(self.inner.probability(vector), 1.0)
+
+    monkeypatch.setattr(udfs.scoring, "TreeModel", OffByOneUlp)
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    assert scorer.evaluator.startswith("lightgbm (the tree walker gave"), scorer.evaluator
+    _same_bits(scorer, Scorer(DEFAULT_MODEL_DIR, walk_trees=False), _rows(200))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("tree\nobjective=regression\n\nTree=0\nnum_leaves=1\nleaf_value=0.5\n", "not binary"),
+        ("tree\nnum_class=3\nnum_tree_per_iteration=3\nobjective=multiclass\n\nTree=0\n", "multi"),
+        ("tree\nobjective=binary sigmoid:1\n", "no trees"),
+        (
+            "tree\nobjective=binary sigmoid:1\n\nTree=0\nnum_leaves=2\nis_linear=1\n"
+            "leaf_value=0 1\n",
+            "linear",
+        ),
+        (
+            "tree\nobjective=binary sigmoid:1\n\nTree=0\nnum_leaves=2\nleaf_value=0 1\n"
+            "split_feature=0 1\nthreshold=1\ndecision_type=2\nleft_child=-1\nright_child=-2\n",
+            "split_feature has the wrong length",
+        ),
+    ],
+)
+def test_what_the_walker_does_not_cover_is_named(text: str, reason: str) -> None:
+    with pytest.raises(Unsupported, match=reason):
+        TreeModel(text, [0, 1])
