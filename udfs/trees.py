@@ -50,6 +50,16 @@ def _numbers(text: str) -> list[str]:
     return text.split(" ") if text else []
 
 
+def _fields(text: str) -> dict[str, str]:
+    """The `key=value` lines of a model.txt section."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
 def _forest_class() -> Any:
     """udfs._treewalk.Forest when the native build is selected and has it, else None."""
     if selected.get("mode") != "native":
@@ -103,8 +113,8 @@ class TreeModel:
             index, _, tree = chunk.partition("\n")
             self._tree(index.strip(), tree, feature_index)
         self.trees = len(self.root)
+        self._routes()
         self.roots: list[Node] = []
-        self._link()
         self.forest: Any = None
         forest = _forest_class() if native else None
         if forest is not None:
@@ -112,13 +122,11 @@ class TreeModel:
                 self.feature, self.threshold, self.left, self.right, self.on_nan,
                 self.on_zero, self.leaf_value, self.root,
             )  # fmt: skip
+        else:
+            self._link()
 
     def _header(self, header: str) -> None:
-        fields: dict[str, str] = {}
-        for line in header.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                fields[key] = value
+        fields = _fields(header)
         if fields.get("num_tree_per_iteration", "1") != "1" or fields.get("num_class", "1") != "1":
             raise Unsupported("more than one tree per iteration (a multiclass model)")
         if "average_output" in header.splitlines():
@@ -132,11 +140,7 @@ class TreeModel:
                 self.sigmoid = float(value)
 
     def _tree(self, index: str, text: str, feature_index: list[int]) -> None:
-        fields: dict[str, str] = {}
-        for line in text.strip().splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                fields[key] = value
+        fields = _fields(text)
         if fields.get("is_linear", "0") != "0":
             raise Unsupported("linear trees")
         if fields.get("num_cat", "0") != "0":
@@ -169,10 +173,19 @@ class TreeModel:
                 out.append(child + base if child >= 0 else ~(~child + leaf_base))
         self.root.append(base)
 
+    def _routes(self) -> None:
+        """Where NaN and a zero input go at each node (so a step of the walk is one read of the
+        vector and two comparisons): the default child for the node's missing type, else the
+        side 0.0 takes."""
+        for i in range(len(self.feature)):
+            default = self.left[i] if self.default_left[i] else self.right[i]
+            at_zero = self.left[i] if self.threshold[i] >= 0.0 else self.right[i]
+            self.on_nan.append(default if self.missing[i] != _MISSING_NONE else at_zero)
+            self.on_zero.append(default if self.missing[i] == _MISSING_ZERO else at_zero)
+
     def _link(self) -> None:
-        """The nodes as linked objects (mypyc keeps their fields unboxed in C structs): each
-        knows where NaN and a zero input go, so a step of the walk is one read of the vector
-        and two comparisons."""
+        """The nodes as linked objects (mypyc keeps their fields unboxed in C structs), for the
+        walk without udfs._treewalk."""
         leaves = [Node(True, 0, 0.0, v) for v in self.leaf_value]
         nodes = [Node(False, f, t, 0.0) for f, t in zip(self.feature, self.threshold, strict=True)]
 
@@ -180,17 +193,10 @@ class TreeModel:
             return nodes[c] if c >= 0 else leaves[~c]
 
         for i, node in enumerate(nodes):
-            left, right = child(self.left[i]), child(self.right[i])
-            default = left if self.default_left[i] else right
-            at_zero = left if self.threshold[i] >= 0.0 else right
-            node.left = left
-            node.right = right
-            node.on_nan = default if self.missing[i] != _MISSING_NONE else at_zero
-            node.on_zero = default if self.missing[i] == _MISSING_ZERO else at_zero
-            default_i = self.left[i] if self.default_left[i] else self.right[i]
-            at_zero_i = self.left[i] if self.threshold[i] >= 0.0 else self.right[i]
-            self.on_nan.append(default_i if self.missing[i] != _MISSING_NONE else at_zero_i)
-            self.on_zero.append(default_i if self.missing[i] == _MISSING_ZERO else at_zero_i)
+            node.left = child(self.left[i])
+            node.right = child(self.right[i])
+            node.on_nan = child(self.on_nan[i])
+            node.on_zero = child(self.on_zero[i])
         self.roots = [child(r) for r in self.root]
 
     def raw(self, vector: Sequence[float]) -> float:
