@@ -37,12 +37,25 @@ typedef struct {
     int32_t *roots;
     Py_ssize_t n_roots;
     Py_ssize_t width; /* the vector must have at least this many items */
+    /* score(): the probability is 1 / (1 + exp(-sigmoid * raw)), then the calibration
+     * (udfs.calibration.Calibration.apply: CAL_IDENTITY, CAL_PLATT with a and b, CAL_ISOTONIC
+     * with the points x, y), set by set_output(). */
+    double sigmoid;
+    int cal_kind;
+    double cal_a, cal_b;
+    double *cal_x, *cal_y;
+    Py_ssize_t cal_n;
 } Forest;
+
+enum { CAL_IDENTITY = 0, CAL_PLATT = 1, CAL_ISOTONIC = 2 };
+#define RAW_EPS 1e-7 /* udfs.calibration.RAW_EPS */
 
 static void forest_dealloc(Forest *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaves);
     PyMem_Free(self->roots);
+    PyMem_Free(self->cal_x);
+    PyMem_Free(self->cal_y);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -98,6 +111,8 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwds) {
     self->n_nodes = n;
     self->n_leaves = PyList_GET_SIZE(leaf_value);
     self->n_roots = PyList_GET_SIZE(roots);
+    self->sigmoid = 1.0; /* score(): LightGBM's default sigmoid, no calibration */
+    self->cal_kind = CAL_IDENTITY;
     self->nodes = PyMem_Calloc(n ? n : 1, sizeof(Node));
     self->leaves = PyMem_Calloc(self->n_leaves ? self->n_leaves : 1, sizeof(double));
     self->roots = PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(int32_t));
@@ -140,14 +155,15 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *forest_raw(Forest *self, PyObject *vector) {
+/* The sum of the trees' leaf values for `vector` into *out; -1 with an exception set on error. */
+static int forest_walk(Forest *self, PyObject *vector, double *out) {
     PyObject *seq = PySequence_Fast(vector, "the feature vector must be a sequence");
-    if (seq == NULL) return NULL;
+    if (seq == NULL) return -1;
     if (PySequence_Fast_GET_SIZE(seq) < self->width) {
         PyErr_Format(PyExc_IndexError, "the feature vector has %zd items, the model reads %zd",
                      PySequence_Fast_GET_SIZE(seq), self->width);
         Py_DECREF(seq);
-        return NULL;
+        return -1;
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
     const Node *nodes = self->nodes;
@@ -172,7 +188,7 @@ static PyObject *forest_raw(Forest *self, PyObject *vector) {
                 x = PyFloat_AsDouble(item);
                 if (x == -1.0 && PyErr_Occurred()) {
                     Py_DECREF(seq);
-                    return NULL;
+                    return -1;
                 }
             }
             if (isnan(x))
@@ -187,12 +203,125 @@ static PyObject *forest_raw(Forest *self, PyObject *vector) {
         total += self->leaves[~node];
     }
     Py_DECREF(seq);
+    *out = total;
+    return 0;
+}
+
+static PyObject *forest_raw(Forest *self, PyObject *vector) {
+    double total;
+    if (forest_walk(self, vector, &total) < 0) return NULL;
     return PyFloat_FromDouble(total);
+}
+
+/* Python's math.exp: OverflowError where the result does not fit a double. */
+static int checked_exp(double x, double *out) {
+    double e = exp(x);
+    if (isinf(e) && isfinite(x)) {
+        PyErr_SetString(PyExc_OverflowError, "math range error");
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+/* udfs.trees.TreeModel.probability, then udfs.calibration.Calibration.apply, with the same
+ * operations in the same order (the build turns off floating-point contraction): bit for bit
+ * the same value, which udfs.scoring checks at load. */
+static PyObject *forest_score(Forest *self, PyObject *vector) {
+    double raw, e;
+    if (forest_walk(self, vector, &raw) < 0) return NULL;
+    if (checked_exp(-self->sigmoid * raw, &e) < 0) return NULL;
+    double p = 1.0 / (1.0 + e);
+    if (isnan(p)) return PyFloat_FromDouble(p);
+    if (self->cal_kind == CAL_PLATT) {
+        double r = p < RAW_EPS ? RAW_EPS : (p > 1.0 - RAW_EPS ? 1.0 - RAW_EPS : p);
+        double z = self->cal_a * log(r / (1.0 - r)) + self->cal_b;
+        if (z >= 0.0) {
+            if (checked_exp(-z, &e) < 0) return NULL;
+            return PyFloat_FromDouble(1.0 / (1.0 + e));
+        }
+        if (checked_exp(z, &e) < 0) return NULL;
+        return PyFloat_FromDouble(e / (1.0 + e));
+    }
+    if (self->cal_kind == CAL_ISOTONIC) {
+        const double *x = self->cal_x, *y = self->cal_y;
+        Py_ssize_t n = self->cal_n;
+        if (p <= x[0]) return PyFloat_FromDouble(y[0]);
+        if (p >= x[n - 1]) return PyFloat_FromDouble(y[n - 1]);
+        Py_ssize_t lo = 0, hi = n; /* bisect_right: the first i with p < x[i] */
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            if (p < x[mid])
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        double x0 = x[lo - 1], y0 = y[lo - 1];
+        return PyFloat_FromDouble(y0 + (y[lo] - y0) * (p - x0) / (x[lo] - x0));
+    }
+    return PyFloat_FromDouble(p);
+}
+
+/* list of floats -> a new array of its n items (NULL with an exception on error). */
+static double *read_doubles(PyObject *list, Py_ssize_t n) {
+    double *out = PyMem_Malloc((n ? n : 1) * sizeof(double));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyFloat_AsDouble(PyList_GET_ITEM(list, i));
+        if (out[i] == -1.0 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* set_output(sigmoid, kind, a, b, x, y): what score() applies after the walk. */
+static PyObject *forest_set_output(Forest *self, PyObject *args) {
+    double sigmoid, a, b;
+    int kind;
+    PyObject *xs, *ys;
+    if (!PyArg_ParseTuple(args, "diddOO", &sigmoid, &kind, &a, &b, &xs, &ys)) return NULL;
+    if (kind != CAL_IDENTITY && kind != CAL_PLATT && kind != CAL_ISOTONIC) {
+        PyErr_Format(PyExc_ValueError, "unknown calibration kind %d", kind);
+        return NULL;
+    }
+    if (check_list(xs, "x", -1) < 0) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(xs);
+    if (check_list(ys, "y", n) < 0) return NULL;
+    if (kind == CAL_ISOTONIC && n == 0) {
+        PyErr_SetString(PyExc_ValueError, "isotonic calibration needs at least one point");
+        return NULL;
+    }
+    double *x = read_doubles(xs, n);
+    if (x == NULL) return NULL;
+    double *y = read_doubles(ys, n);
+    if (y == NULL) {
+        PyMem_Free(x);
+        return NULL;
+    }
+    PyMem_Free(self->cal_x);
+    PyMem_Free(self->cal_y);
+    self->cal_x = x;
+    self->cal_y = y;
+    self->cal_n = n;
+    self->sigmoid = sigmoid;
+    self->cal_kind = kind;
+    self->cal_a = a;
+    self->cal_b = b;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef forest_methods[] = {
     {"raw", (PyCFunction)forest_raw, METH_O,
      "raw(vector) -> float: the sum of the trees' leaf values for the feature vector"},
+    {"score", (PyCFunction)forest_score, METH_O,
+     "score(vector) -> float: the calibrated probability (see set_output)"},
+    {"set_output", (PyCFunction)forest_set_output, METH_VARARGS,
+     "set_output(sigmoid, kind, a, b, x, y): the sigmoid and calibration score() applies"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -87,7 +87,9 @@ def build(verbose: bool = False) -> bool:
             verbose=verbose,
         )
         for name, c_source in C_EXTENSIONS.items():
-            ext_modules.append(Extension(name, [c_source], extra_compile_args=["-O3"]))
+            ext_modules.append(
+                Extension(name, [c_source], extra_compile_args=["-O3", "-ffp-contract=off"])
+            )
         dist = Distribution({"name": "profilestream-native", "ext_modules": ext_modules})
         dist.script_args = ["build_ext", "--inplace", "--build-temp", str(BUILD_DIR / "obj")]
         if not verbose:

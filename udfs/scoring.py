@@ -232,6 +232,12 @@ class Scorer:
         self._probability: Callable[[Sequence[Any]], float] = (
             self._trees.probability if self._trees is not None else self._lightgbm_raw
         )
+        # The calibrated probability for one profile feature vector (FEATURE_NAMES order): with
+        # the tree walk, one call that walks, takes the sigmoid and calibrates (in C when the
+        # native build is in use; checked against LightGBM's path at load).
+        self.score: Callable[[Sequence[Any]], float] = self._score_lightgbm
+        if self._trees is not None:
+            self.score, self.evaluator = self._walked_scorer(self._trees, len(computed))
 
     def _tree_walker(self, model_dir: Path, width: int) -> tuple[TreeModel | None, str]:
         """The compiled tree walker for this model when it gives LightGBM's probabilities bit
@@ -248,6 +254,22 @@ class Scorer:
                     f"lightgbm (the tree walker gave {walked!r} where LightGBM gives {expected!r})"
                 )
         return trees, f"trees ({trees.trees} trees, checked against LightGBM)"
+
+    def _walked_scorer(
+        self, trees: TreeModel, width: int
+    ) -> tuple[Callable[[Sequence[Any]], float], str]:
+        """The walk's one-call scorer when it gives what the LightGBM path gives, calibration
+        included, bit for bit on the probe rows (else that path, and why)."""
+        walked = trees.scorer(self.calibration)
+        for row in trees.probes(width):
+            got, expected = walked(row), self._score_lightgbm(row)
+            if got.hex() != expected.hex():
+                self._trees, self._probability = None, self._lightgbm_raw
+                return self._score_lightgbm, (
+                    f"lightgbm (the tree walk's calibrated score was {got!r} where LightGBM's"
+                    f" path gives {expected!r})"
+                )
+        return walked, self.evaluator
 
     def _fill(self, features: Sequence[Any]) -> None:
         """The model's inputs, picked from the profile's feature vector, into the C row."""
@@ -270,9 +292,9 @@ class Scorer:
         from the profile's feature vector; NaN = missing), before calibration."""
         return self._probability(features)
 
-    def score(self, features: Sequence[Any]) -> float:
-        """The calibrated probability for one profile feature vector (FEATURE_NAMES order)."""
-        raw = self._probability(features)
+    def _score_lightgbm(self, features: Sequence[Any]) -> float:
+        """`score` through LightGBM's C path."""
+        raw = self._lightgbm_raw(features)
         return self.calibration.apply(raw) if self._calibrated else raw
 
     def contributions(self, features: Sequence[Any]) -> list[float]:

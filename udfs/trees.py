@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from udfs._impl import selected
+from udfs.calibration import Calibration
 
 K_ZERO_THRESHOLD: Final = 1.0000000180025095e-35  # LightGBM's kZeroThreshold (1e-35f) as double
 _MISSING_NONE: Final = 0
 _MISSING_ZERO: Final = 1
 _MISSING_NAN: Final = 2
 _CATEGORICAL_MASK: Final = 1
+# udfs.calibration kinds -> udfs._treewalk's codes (CAL_IDENTITY, CAL_PLATT, CAL_ISOTONIC).
+CALIBRATION_CODES: Final = {"identity": 0, "platt": 1, "isotonic": 2}
 _DEFAULT_LEFT_MASK: Final = 2
 
 
@@ -226,6 +229,26 @@ class TreeModel:
     def probability(self, vector: Sequence[float]) -> float:
         """What LightGBM's `predict` returns: the sigmoid of the raw score."""
         return 1.0 / (1.0 + math.exp(-self.sigmoid * self.raw(vector)))
+
+    def scorer(self, calibration: Calibration) -> Callable[[Sequence[float]], float]:
+        """`calibration.apply(self.probability(vector))` as one callable: with the C walk, the
+        sigmoid and the calibration run in C too (one call from the engine, no Python frame in
+        between), computed with the same operations in the same order."""
+        forest = self.forest
+        if forest is not None:
+            forest.set_output(
+                self.sigmoid,
+                CALIBRATION_CODES[calibration.kind],
+                calibration.a,
+                calibration.b,
+                list(calibration.x),
+                list(calibration.y),
+            )
+            score: Callable[[Sequence[float]], float] = forest.score
+            return score
+        apply = calibration.apply
+        probability = self.probability
+        return lambda vector: apply(probability(vector))
 
     def probes(self, width: int) -> list[list[float]]:
         """Rows that take every node's both sides and its missing-value branches: per node, the

@@ -15,6 +15,7 @@ import pytest
 import udfs.scoring
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from udfs._impl import selected
+from udfs.calibration import Calibration
 from udfs.features import FEATURE_NAMES
 from udfs.scoring import Scorer
 from udfs.trees import TreeModel, Unsupported
@@ -196,3 +197,77 @@ def test_a_walker_that_disagrees_with_lightgbm_is_not_used(monkeypatch: pytest.M
 def test_what_the_walker_does_not_cover_is_named(text: str, reason: str) -> None:
     with pytest.raises(Unsupported, match=reason):
         TreeModel(text, [0, 1])
+
+
+def _calibrations(probabilities: list[float]) -> list[Calibration]:
+    """Every kind; the isotonic points include probabilities the rows really score (a score at
+    a point exactly, the bisection's edge), a repeated x and points beyond both ends."""
+    p = sorted(set(probabilities))
+    xs = [p[0] / 2, *p[:: max(1, len(p) // 12)], p[len(p) // 2], (1 + p[-1]) / 2]
+    xs.sort()
+    ys = [min(1.0, i / len(xs) + 0.01) for i in range(len(xs))]
+    for i in range(1, len(xs)):  # a repeated x repeats its y
+        if xs[i] == xs[i - 1]:
+            ys[i] = ys[i - 1]
+    return [
+        Calibration("identity"),
+        Calibration("platt", a=1.3, b=-0.4),
+        Calibration("platt", a=-0.7, b=2.5),  # z on both sides of 0 over the rows
+        Calibration("isotonic", x=tuple(xs), y=tuple(ys)),
+        Calibration("isotonic", x=(0.5,), y=(0.25,)),
+    ]
+
+
+def test_the_one_call_score_is_the_calibrated_lightgbm_probability_bit_for_bit() -> None:
+    """`TreeModel.scorer` (the walk, the sigmoid and the calibration in one call: in C with the
+    native build) gives `calibration.apply` of LightGBM's probability, for every calibration
+    kind, on random rows and on the probes; the object walk too."""
+    text = (DEFAULT_MODEL_DIR / "model.txt").read_text()
+    lightgbm = Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    index = lightgbm._code_index
+    default, objects = TreeModel(text, index), TreeModel(text, index, native=False)
+    rows = [tuple(float(v) for v in row) for row in _rows(2000, seed=5)]
+    rows += [tuple(r) for r in default.probes(len(FEATURE_NAMES))]
+    probabilities = [lightgbm.raw_score(row) for row in rows]
+    for calibration in _calibrations(probabilities):
+        for trees in (default, objects):
+            score = trees.scorer(calibration)
+            for row, p in zip(rows, probabilities, strict=True):
+                expected = calibration.apply(p)
+                assert score(row).hex() == expected.hex(), (calibration.kind, row)
+            assert score(list(rows[0])) == calibration.apply(probabilities[0])
+            with pytest.raises(IndexError):
+                score((1.0,) * 3)
+
+
+def test_the_scorer_serves_the_one_call_score_when_it_checks_out() -> None:
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    assert scorer.calibration.kind == "platt"  # the committed model is calibrated
+    trees = scorer._trees
+    assert trees is not None and scorer.evaluator.startswith("trees")
+    if trees.forest is not None:  # the engine calls C directly
+        assert scorer.score == trees.forest.score
+    reference = Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    for row in _rows(500, seed=6):
+        vector = tuple(float(v) for v in row)
+        assert scorer.score(vector).hex() == reference.score(vector).hex()
+
+
+def test_a_calibrated_walk_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = TreeModel.scorer
+
+    def off_by_one_ulp(self: TreeModel, calibration: Calibration) -> Any:
+        score = real(self, calibration)
+        return lambda vector: math.nextafter(score(vector), 1.0)
+
+    monkeypatch.setattr(TreeModel, "scorer", off_by_one_ulp)
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    assert scorer.evaluator.startswith("lightgbm (the tree walk's calibrated score"), (
+        scorer.evaluator
+    )
+    assert scorer._trees is None
+    reference = Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    for row in _rows(100, seed=7):
+        vector = tuple(float(v) for v in row)
+        assert scorer.score(vector) == reference.score(vector)
+        assert scorer.raw_score(vector) == reference.raw_score(vector)
