@@ -14,8 +14,11 @@ embedded PostgreSQL; bench/runner.py explains how throughput is measured):
             job's engine with its write-through cache and a dict for state (udfs.host)
 - ablation  floor -> + state write -> + state read -> + profile update -> + features -> + scoring
             (-> the job)
-- freshness the job running unbounded under a steady load at half its measured rate for 60 s:
-            producer send time -> row visible in PostgreSQL (a poller), p50 and p99
+- freshness the job running unbounded under a steady load at half its measured rate for 60 s,
+            with the throughput runs' share of first events per user spread evenly (a user's
+            first event costs more: state miss, reasons, pseudonym, timer): send time -> row in
+            PostgreSQL (a poller), p50 and p99, split at the sink's transaction, and the
+            broker leg alone
 - scale     the job at 10,000 and at 1,000,000 users, 2 events each on average: throughput,
             state bytes per user, checkpoint size, RocksDB memory settings
 
@@ -30,20 +33,21 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
+from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR, JobConfig
 from flink_jobs.io import db
 from flink_jobs.io.db import pg_counts
 from flink_jobs.io.producer import EventPublisher, PublishReport, ensure_topic
@@ -161,6 +165,7 @@ class Bench:
     parallelism: int
     runs: int = 0
     flink_settings: dict[str, str] = field(default_factory=dict)  # --flink-setting, every run
+    job_settings: dict[str, int] = field(default_factory=dict)  # --job-setting, the job's runs
     keep_logs: bool = False
     log: list[str] = field(default_factory=list)
 
@@ -199,6 +204,7 @@ class Bench:
             "events": events,
             "parallelism": self.parallelism,
             "flink_settings": self.flink_settings,
+            **({"config": self.job_settings} if variant == "job" and self.job_settings else {}),
             **extra,
         }
         return subprocess.run(
@@ -230,7 +236,10 @@ class Bench:
 
 def _rate(r: dict[str, Any]) -> str:
     cpu = r.get("cpu_us_per_event", {})
-    threads = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+    threads = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items() if "/" not in k)
+    others = sorted(((v, k[6:]) for k, v in cpu.items() if k.startswith("other/")), reverse=True)
+    if others:  # the busiest of the "other" threads, by name
+        threads += "; other: " + ", ".join(f"{k} {v:.0f}" for v, k in others[:4])
     return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {threads})"
 
 
@@ -240,16 +249,19 @@ def _rate(r: dict[str, Any]) -> str:
 PROBE_EVERY = 20  # every 20th user is a probe: its events are timed into PostgreSQL
 
 
-def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str, Any]:
-    """The job runs unbounded; a producer sends `rate` events/s for `seconds` with event time =
-    send time. Every PROBE_EVERY-th user is a probe: a poller looks up the probes with an event
+def freshness(
+    bench: Bench, rate: float, seconds: float, new_share: float, warmup: float = 30.0
+) -> dict[str, Any]:
+    """The job runs unbounded; a producer sends `rate` events/s for `warmup` + `seconds` with
+    event time = send time, and the last `seconds` are measured. Every PROBE_EVERY-th user is a
+    probe: a poller looks up the probes with an event
     not yet visible (a handful of primary-key lookups every 20 ms, so the measurement does not
     load the 2-core machine) and records when PostgreSQL first shows a `last_event_ms` at or past
     the probe's event. Latency = first seen - send time (resolution 20 ms)."""
     topic = f"fresh-{bench.runs}"
     ensure_topic(bench.bootstrap, topic, partitions=PARTITIONS)
     stop_file = bench.work / f"stop-{topic}"
-    spec_extra = {"stop_after_s": seconds + 120, "stop_file": str(stop_file)}
+    spec_extra = {"stop_after_s": warmup + seconds + 120, "stop_file": str(stop_file)}
     result: dict[str, Any] = {}
     errors: list[BaseException] = []
     dsn_holder: list[str] = []
@@ -258,10 +270,10 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
         try:
             dsn = bench.fresh_database()
             dsn_holder.append(dsn)
+            events = int(rate * (warmup + seconds))
             proc = bench.runner(
-                "job", dsn, topic, int(rate * seconds), None, f"state-fresh-{bench.runs}",
-                **spec_extra,
-            )  # fmt: skip
+                "job", dsn, topic, events, None, f"state-fresh-{bench.runs}", **spec_extra
+            )
             result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
@@ -276,9 +288,23 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
     lock = threading.Lock()
     measuring = threading.Event()
 
+    # The users: a `new_share` of the events is a user's first (state miss, reasons, pseudonym,
+    # timer: the costly kind), spread evenly over the load; the others come from a user seen
+    # before, picked at random. The throughput runs have the same share (--events / --users).
+    rng = random.Random(7)
+    started = 0
+
+    def pick() -> int:
+        nonlocal started
+        if started == 0 or rng.random() < new_share:
+            started += 1
+            return started - 1
+        return rng.randrange(started)
+
     def send(i: int) -> None:
         t = int(time.time() * 1000)
-        user = f"f{i % users:07d}"
+        index = pick()
+        user = f"f{index:07d}"
         msg = make_message(
             event_id=f"fresh-{i}",
             user_id=user,
@@ -288,7 +314,7 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
             category_id=f"c{i % 31}",
         )
         publisher.publish_raw(msg.user_id.encode(), msg.SerializeToString(), t)
-        if measuring.is_set() and (i % users) % PROBE_EVERY == 0:
+        if measuring.is_set() and index % PROBE_EVERY == 0:
             with lock:
                 pending.setdefault(user, []).append(t)
 
@@ -304,6 +330,8 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
         publisher._producer.poll(0)
         time.sleep(0.2)
     latencies: list[float] = []
+    to_write: list[float] = []  # send -> the transaction that wrote the row began
+    timeline: list[tuple[float, float]] = []  # (send time, latency): a backlog shows as a rise
     stop = threading.Event()
 
     def poll() -> None:
@@ -315,27 +343,66 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
                     probes = list(pending)
                 if probes:
                     cur.execute(
-                        "SELECT user_id, last_event_ms FROM user_profiles WHERE user_id = ANY(%s)",
+                        "SELECT user_id, last_event_ms,"
+                        " (extract(epoch FROM updated_at) * 1000)::bigint"
+                        " FROM user_profiles WHERE user_id = ANY(%s)",
                         (probes,),
                     )
                     now = time.time() * 1000
                     with lock:
-                        for user_id, last_ms in cur.fetchall():
+                        for user_id, last_ms, written_ms in cur.fetchall():
                             sent_at = pending.get(user_id, [])
                             while sent_at and sent_at[0] <= last_ms:
-                                latencies.append(now - sent_at.pop(0))
+                                sent = sent_at.pop(0)
+                                latencies.append(now - sent)
+                                timeline.append((sent, now - sent))
+                                # updated_at is now() of the sink's transaction (the trigger
+                                # sets it): it splits the path at PostgreSQL.
+                                to_write.append(written_ms - sent)
                             if not sent_at:
                                 pending.pop(user_id, None)
                 time.sleep(0.02)
         conn.close()
 
+    # The broker leg alone: a consumer of the same topic with the job's source's fetch wait. The
+    # local broker answers a fetch that finds no new data only when that wait runs out, so this
+    # leg is a floor under the job's freshness here (see docs/performance.md).
+    broker_leg: list[float] = []
+    fetch_wait_ms = bench.job_settings.get(
+        "kafka_fetch_max_wait_ms", JobConfig.__dataclass_fields__["kafka_fetch_max_wait_ms"].default
+    )
+
+    def consume() -> None:
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bench.bootstrap,
+                "group.id": f"{topic}-leg",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": fetch_wait_ms,
+            }
+        )
+        consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(PARTITIONS)])
+        while not stop.is_set():
+            for message in consumer.consume(1000, timeout=0.1):
+                if message.error() is None and measuring.is_set():
+                    broker_leg.append(time.time() * 1000 - message.timestamp()[1])
+        consumer.close()
+
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    say(f"  steady load: {rate:,.0f} events/s for {seconds:.0f} s ...")
-    measuring.set()
+    leg = threading.Thread(target=consume, daemon=True)
+    leg.start()
+    say(
+        f"  steady load: {rate:,.0f} events/s, {warmup:.0f} s unmeasured (the JVM's JIT warm-up),"
+        f" then {seconds:.0f} s measured ..."
+    )
     start = time.monotonic()
     sent = 0
-    while (elapsed := time.monotonic() - start) < seconds:
+    while (elapsed := time.monotonic() - start) < warmup + seconds:
+        if elapsed >= warmup and not measuring.is_set():
+            measuring.set()
         due = int(elapsed * rate)
         while sent < due:
             send(i)
@@ -348,20 +415,26 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
     time.sleep(5)  # let the last rows land
     stop.set()
     poller.join()
+    leg.join()
     stop_file.touch()
     runner.join(timeout=180)
     with lock:
         unseen = sum(len(v) for v in pending.values())
     latencies.sort()
+    to_write.sort()
+    broker_leg.sort()
     if not latencies:
         raise SystemExit("freshness: no probe event became visible during the steady load")
 
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    def pct(q: float, values: list[float] = latencies) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
 
     return {
         "rate_events_per_s": rate,
         "seconds": seconds,
+        "warmup_seconds": warmup,
+        "new_user_share": new_share,
+        "users": started,
         "events_sent": sent,
         "samples": len(latencies),
         "unseen_after_5s": unseen,
@@ -369,9 +442,29 @@ def freshness(bench: Bench, rate: float, seconds: float, users: int) -> dict[str
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
         "max_ms": latencies[-1],
+        "to_write_p50_ms": pct(0.50, to_write),
+        "to_write_p99_ms": pct(0.99, to_write),
+        "p50_ms_by_10s": by_window(timeline, 10_000),
+        "broker_leg_p50_ms": pct(0.50, broker_leg) if broker_leg else None,
+        "broker_leg_p99_ms": pct(0.99, broker_leg) if broker_leg else None,
         "poll_resolution_ms": 20,
-        "job": {k: result.get(k) for k in ("status", "checkpoint")},
+        "job": {
+            k: result.get(k)
+            for k in ("status", "checkpoint", "events_per_s", "cpu_us_per_event", "scoring_us")
+        },
     }
+
+
+def by_window(timeline: list[tuple[float, float]], window_ms: float) -> list[float]:
+    """The median latency of the events sent in each `window_ms` of the steady load, in order:
+    flat when the job keeps up, rising when a backlog builds."""
+    if not timeline:
+        return []
+    first = min(sent for sent, _ in timeline)
+    windows: dict[int, list[float]] = {}
+    for sent, latency in timeline:
+        windows.setdefault(int((sent - first) // window_ms), []).append(latency)
+    return [round(statistics.median(windows[w])) for w in sorted(windows)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +520,23 @@ def _state_sizes(raws: list[bytes]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
+def job_settings(entries: list[str]) -> dict[str, int]:
+    """--job-setting NAME=VALUE entries as JobConfig fields (the numeric ones: flush, batch,
+    checkpoint and cache sizes); the job validates the values at start-up."""
+    numeric = {f.name for f in fields(JobConfig) if f.type in ("int", int)}
+    out: dict[str, int] = {}
+    for entry in entries:
+        name, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or name not in numeric or not value.lstrip("-").isdigit():
+            raise SystemExit(
+                f"--job-setting {entry!r}: expected NAME=INTEGER with NAME one of"
+                f" {', '.join(sorted(numeric))}"
+            )
+        out[name] = int(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.e2e", description=__doc__.split("\n\n")[0]
@@ -444,8 +554,29 @@ def main(argv: list[str] | None = None) -> None:
         help="a Flink configuration entry for every run (repeatable), e.g. "
         "execution.buffer-timeout=10ms",
     )
+    parser.add_argument(
+        "--job-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a numeric JobConfig field for the job's runs (repeatable), e.g. "
+        "jdbc_flush_interval_ms=50",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="floor and job runs, alternated")
     parser.add_argument("--freshness-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--freshness-warmup",
+        type=float,
+        default=30.0,
+        help="seconds of the same load before the measured ones (the JVM compiles the job's"
+        " hot paths in its first minute)",
+    )
+    parser.add_argument(
+        "--freshness-new-share",
+        type=float,
+        help="the share of the freshness load's events that are a user's first (default:"
+        " --users / --events, the mix whose rate the job part measured)",
+    )
     parser.add_argument("--freshness-rate", type=float, help="default: half the job's rate")
     parser.add_argument("--scale-users", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--scale-events-per-user", type=int, default=2)
@@ -484,6 +615,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"--flink-setting {entry!r}: expected KEY=VALUE")
             bench.flink_settings[key.strip()] = value.strip()
         out["flink_settings"] = bench.flink_settings
+        bench.job_settings = job_settings(args.job_setting)
+        out["job_settings"] = bench.job_settings
         offsets = None
         if {"floor", "job", "ablation"} & set(parts):
             say(f"producing {len(raws):,} events ...")
@@ -549,12 +682,25 @@ def main(argv: list[str] | None = None) -> None:
             rate = args.freshness_rate or (out.get("job_events_per_s", 0.0) / 2)
             if not rate:
                 raise SystemExit("freshness needs --freshness-rate, or the job part in the run")
-            say(f"freshness at {rate:,.0f} events/s ...")
-            fresh = freshness(bench, rate, args.freshness_seconds, users=args.users)
+            share = args.freshness_new_share
+            if share is None:
+                share = min(1.0, args.users / args.events)
+            if not 0.0 < share <= 1.0:
+                raise SystemExit(f"--freshness-new-share {share}: expected a share in (0, 1]")
+            say(f"freshness at {rate:,.0f} events/s, {share:.0%} of them a user's first ...")
+            fresh = freshness(
+                bench, rate, args.freshness_seconds, new_share=share, warmup=args.freshness_warmup
+            )
             out["freshness"] = fresh
             out["freshness_p50_ms"] = fresh["p50_ms"]
             out["freshness_p99_ms"] = fresh["p99_ms"]
-            say(f"  p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms")
+            say(
+                f"  p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms"
+                f" (send -> the sink's transaction: p50 {fresh['to_write_p50_ms']:.0f} ms,"
+                f" p99 {fresh['to_write_p99_ms']:.0f} ms)\n"
+                f"  p50 by 10 s of load: {fresh['p50_ms_by_10s']} ms; the broker leg alone:"
+                f" p50 {fresh['broker_leg_p50_ms']} ms, p99 {fresh['broker_leg_p99_ms']} ms"
+            )
         if "scale" in parts:
             small, large = args.scale_users
             runs = [

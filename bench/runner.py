@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -145,7 +146,8 @@ THREAD_GROUPS = (
 
 
 def thread_cpu() -> dict[str, float]:
-    """CPU seconds of the JVM's threads so far, summed by THREAD_GROUPS (the rest: "other")."""
+    """CPU seconds of the JVM's threads so far, summed by THREAD_GROUPS (the rest: "other", and
+    "other/<thread name>" for each kind of thread in it)."""
     out: dict[str, float] = {}
     hz = os.sysconf("SC_CLK_TCK")
     for child in psutil.Process().children(recursive=True):
@@ -161,7 +163,11 @@ def thread_cpu() -> dict[str, float]:
             except OSError:
                 continue
             group = next((g for prefix, g in THREAD_GROUPS if name.startswith(prefix)), "other")
-            out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+            seconds = (int(fields[11]) + int(fields[12])) / hz
+            out[group] = out.get(group, 0.0) + seconds
+            if group == "other":  # and by thread name, numbers folded ("C2 CompilerThre#")
+                kind = "other/" + re.sub(r"\d+", "#", name)
+                out[kind] = out.get(kind, 0.0) + seconds
     return out
 
 

@@ -1,0 +1,53 @@
+"""The benchmark's own arithmetic and options (bench/e2e.py, bench/runner.py): what its figures
+are computed from must be right before the figures mean anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.e2e import by_window, job_settings
+from bench.runner import cpu_per_event, steady_rate
+
+
+def test_job_settings_take_numeric_job_config_fields() -> None:
+    assert job_settings(["jdbc_flush_interval_ms=50", " jdbc_flush_rows = 100 "]) == {
+        "jdbc_flush_interval_ms": 50,
+        "jdbc_flush_rows": 100,
+    }
+    assert job_settings([]) == {}
+
+
+@pytest.mark.parametrize("entry", ["jdbc_flush_interval_ms", "nope=1", "jdbc_flush_rows=ten"])
+def test_job_settings_reject_what_the_job_config_has_not(entry: str) -> None:
+    with pytest.raises(SystemExit, match="expected NAME=INTEGER with NAME one of"):
+        job_settings([entry])
+
+
+def test_by_window_is_the_median_per_window_in_send_order() -> None:
+    # Latencies that rise in the third window: a backlog building.
+    timeline = [(1000.0 + t, 100.0) for t in range(0, 2000, 100)]
+    timeline += [(3000.0 + t, 900.0 + t) for t in range(0, 1000, 100)]
+    assert by_window(timeline, 1000) == [100, 100, 1350]
+    assert by_window([], 1000) == []
+
+
+def test_steady_rate_reads_between_ten_and_ninety_percent() -> None:
+    # 100 events/s after a 5 s start-up: the start-up is not in the rate.
+    samples = [(0.0, 0), (5.0, 0)] + [(5.0 + s, 100 * s) for s in range(1, 11)]
+    rate, seconds = steady_rate(samples, 1000)
+    assert rate == pytest.approx(100.0)
+    assert seconds == pytest.approx(8.0)
+    assert steady_rate([(0.0, 0), (1.0, 10)], 1000) == (0.0, 0.0)
+
+
+def test_cpu_per_event_is_by_thread_group_between_the_bracketing_samples() -> None:
+    samples = [(0.0, 0), (1.0, 100), (2.0, 500), (3.0, 900), (4.0, 1000)]
+    cpu = [
+        {"keyed": 0.0, "other": 0.0},
+        {"keyed": 0.1, "other": 0.0, "other/C# CompilerThre": 0.0},
+        {"keyed": 0.2, "other": 0.01, "other/C# CompilerThre": 0.01},
+        {"keyed": 0.5, "other": 0.02, "other/C# CompilerThre": 0.02},
+        {"keyed": 9.0, "other": 9.0},
+    ]
+    got = cpu_per_event(samples, cpu, 1000)  # samples 1 and 3: 800 events
+    assert got == pytest.approx({"keyed": 500.0, "other": 25.0, "other/C# CompilerThre": 25.0})
