@@ -212,7 +212,14 @@ class JobConfig:
     stopping_offsets: dict[int, int] | None = None
     restore_from: str | None = None  # a retained checkpoint or savepoint path
     jdbc_flush_rows: int = 500
-    jdbc_flush_interval_ms: int = 200
+    # Freshness (docs/performance.md, "Freshness"): a row waits up to this in the sink's buffer,
+    # and a record up to buffer_timeout_ms in each network buffer between tasks (Flink's
+    # execution.buffer-timeout; its default is 100 ms). Under load buffers fill first.
+    jdbc_flush_interval_ms: int = 50
+    buffer_timeout_ms: int = 10
+    # The Kafka source's fetch.max.wait.ms: how long the broker may hold a fetch that finds too
+    # little data (Kafka's default; the local test broker holds every such fetch this long).
+    kafka_fetch_max_wait_ms: int = 500
     # Decoded profiles kept per operator instance (udfs.cache); 0 turns the cache off.
     profile_cache_entries: int = DEFAULT_CACHE_ENTRIES
     restart_attempts: int = 3
@@ -238,6 +245,8 @@ class JobConfig:
             ("idleness_ms", self.idleness_ms, 1),
             ("jdbc_flush_rows", self.jdbc_flush_rows, 1),
             ("jdbc_flush_interval_ms", self.jdbc_flush_interval_ms, 1),
+            ("buffer_timeout_ms", self.buffer_timeout_ms, 0),
+            ("kafka_fetch_max_wait_ms", self.kafka_fetch_max_wait_ms, 1),
             ("profile_cache_entries", self.profile_cache_entries, 0),
             ("restart_attempts", self.restart_attempts, 0),
         )
@@ -398,6 +407,17 @@ TUNING_OPTIONS: tuple[tuple[str, str, str], ...] = (
         "longest a row waits in the JDBC sink's buffer (freshness vs database load)",
     ),
     ("--jdbc-flush-rows", "jdbc_flush_rows", "rows buffered before the JDBC sink flushes"),
+    (
+        "--buffer-timeout-ms",
+        "buffer_timeout_ms",
+        "longest a record waits in a network buffer between tasks (0: none, every record sent"
+        " alone)",
+    ),
+    (
+        "--kafka-fetch-max-wait-ms",
+        "kafka_fetch_max_wait_ms",
+        "longest the broker may hold the source's fetch when it has too little data",
+    ),
     (
         "--profile-cache",
         "profile_cache_entries",

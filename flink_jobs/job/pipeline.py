@@ -155,6 +155,7 @@ def kafka_source(t_env: StreamTableEnvironment, config: JobConfig) -> DataStream
         "properties.bootstrap.servers": config.kafka_bootstrap,
         "properties.group.id": config.group_id,
         "properties.client.id.prefix": config.job_name,
+        "properties.fetch.max.wait.ms": str(config.kafka_fetch_max_wait_ms),
         "scan.startup.mode": "earliest-offset",
         "key.format": "raw",
         "key.fields": "record_key",

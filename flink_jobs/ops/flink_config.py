@@ -73,6 +73,7 @@ def _heartbeats() -> dict[str, str]:
 def _job(config: JobConfig) -> dict[str, str]:
     return {
         "execution.checkpointing.interval": f"{config.checkpoint_interval_ms} ms",
+        "execution.buffer-timeout.interval": f"{config.buffer_timeout_ms} ms",
         "pipeline.name": config.job_name,
         # Shipped with the job (flink run's -j takes a single jar).
         "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),

@@ -111,7 +111,9 @@ def test_job_config_round_trips_through_the_flink_run_arguments() -> None:
         pseudonym_key_file=Path("/keys/pseudonym.key"),
         segments_dir=Path("/segments/s2"),
         jdbc_flush_rows=64,
-        jdbc_flush_interval_ms=50,
+        jdbc_flush_interval_ms=75,
+        buffer_timeout_ms=25,
+        kafka_fetch_max_wait_ms=250,
         profile_cache_entries=0,
     )
     args = config.to_args()
@@ -172,6 +174,9 @@ def test_the_three_flink_configurations_share_one_builder(tmp_path: Path) -> Non
     assert submit["pipeline.jars"] == local["pipeline.jars"]
     assert cluster["execution.checkpointing.num-retained"] == "7"
     assert cluster["rest.port"] == "8081"
+    # Freshness settings are the job's: the same wherever it runs (docs/performance.md).
+    assert local["execution.buffer-timeout.interval"] == "10 ms"
+    assert submit["execution.buffer-timeout.interval"] == "10 ms"
 
 
 def test_the_database_password_can_come_from_a_file(tmp_path: Path) -> None:
