@@ -254,10 +254,10 @@ def freshness(
 ) -> dict[str, Any]:
     """The job runs unbounded; a producer sends `rate` events/s for `warmup` + `seconds` with
     event time = send time, and the last `seconds` are measured. Every PROBE_EVERY-th user is a
-    probe: a poller looks up the probes with an event
-    not yet visible (a handful of primary-key lookups every 20 ms, so the measurement does not
-    load the 2-core machine) and records when PostgreSQL first shows a `last_event_ms` at or past
-    the probe's event. Latency = first seen - send time (resolution 20 ms)."""
+    probe: a poller looks up the probes with an event not yet visible (a handful of primary-key
+    lookups every 20 ms, so the measurement does not load the 2-core machine) and records when
+    PostgreSQL first shows a `last_event_ms` at or past the probe's event. Latency = first seen -
+    send time (resolution 20 ms)."""
     topic = f"fresh-{bench.runs}"
     ensure_topic(bench.bootstrap, topic, partitions=PARTITIONS)
     stop_file = bench.work / f"stop-{topic}"
