@@ -369,7 +369,7 @@ def freshness(
     # leg is a floor under the job's freshness here (see docs/performance.md).
     broker_leg: list[float] = []
     fetch_wait_ms = bench.job_settings.get(
-        "kafka_fetch_max_wait_ms", JobConfig.__dataclass_fields__["kafka_fetch_max_wait_ms"].default
+        "kafka_fetch_max_wait_ms", JobConfig.kafka_fetch_max_wait_ms
     )
 
     def consume() -> None:

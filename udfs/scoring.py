@@ -227,49 +227,51 @@ class Scorer:
         self.explain_memo_hits = 0
         self._trees: TreeModel | None = None
         self.evaluator = "lightgbm (walk_trees=False)"
-        if walk_trees:
-            self._trees, self.evaluator = self._tree_walker(model_dir, len(computed))
-        self._probability: Callable[[Sequence[Any]], float] = (
-            self._trees.probability if self._trees is not None else self._lightgbm_raw
-        )
         # The calibrated probability for one profile feature vector (FEATURE_NAMES order): with
         # the tree walk, one call that walks, takes the sigmoid and calibrates (in C when the
         # native build is in use; checked against LightGBM's path at load).
         self.score: Callable[[Sequence[Any]], float] = self._score_lightgbm
-        if self._trees is not None:
-            self.score, self.evaluator = self._walked_scorer(self._trees, len(computed))
+        if walk_trees:
+            self._trees, self.score, self.evaluator = self._tree_walker(model_dir, len(computed))
+        self._probability: Callable[[Sequence[Any]], float] = (
+            self._trees.probability if self._trees is not None else self._lightgbm_raw
+        )
 
-    def _tree_walker(self, model_dir: Path, width: int) -> tuple[TreeModel | None, str]:
-        """The compiled tree walker for this model when it gives LightGBM's probabilities bit
-        for bit on the probe rows, with the evaluator's name (and why not, otherwise)."""
+    def _tree_walker(
+        self, model_dir: Path, width: int
+    ) -> tuple[TreeModel | None, Callable[[Sequence[Any]], float], str]:
+        """The compiled tree walker and its one-call calibrated scorer, when both give what
+        LightGBM's path gives (the probability, and the calibrated score) bit for bit on the
+        probe rows, with the evaluator's name; otherwise LightGBM's path, and why."""
+        fallback = self._score_lightgbm
         try:
             text = (model_dir / "model.txt").read_text(encoding="utf-8")
             trees = TreeModel(text, self._code_index)
         except (Unsupported, KeyError, ValueError, IndexError) as exc:
-            return None, f"lightgbm (the tree walker does not cover this model: {exc})"
-        for row in trees.probes(width):
-            walked, expected = trees.probability(row), self._lightgbm_raw(row)
-            if walked.hex() != expected.hex():
-                return None, (
-                    f"lightgbm (the tree walker gave {walked!r} where LightGBM gives {expected!r})"
+            return None, fallback, f"lightgbm (the tree walker does not cover this model: {exc})"
+        rows = trees.probes(width)
+        expected = [self._lightgbm_raw(row) for row in rows]  # LightGBM once per probe
+        for row, raw in zip(rows, expected, strict=True):
+            walked = trees.probability(row)
+            if walked.hex() != raw.hex():
+                return (
+                    None,
+                    fallback,
+                    (f"lightgbm (the tree walker gave {walked!r} where LightGBM gives {raw!r})"),
                 )
-        return trees, f"trees ({trees.trees} trees, checked against LightGBM)"
-
-    def _walked_scorer(
-        self, trees: TreeModel, width: int
-    ) -> tuple[Callable[[Sequence[Any]], float], str]:
-        """The walk's one-call scorer when it gives what the LightGBM path gives, calibration
-        included, bit for bit on the probe rows (else that path, and why)."""
-        walked = trees.scorer(self.calibration)
-        for row in trees.probes(width):
-            got, expected = walked(row), self._score_lightgbm(row)
-            if got.hex() != expected.hex():
-                self._trees, self._probability = None, self._lightgbm_raw
-                return self._score_lightgbm, (
-                    f"lightgbm (the tree walk's calibrated score was {got!r} where LightGBM's"
-                    f" path gives {expected!r})"
+        scorer = trees.scorer(self.calibration)
+        for row, raw in zip(rows, expected, strict=True):
+            got, want = scorer(row), self._calibrate(raw)
+            if got.hex() != want.hex():
+                return (
+                    None,
+                    fallback,
+                    (
+                        f"lightgbm (the tree walk's calibrated score was {got!r} where LightGBM's"
+                        f" path gives {want!r})"
+                    ),
                 )
-        return walked, self.evaluator
+        return trees, scorer, f"trees ({trees.trees} trees, checked against LightGBM)"
 
     def _fill(self, features: Sequence[Any]) -> None:
         """The model's inputs, picked from the profile's feature vector, into the C row."""
@@ -292,10 +294,12 @@ class Scorer:
         from the profile's feature vector; NaN = missing), before calibration."""
         return self._probability(features)
 
+    def _calibrate(self, raw: float) -> float:
+        return self.calibration.apply(raw) if self._calibrated else raw
+
     def _score_lightgbm(self, features: Sequence[Any]) -> float:
         """`score` through LightGBM's C path."""
-        raw = self._lightgbm_raw(features)
-        return self.calibration.apply(raw) if self._calibrated else raw
+        return self._calibrate(self._lightgbm_raw(features))
 
     def contributions(self, features: Sequence[Any]) -> list[float]:
         """SHAP values of the model's inputs (log-odds), then the bias as the last element; they
