@@ -31,7 +31,10 @@ COMPILED: tuple[str, ...] = (
     "udfs.trees",
 )
 # Hand-written C extension modules built with them (module -> source, relative to ROOT).
-C_EXTENSIONS: dict[str, str] = {"udfs._treewalk": "udfs/_treewalk.c"}
+C_EXTENSIONS: dict[str, str] = {
+    "udfs._treewalk": "udfs/_treewalk.c",
+    "udfs._statecodec": "udfs/_statecodec.c",
+}
 # Modules the compiled code depends on without being compiled (mypyc inlines their Final constants).
 DEPENDS: tuple[str, ...] = ("udfs.params",)
 GROUP = "udfs._native"  # the shared library: udfs/_native__mypyc.<abi>.so

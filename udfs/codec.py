@@ -9,12 +9,15 @@ struct layout), which is upgraded. A new layout gets a new version byte.
 
 from __future__ import annotations
 
+import importlib
 import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from udfs._impl import selected
 from udfs.fold import add_distinct
 from udfs.params import RING_DAY, RING_MID, RING_SHORT
 from udfs.profile import N_TYPES, Profile
@@ -83,7 +86,35 @@ def _ids_in(data: bytes) -> list[int]:
     return list(struct.unpack(f">{len(data) // 8}Q", data))
 
 
+def _native_encoder() -> Callable[..., object] | None:
+    """udfs._statecodec.encode_v3 when the native build is selected and has it, else None."""
+    if selected.get("mode") != "native":
+        return None
+    try:
+        encoder: Callable[..., object] = importlib.import_module("udfs._statecodec").encode_v3
+    except ImportError:
+        return None
+    return encoder
+
+
+# The format-3 encoding in C (udfs/_statecodec.c): the same bytes as `encode_profile_py`,
+# without building the body as Python lists; NotImplemented for a profile it does not cover.
+_NATIVE_ENCODE = _native_encoder()
+
+
 def encode_profile(p: Profile) -> bytes:
+    """The profile's state bytes (format 3)."""
+    encode = _NATIVE_ENCODE
+    if encode is not None:
+        data = encode(p, RING_SHORT[0], RING_MID[0], RING_DAY[0])
+        if isinstance(data, bytes):
+            return data
+    return encode_profile_py(p)
+
+
+def encode_profile_py(p: Profile) -> bytes:
+    """`encode_profile` in Python: the reference the C writer is checked against, and the path
+    for what it does not cover."""
     last = p.last_ms
     body = [
         p.epoch_ms, p.version, p.first_ms, last, p.counts, p.spend_micros,

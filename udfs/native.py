@@ -1,5 +1,6 @@
 """The profile step's hot path compiled to C with mypyc, from the very same typed Python source,
-and the hand-written C of `C_EXTENSIONS` (udfs/_treewalk.c: the model's tree walk).
+and the hand-written C of `C_EXTENSIONS` (udfs/_treewalk.c: the model's tree walk;
+udfs/_statecodec.c: the profile's state encoding).
 
     python -m udfs.native build     # what `make setup` runs (about a minute, once)
     python -m udfs.native status    # which implementation this interpreter uses, and why
