@@ -218,7 +218,9 @@ class Bench:
             **extra: Any) -> dict[str, Any]:  # fmt: skip
         """One Flink run in a fresh process; its JSON result."""
         dsn = self.fresh_database()
+        pg_cpu = postgres_cpu_seconds(self.pg)
         proc = self.runner(variant, dsn, topic, events, offsets, f"state-{self.runs}", **extra)
+        pg_cpu = postgres_cpu_seconds(self.pg) - pg_cpu
         lines = proc.stdout.strip().splitlines()
         try:
             result: dict[str, Any] = json.loads(lines[-1])
@@ -228,10 +230,35 @@ class Bench:
                 f"the {variant} run failed (exit {proc.returncode}):\n{tail}"
             ) from None
         result["pg_dsn"] = dsn
+        # PostgreSQL's CPU (every backend) over the whole run, start-up included: on a 2-core
+        # machine it competes with the job's threads.
+        result["postgres_cpu_us_per_event"] = pg_cpu / events * 1e6 if events else 0.0
         if variant == "job" and offsets is not None:
             profiles, folded, dead = pg_counts(dsn)
             result["pg"] = {"profiles": profiles, "events_folded": folded, "dead_letters": dead}
         return result
+
+
+def postgres_cpu_seconds(pg: EmbeddedPostgres) -> float:
+    """CPU seconds of the PostgreSQL server so far: the postmaster and its live backends, plus
+    what the backends that exited used (reaped by the postmaster: its children's times)."""
+    try:
+        pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in (root, *root.children(recursive=True)):
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                continue
+        return total
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return 0.0
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -240,6 +267,8 @@ def _rate(r: dict[str, Any]) -> str:
     others = sorted(((v, k[6:]) for k, v in cpu.items() if k.startswith("other/")), reverse=True)
     if others:  # the busiest of the "other" threads, by name
         threads += "; other: " + ", ".join(f"{k} {v:.0f}" for v, k in others[:4])
+    if r.get("postgres_cpu_us_per_event"):
+        threads += f"; postgres {r['postgres_cpu_us_per_event']:.0f} (whole run)"
     return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {threads})"
 
 
@@ -699,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
                 f" (send -> the sink's transaction: p50 {fresh['to_write_p50_ms']:.0f} ms,"
                 f" p99 {fresh['to_write_p99_ms']:.0f} ms)\n"
                 f"  p50 by 10 s of load: {fresh['p50_ms_by_10s']} ms; the broker leg alone:"
-                f" p50 {fresh['broker_leg_p50_ms']} ms, p99 {fresh['broker_leg_p99_ms']} ms"
+                f" p50 {_ms(fresh['broker_leg_p50_ms'])}, p99 {_ms(fresh['broker_leg_p99_ms'])}"
             )
         if "scale" in parts:
             small, large = args.scale_users

@@ -3,9 +3,15 @@ are computed from must be right before the figures mean anything."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
 import pytest
 
-from bench.e2e import by_window, job_settings
+from bench.e2e import by_window, job_settings, postgres_cpu_seconds
 from bench.runner import cpu_per_event, steady_rate
 
 
@@ -51,3 +57,16 @@ def test_cpu_per_event_is_by_thread_group_between_the_bracketing_samples() -> No
     ]
     got = cpu_per_event(samples, cpu, 1000)  # samples 1 and 3: 800 events
     assert got == pytest.approx({"keyed": 500.0, "other": 25.0, "other/C# CompilerThre": 25.0})
+
+
+def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> None:
+    """The server's CPU comes from the process named in postmaster.pid (this test's own process
+    stands in for it) and its children; without a pid file it is 0, not an error."""
+    pg = cast(Any, SimpleNamespace(data_dir=tmp_path))
+    assert postgres_cpu_seconds(pg) == 0.0
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n{tmp_path}\n")
+    before = postgres_cpu_seconds(pg)
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert postgres_cpu_seconds(pg) >= before + 0.04
