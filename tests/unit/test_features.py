@@ -97,6 +97,11 @@ def test_inactivity_segments_come_first() -> None:
     assert seg(p) == "at_risk"
     p.inactivity = Inactivity.DORMANT
     assert seg(p) == "dormant"
+    p.inactivity = 2  # the stored level is a plain int
+    assert seg(p) == "dormant"
+    p.inactivity = 3  # a level no rule knows is an error, as the enum's own lookup raises
+    with pytest.raises(ValueError, match=r"^3 is not a valid Inactivity$"):
+        seg(p)
     assert set(SEGMENTS) == {
         "new",
         "active_browser",
