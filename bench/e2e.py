@@ -267,7 +267,7 @@ def _rate(r: dict[str, Any]) -> str:
     others = sorted(((v, k[6:]) for k, v in cpu.items() if k.startswith("other/")), reverse=True)
     if others:  # the busiest of the "other" threads, by name
         threads += "; other: " + ", ".join(f"{k} {v:.0f}" for v, k in others[:4])
-    if r.get("postgres_cpu_us_per_event"):
+    if r.get("postgres_cpu_us_per_event", 0.0) >= 1:  # the job's runs (the others write nothing)
         threads += f"; postgres {r['postgres_cpu_us_per_event']:.0f} (whole run)"
     return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {threads})"
 
