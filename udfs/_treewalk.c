@@ -14,6 +14,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* LightGBM's kZeroThreshold (1e-35f) as a double, as udfs.trees.K_ZERO_THRESHOLD. */
 #define K_ZERO_THRESHOLD 1.0000000180025095e-35
@@ -25,8 +26,29 @@ typedef struct {
     int32_t right;
     int32_t on_nan;
     int32_t on_zero;
-    int32_t pad;
+    int32_t input; /* the split's model input (LightGBM's split_feature): SHAP's index */
 } Node;
+
+#define PATTERN_MAX_NODES 10
+
+/* phi[input] += delta, one of a tree's TreeSHAP additions in the order it makes them. */
+typedef struct Addition {
+    int32_t input;
+    double delta;
+} Addition;
+
+typedef struct Additions {
+    Py_ssize_t n;
+    Addition items[];
+} Additions;
+
+/* One element of TreeSHAP's unique path (LightGBM's Tree::PathElement). */
+typedef struct {
+    int feature_index;
+    double zero_fraction;
+    double one_fraction;
+    double pweight;
+} PathElement;
 
 typedef struct {
     PyObject_HEAD
@@ -45,17 +67,64 @@ typedef struct {
     double cal_a, cal_b;
     double *cal_x, *cal_y;
     Py_ssize_t cal_n;
+    /* contributions() and reasons(), set by set_shap(): the model's inputs (n_inputs, and where
+     * each sits in the vector), the training rows through each node and leaf, each tree's
+     * expected value, and TreeSHAP's path and output buffers. */
+    Py_ssize_t n_inputs;
+    int32_t *input_at;
+    double *node_count;
+    double *leaf_count;
+    double *expected;
+    PathElement *path;
+    double *phi;
+    /* A tree's contributions depend on the row only through the child the row takes at each of
+     * its nodes: per tree with at most PATTERN_MAX_NODES nodes, the additions to phi its
+     * TreeSHAP makes for each such pattern, recorded the first time the pattern is seen
+     * (NULL until then) and replayed in the same order after (the same sums, bit for bit). */
+    struct Additions ***patterns; /* per tree: NULL, or 2^n_internal[r] slots */
+    int32_t *n_internal;
+    Py_ssize_t *pattern_of; /* per tree: this call's pattern */
+    struct Addition *scratch;
+    Py_ssize_t scratch_len;
 } Forest;
 
 enum { CAL_IDENTITY = 0, CAL_PLATT = 1, CAL_ISOTONIC = 2 };
 #define RAW_EPS 1e-7 /* udfs.calibration.RAW_EPS */
 
+static void free_patterns(Forest *self) {
+    if (self->patterns != NULL) {
+        for (Py_ssize_t r = 0; r < self->n_roots; r++) {
+            Additions **slots = self->patterns[r];
+            if (slots == NULL) continue;
+            for (Py_ssize_t p = 0; p < ((Py_ssize_t)1 << self->n_internal[r]); p++)
+                PyMem_Free(slots[p]);
+            PyMem_Free(slots);
+        }
+    }
+    PyMem_Free(self->patterns);
+    PyMem_Free(self->n_internal);
+    PyMem_Free(self->scratch);
+    PyMem_Free(self->pattern_of);
+    self->pattern_of = NULL;
+    self->patterns = NULL;
+    self->n_internal = NULL;
+    self->scratch = NULL;
+    self->scratch_len = 0;
+}
+
 static void forest_dealloc(Forest *self) {
+    free_patterns(self);
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaves);
     PyMem_Free(self->roots);
     PyMem_Free(self->cal_x);
     PyMem_Free(self->cal_y);
+    PyMem_Free(self->input_at);
+    PyMem_Free(self->node_count);
+    PyMem_Free(self->leaf_count);
+    PyMem_Free(self->expected);
+    PyMem_Free(self->path);
+    PyMem_Free(self->phi);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -108,10 +177,12 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwds) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaves);
     PyMem_Free(self->roots);
+    free_patterns(self); /* before n_roots changes: it walks the old trees' slots */
     self->n_nodes = n;
     self->n_leaves = PyList_GET_SIZE(leaf_value);
     self->n_roots = PyList_GET_SIZE(roots);
     self->sigmoid = 1.0; /* score(): LightGBM's default sigmoid, no calibration */
+    self->n_inputs = 0;  /* no contributions until set_shap() */
     self->cal_kind = CAL_IDENTITY;
     self->nodes = PyMem_Calloc(n ? n : 1, sizeof(Node));
     self->leaves = PyMem_Calloc(self->n_leaves ? self->n_leaves : 1, sizeof(double));
@@ -155,16 +226,46 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* The sum of the trees' leaf values for `vector` into *out; -1 with an exception set on error. */
-static int forest_walk(Forest *self, PyObject *vector, double *out) {
+/* The child of `node` the row's value goes to: one step of the walk (and TreeSHAP's hot
+ * child); -1 with an exception set when the vector's item is not a number. */
+static inline int hot_child(const Node *n, PyObject **items, int32_t *out) {
+    PyObject *item = items[n->feature];
+    double x;
+    if (PyFloat_CheckExact(item)) {
+        x = PyFloat_AS_DOUBLE(item);
+    } else {
+        x = PyFloat_AsDouble(item);
+        if (x == -1.0 && PyErr_Occurred()) return -1;
+    }
+    if (isnan(x))
+        *out = n->on_nan;
+    else if (-K_ZERO_THRESHOLD <= x && x <= K_ZERO_THRESHOLD)
+        *out = n->on_zero;
+    else if (x <= n->threshold)
+        *out = n->left;
+    else
+        *out = n->right;
+    return 0;
+}
+
+/* `vector` as a sequence whose items can be read in place (a new reference), or NULL with an
+ * exception when it is not a sequence or is too short for the model. */
+static PyObject *vector_items(const Forest *self, PyObject *vector) {
     PyObject *seq = PySequence_Fast(vector, "the feature vector must be a sequence");
-    if (seq == NULL) return -1;
+    if (seq == NULL) return NULL;
     if (PySequence_Fast_GET_SIZE(seq) < self->width) {
         PyErr_Format(PyExc_IndexError, "the feature vector has %zd items, the model reads %zd",
                      PySequence_Fast_GET_SIZE(seq), self->width);
         Py_DECREF(seq);
-        return -1;
+        return NULL;
     }
+    return seq;
+}
+
+/* The sum of the trees' leaf values for `vector` into *out; -1 with an exception set on error. */
+static int forest_walk(Forest *self, PyObject *vector, double *out) {
+    PyObject *seq = vector_items(self, vector);
+    if (seq == NULL) return -1;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     const Node *nodes = self->nodes;
     /* Ask for every line of the model up front: the walk below then finds most of them arriving
@@ -179,26 +280,10 @@ static int forest_walk(Forest *self, PyObject *vector, double *out) {
     for (Py_ssize_t r = 0; r < self->n_roots; r++) {
         int32_t node = self->roots[r];
         while (node >= 0) {
-            const Node *n = &nodes[node];
-            PyObject *item = items[n->feature];
-            double x;
-            if (PyFloat_CheckExact(item)) {
-                x = PyFloat_AS_DOUBLE(item);
-            } else {
-                x = PyFloat_AsDouble(item);
-                if (x == -1.0 && PyErr_Occurred()) {
-                    Py_DECREF(seq);
-                    return -1;
-                }
+            if (hot_child(&nodes[node], items, &node) < 0) {
+                Py_DECREF(seq);
+                return -1;
             }
-            if (isnan(x))
-                node = n->on_nan;
-            else if (-K_ZERO_THRESHOLD <= x && x <= K_ZERO_THRESHOLD)
-                node = n->on_zero;
-            else if (x <= n->threshold)
-                node = n->left;
-            else
-                node = n->right;
         }
         total += self->leaves[~node];
     }
@@ -315,6 +400,416 @@ static PyObject *forest_set_output(Forest *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- SHAP values: LightGBM's TreeSHAP (src/io/tree.cpp: ExtendPath, UnwindPath,
+ * UnwoundPathSum, TreeSHAP; include/LightGBM/tree.h: PredictContrib, ExpectedValue;
+ * src/boosting/gbdt_prediction.cpp: PredictContrib), the same operations in the same order, so
+ * the values are LightGBM's bit for bit (udfs.scoring checks this at load, tests/unit/test_trees.py
+ * on thousands of rows). The tree is walked as forest_walk walks it: a node's "hot" child is the
+ * one the row goes to. */
+
+static void extend_path(PathElement *unique_path, int unique_depth, double zero_fraction,
+                        double one_fraction, int feature_index) {
+    unique_path[unique_depth].feature_index = feature_index;
+    unique_path[unique_depth].zero_fraction = zero_fraction;
+    unique_path[unique_depth].one_fraction = one_fraction;
+    unique_path[unique_depth].pweight = (unique_depth == 0 ? 1 : 0);
+    for (int i = unique_depth - 1; i >= 0; i--) {
+        unique_path[i + 1].pweight +=
+            one_fraction * unique_path[i].pweight * (i + 1) / (double)(unique_depth + 1);
+        unique_path[i].pweight = zero_fraction * unique_path[i].pweight * (unique_depth - i) /
+                                 (double)(unique_depth + 1);
+    }
+}
+
+static void unwind_path(PathElement *unique_path, int unique_depth, int path_index) {
+    const double one_fraction = unique_path[path_index].one_fraction;
+    const double zero_fraction = unique_path[path_index].zero_fraction;
+    double next_one_portion = unique_path[unique_depth].pweight;
+    for (int i = unique_depth - 1; i >= 0; --i) {
+        if (one_fraction != 0) {
+            const double tmp = unique_path[i].pweight;
+            unique_path[i].pweight =
+                next_one_portion * (unique_depth + 1) / (double)((i + 1) * one_fraction);
+            next_one_portion = tmp - unique_path[i].pweight * zero_fraction * (unique_depth - i) /
+                                         (double)(unique_depth + 1);
+        } else {
+            unique_path[i].pweight = (unique_path[i].pweight * (unique_depth + 1)) /
+                                     (double)(zero_fraction * (unique_depth - i));
+        }
+    }
+    for (int i = path_index; i < unique_depth; ++i) {
+        unique_path[i].feature_index = unique_path[i + 1].feature_index;
+        unique_path[i].zero_fraction = unique_path[i + 1].zero_fraction;
+        unique_path[i].one_fraction = unique_path[i + 1].one_fraction;
+    }
+}
+
+static double unwound_path_sum(const PathElement *unique_path, int unique_depth,
+                               int path_index) {
+    const double one_fraction = unique_path[path_index].one_fraction;
+    const double zero_fraction = unique_path[path_index].zero_fraction;
+    double next_one_portion = unique_path[unique_depth].pweight;
+    double total = 0;
+    for (int i = unique_depth - 1; i >= 0; --i) {
+        if (one_fraction != 0) {
+            const double tmp =
+                next_one_portion * (unique_depth + 1) / (double)((i + 1) * one_fraction);
+            total += tmp;
+            next_one_portion =
+                unique_path[i].pweight -
+                tmp * zero_fraction * ((unique_depth - i) / (double)(unique_depth + 1));
+        } else {
+            total += (unique_path[i].pweight / zero_fraction) /
+                     ((unique_depth - i) / (double)(unique_depth + 1));
+        }
+    }
+    return total;
+}
+
+static inline double data_count(const Forest *f, int32_t node) {
+    return node >= 0 ? f->node_count[node] : f->leaf_count[~node];
+}
+
+/* TreeSHAP of the tree below `node`, its additions to phi appended to rec (*len so far). */
+static int tree_shap(const Forest *f, PyObject **items, Addition *rec, Py_ssize_t *len,
+                     int32_t node, int unique_depth, PathElement *parent_unique_path,
+                     double parent_zero_fraction, double parent_one_fraction,
+                     int parent_feature_index) {
+    PathElement *unique_path = parent_unique_path + unique_depth;
+    if (unique_depth > 0)
+        memcpy(unique_path, parent_unique_path, unique_depth * sizeof(PathElement));
+    extend_path(unique_path, unique_depth, parent_zero_fraction, parent_one_fraction,
+                parent_feature_index);
+    if (node < 0) {
+        for (int i = 1; i <= unique_depth; ++i) {
+            const double w = unwound_path_sum(unique_path, unique_depth, i);
+            const PathElement *el = &unique_path[i];
+            rec[*len].input = el->feature_index;
+            rec[*len].delta = w * (el->one_fraction - el->zero_fraction) * f->leaves[~node];
+            *len += 1;
+        }
+        return 0;
+    }
+    const Node *n = &f->nodes[node];
+    int32_t hot_index;
+    if (hot_child(n, items, &hot_index) < 0) return -1;
+    const int32_t cold_index = (hot_index == n->left ? n->right : n->left);
+    const double w = data_count(f, node);
+    const double hot_zero_fraction = data_count(f, hot_index) / w;
+    const double cold_zero_fraction = data_count(f, cold_index) / w;
+    double incoming_zero_fraction = 1;
+    double incoming_one_fraction = 1;
+    int path_index = 0;
+    for (; path_index <= unique_depth; ++path_index) {
+        if (unique_path[path_index].feature_index == n->input) break;
+    }
+    if (path_index != unique_depth + 1) {
+        incoming_zero_fraction = unique_path[path_index].zero_fraction;
+        incoming_one_fraction = unique_path[path_index].one_fraction;
+        unwind_path(unique_path, unique_depth, path_index);
+        unique_depth -= 1;
+    }
+    if (tree_shap(f, items, rec, len, hot_index, unique_depth + 1, unique_path,
+                  hot_zero_fraction * incoming_zero_fraction, incoming_one_fraction, n->input) < 0)
+        return -1;
+    return tree_shap(f, items, rec, len, cold_index, unique_depth + 1, unique_path,
+                     cold_zero_fraction * incoming_zero_fraction, 0, n->input);
+}
+
+/* phi[0 .. n_inputs] = the contributions of `vector` (the bias last); -1 with an exception. */
+static int forest_shap(Forest *self, PyObject *vector) {
+    if (self->n_inputs == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "set_shap() was not called");
+        return -1;
+    }
+    PyObject *seq = vector_items(self, vector);
+    if (seq == NULL) return -1;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    double *phi = self->phi;
+    const Py_ssize_t bias = self->n_inputs;
+    const Node *nodes = self->nodes;
+    Additions ***patterns = self->patterns;
+    Py_ssize_t *pattern_of = self->pattern_of;
+    /* Inside the job the tables are cold (~2 MB for the shipped model, among everything else the
+     * keyed thread touches between two events): find every tree's pattern first, then ask for
+     * all the slots, then for all the recordings, so their cache misses overlap instead of
+     * coming one after another; then add in tree order (the order of the sums is LightGBM's). */
+    const char *bytes = (const char *)nodes;
+    for (Py_ssize_t off = 0; off < self->n_nodes * (Py_ssize_t)sizeof(Node); off += 64)
+        __builtin_prefetch(bytes + off);
+    for (Py_ssize_t r = 0; r < self->n_roots; r++) {
+        const int32_t root = self->roots[r];
+        if (root < 0 || patterns[r] == NULL) continue;
+        /* the tree's nodes are root .. root + n_internal - 1 (checked by set_shap) */
+        Py_ssize_t pattern = 0;
+        for (int32_t i = 0; i < self->n_internal[r]; i++) {
+            int32_t hot;
+            if (hot_child(&nodes[root + i], items, &hot) < 0) goto error;
+            if (hot != nodes[root + i].left) pattern |= (Py_ssize_t)1 << i;
+        }
+        pattern_of[r] = pattern;
+        __builtin_prefetch(&patterns[r][pattern]);
+    }
+    for (Py_ssize_t r = 0; r < self->n_roots; r++) {
+        if (self->roots[r] < 0 || patterns[r] == NULL) continue;
+        const char *known = (const char *)patterns[r][pattern_of[r]];
+        if (known == NULL) continue;
+        for (int off = 0; off < 384; off += 64) __builtin_prefetch(known + off);
+    }
+    memset(phi, 0, (bias + 1) * sizeof(double));
+    for (Py_ssize_t r = 0; r < self->n_roots; r++) {
+        phi[bias] += self->expected[r];
+        const int32_t root = self->roots[r];
+        if (root < 0) continue;
+        Additions **slots = patterns[r];
+        if (slots != NULL) {
+            const Additions *known = slots[pattern_of[r]];
+            if (known != NULL) {
+                for (Py_ssize_t j = 0; j < known->n; j++)
+                    phi[known->items[j].input] += known->items[j].delta;
+                continue;
+            }
+        }
+        Py_ssize_t n = 0;
+        if (tree_shap(self, items, self->scratch, &n, root, 0, self->path, 1, 1, -1) < 0)
+            goto error;
+        for (Py_ssize_t j = 0; j < n; j++) phi[self->scratch[j].input] += self->scratch[j].delta;
+        if (slots != NULL) {
+            Additions *rec = PyMem_Malloc(sizeof(Additions) + n * sizeof(Addition));
+            if (rec == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            rec->n = n;
+            memcpy(rec->items, self->scratch, n * sizeof(Addition));
+            slots[pattern_of[r]] = rec;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+error:
+    Py_DECREF(seq);
+    return -1;
+}
+
+static PyObject *forest_contributions(Forest *self, PyObject *vector) {
+    if (forest_shap(self, vector) < 0) return NULL;
+    PyObject *out = PyList_New(self->n_inputs + 1);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i <= self->n_inputs; i++) {
+        PyObject *v = PyFloat_FromDouble(self->phi[i]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+/* reasons(vector, k) -> [input, contribution, ...]: the k largest contributions by magnitude,
+ * largest first, ties in input order (Python's stable sort by -abs(value)); None when a
+ * contribution is NaN (the caller sorts then). */
+static PyObject *forest_reasons(Forest *self, PyObject *args) {
+    PyObject *vector;
+    int k;
+    if (!PyArg_ParseTuple(args, "Oi", &vector, &k)) return NULL;
+    if (k < 0 || k > 16) {
+        PyErr_SetString(PyExc_ValueError, "k must be in [0, 16]");
+        return NULL;
+    }
+    if (forest_shap(self, vector) < 0) return NULL;
+    const double *phi = self->phi;
+    const Py_ssize_t n = self->n_inputs;
+    Py_ssize_t top[16];
+    int m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double a = fabs(phi[i]);
+        if (isnan(a)) Py_RETURN_NONE;
+        int p = m; /* after every kept one at least as large: a tie keeps the earlier input first */
+        while (p > 0 && a > fabs(phi[top[p - 1]])) p--;
+        if (p >= k) continue;
+        if (m < k) m++;
+        for (int j = m - 1; j > p; j--) top[j] = top[j - 1];
+        top[p] = i;
+    }
+    PyObject *out = PyList_New(2 * m);
+    if (out == NULL) return NULL;
+    for (int j = 0; j < m; j++) {
+        PyObject *index = PyLong_FromSsize_t(top[j]);
+        PyObject *value = PyFloat_FromDouble(phi[top[j]]);
+        if (index == NULL || value == NULL) {
+            Py_XDECREF(index);
+            Py_XDECREF(value);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, 2 * j, index);
+        PyList_SET_ITEM(out, 2 * j + 1, value);
+    }
+    return out;
+}
+
+/* The deepest leaf below `node` (edges from it); `limit` guards against a cycle. */
+static int subtree_depth(const Forest *f, int32_t node, int limit) {
+    if (node < 0) return 0;
+    if (limit <= 0) return -1;
+    int l = subtree_depth(f, f->nodes[node].left, limit - 1);
+    int r = subtree_depth(f, f->nodes[node].right, limit - 1);
+    if (l < 0 || r < 0) return -1;
+    return 1 + (l > r ? l : r);
+}
+
+/* The internal nodes below `node`: how many, and the smallest and largest index. */
+static void subtree_nodes(const Forest *f, int32_t node, Py_ssize_t *count, int32_t *lo,
+                          int32_t *hi) {
+    if (node < 0) return;
+    *count += 1;
+    if (node < *lo) *lo = node;
+    if (node > *hi) *hi = node;
+    subtree_nodes(f, f->nodes[node].left, count, lo, hi);
+    subtree_nodes(f, f->nodes[node].right, count, lo, hi);
+}
+
+/* set_shap(inputs, n_inputs, input_at, node_count, leaf_count, expected): per node its model
+ * input (split_feature) and training rows (internal_count), per leaf its rows (leaf_count), per
+ * tree its expected value, and where each model input sits in the vector. */
+static PyObject *forest_set_shap(Forest *self, PyObject *args) {
+    PyObject *inputs, *input_at, *node_count, *leaf_count, *expected;
+    Py_ssize_t n_inputs;
+    if (!PyArg_ParseTuple(args, "OnOOOO", &inputs, &n_inputs, &input_at, &node_count,
+                          &leaf_count, &expected))
+        return NULL;
+    if (n_inputs <= 0 || n_inputs > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "n_inputs out of range");
+        return NULL;
+    }
+    if (check_list(inputs, "inputs", self->n_nodes) < 0 ||
+        check_list(input_at, "input_at", n_inputs) < 0 ||
+        check_list(node_count, "node_count", self->n_nodes) < 0 ||
+        check_list(leaf_count, "leaf_count", self->n_leaves) < 0 ||
+        check_list(expected, "expected", self->n_roots) < 0)
+        return NULL;
+    int32_t *at = PyMem_Calloc(n_inputs, sizeof(int32_t));
+    if (at == NULL) return PyErr_NoMemory();
+    if (read_ints(input_at, n_inputs, at, sizeof(int32_t)) < 0 ||
+        read_ints(inputs, self->n_nodes, &self->nodes[0].input, sizeof(Node)) < 0) {
+        PyMem_Free(at);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < self->n_nodes; i++) {
+        int32_t input = self->nodes[i].input;
+        if (input < 0 || input >= n_inputs || at[input] != self->nodes[i].feature) {
+            PyErr_Format(PyExc_ValueError, "node %zd: input %d does not read vector item %d", i,
+                         (int)input, (int)self->nodes[i].feature);
+            PyMem_Free(at);
+            return NULL;
+        }
+    }
+    int depth = 0;
+    for (Py_ssize_t r = 0; r < self->n_roots; r++) {
+        int d = subtree_depth(self, self->roots[r], (int)(self->n_nodes + 1));
+        if (d < 0) {
+            PyErr_SetString(PyExc_ValueError, "a tree's nodes form a cycle");
+            PyMem_Free(at);
+            return NULL;
+        }
+        if (d > depth) depth = d;
+    }
+    /* Per tree: its internal nodes (for the pattern table when they are few and numbered
+     * root .. root + n - 1) and the most additions its TreeSHAP can make (a leaf adds at most
+     * one per split above it). */
+    int32_t *n_internal = PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(int32_t));
+    Additions ***patterns = PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(Additions **));
+    Py_ssize_t scratch_len = 1;
+    int failed = n_internal == NULL || patterns == NULL;
+    for (Py_ssize_t r = 0; r < self->n_roots && !failed; r++) {
+        int32_t root = self->roots[r], lo = INT32_MAX, hi = -1;
+        Py_ssize_t count = 0;
+        subtree_nodes(self, root, &count, &lo, &hi);
+        if ((count + 1) * (depth + 1) > scratch_len) scratch_len = (count + 1) * (depth + 1);
+        n_internal[r] = (int32_t)count;
+        if (count >= 1 && count <= PATTERN_MAX_NODES && lo == root && hi == root + count - 1) {
+            patterns[r] = PyMem_Calloc((size_t)1 << count, sizeof(Additions *));
+            failed = patterns[r] == NULL;
+        }
+    }
+    Py_ssize_t *pattern_of =
+        failed ? NULL : PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(Py_ssize_t));
+    Addition *scratch = pattern_of ? PyMem_Malloc(scratch_len * sizeof(Addition)) : NULL;
+    double *nc = scratch ? read_doubles(node_count, self->n_nodes) : NULL;
+    double *lc = nc ? read_doubles(leaf_count, self->n_leaves) : NULL;
+    double *ev = lc ? read_doubles(expected, self->n_roots) : NULL;
+    /* LightGBM's unique_path_data: (max_depth + 1) * (max_depth + 2) / 2 elements. */
+    Py_ssize_t path_len = (Py_ssize_t)(depth + 1) * (depth + 2) / 2;
+    PathElement *path = ev ? PyMem_Calloc(path_len, sizeof(PathElement)) : NULL;
+    double *phi = path ? PyMem_Calloc(n_inputs + 1, sizeof(double)) : NULL;
+    if (phi == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        PyMem_Free(at);
+        PyMem_Free(nc);
+        PyMem_Free(lc);
+        PyMem_Free(ev);
+        PyMem_Free(path);
+        PyMem_Free(scratch);
+        PyMem_Free(pattern_of);
+        for (Py_ssize_t r = 0; patterns != NULL && r < self->n_roots; r++) PyMem_Free(patterns[r]);
+        PyMem_Free(patterns);
+        PyMem_Free(n_internal);
+        return NULL;
+    }
+    free_patterns(self);
+    self->patterns = patterns;
+    self->n_internal = n_internal;
+    self->scratch = scratch;
+    self->scratch_len = scratch_len;
+    self->pattern_of = pattern_of;
+    PyMem_Free(self->input_at);
+    PyMem_Free(self->node_count);
+    PyMem_Free(self->leaf_count);
+    PyMem_Free(self->expected);
+    PyMem_Free(self->path);
+    PyMem_Free(self->phi);
+    self->input_at = at;
+    self->node_count = nc;
+    self->leaf_count = lc;
+    self->expected = ev;
+    self->path = path;
+    self->phi = phi;
+    self->n_inputs = n_inputs;
+    Py_RETURN_NONE;
+}
+
+/* input_key(vector) -> bytes: the model's inputs as the doubles LightGBM reads, in input order
+ * (what udfs.scoring's memo of explanations is keyed by). */
+static PyObject *forest_input_key(Forest *self, PyObject *vector) {
+    if (self->n_inputs == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "set_shap() was not called");
+        return NULL;
+    }
+    PyObject *seq = vector_items(self, vector);
+    if (seq == NULL) return NULL;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, self->n_inputs * (Py_ssize_t)sizeof(double));
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    double *values = (double *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < self->n_inputs; i++) {
+        PyObject *item = items[self->input_at[i]];
+        double x = PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
+        if (x == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        memcpy(&values[i], &x, sizeof(double));
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef forest_methods[] = {
     {"raw", (PyCFunction)forest_raw, METH_O,
      "raw(vector) -> float: the sum of the trees' leaf values for the feature vector"},
@@ -322,6 +817,15 @@ static PyMethodDef forest_methods[] = {
      "score(vector) -> float: the calibrated probability (see set_output)"},
     {"set_output", (PyCFunction)forest_set_output, METH_VARARGS,
      "set_output(sigmoid, kind, a, b, x, y): the sigmoid and calibration score() applies"},
+    {"set_shap", (PyCFunction)forest_set_shap, METH_VARARGS,
+     "set_shap(inputs, n_inputs, input_at, node_count, leaf_count, expected): what "
+     "contributions() needs"},
+    {"contributions", (PyCFunction)forest_contributions, METH_O,
+     "contributions(vector) -> list: LightGBM's SHAP values of the model's inputs, then the bias"},
+    {"reasons", (PyCFunction)forest_reasons, METH_VARARGS,
+     "reasons(vector, k) -> [input, value, ...] | None: the k largest contributions by magnitude"},
+    {"input_key", (PyCFunction)forest_input_key, METH_O,
+     "input_key(vector) -> bytes: the model's inputs as doubles, in input order"},
     {NULL, NULL, 0, NULL},
 };
 

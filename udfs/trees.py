@@ -106,6 +106,14 @@ class TreeModel:
         self.root: list[int] = []  # per tree: its root node, or ~leaf for a single-leaf tree
         self.on_nan: list[int] = []  # per node: the child a NaN input goes to
         self.on_zero: list[int] = []  # ... and a zero (or |x| <= K_ZERO_THRESHOLD) input
+        # SHAP (`contributions`): per node its model input and the training rows through it, per
+        # leaf its rows, per tree its expected value (LightGBM's Tree::ExpectedValue)
+        self.inputs: list[int] = []
+        self.node_count: list[float] = []
+        self.leaf_count: list[float] = []
+        self.expected: list[float] = []
+        self.n_inputs = len(feature_index)
+        self.counted = True  # every tree has its row counts (False: no SHAP values here)
         self.sigmoid = 1.0
         self.trees = 0
         header, _, body = model_text.partition("\nTree=")
@@ -125,6 +133,11 @@ class TreeModel:
                 self.feature, self.threshold, self.left, self.right, self.on_nan,
                 self.on_zero, self.leaf_value, self.root,
             )  # fmt: skip
+            if self.counted:
+                self.forest.set_shap(
+                    self.inputs, self.n_inputs, list(feature_index), self.node_count,
+                    self.leaf_count, self.expected,
+                )  # fmt: skip
         else:
             self._link()
 
@@ -150,18 +163,35 @@ class TreeModel:
             raise Unsupported("categorical splits")
         leaves = int(fields["num_leaves"])
         leaf_base = len(self.leaf_value)
-        self.leaf_value.extend(float(v) for v in _numbers(fields["leaf_value"]))
-        if len(self.leaf_value) - leaf_base != leaves:
+        values = [float(v) for v in _numbers(fields["leaf_value"])]
+        self.leaf_value.extend(values)
+        if len(values) != leaves:
             raise Unsupported(f"tree {index}: leaf_value has the wrong length")
         if leaves == 1:
             self.root.append(~leaf_base)
+            self.leaf_count.append(0.0)
+            self.expected.append(values[0])
             return
         base = len(self.feature)
         splits = leaves - 1
         for name in ("split_feature", "threshold", "decision_type", "left_child", "right_child"):
             if len(_numbers(fields[name])) != splits:
                 raise Unsupported(f"tree {index}: {name} has the wrong length")
+        counts = [float(int(c)) for c in _numbers(fields.get("leaf_count", ""))]
+        internal = [float(int(c)) for c in _numbers(fields.get("internal_count", ""))]
+        if len(counts) != leaves or len(internal) != splits or internal[0] <= 0:
+            self.counted = False  # no SHAP values from these trees (LightGBM's path gives them)
+            counts, internal = [0.0] * leaves, [1.0] * splits
+        self.leaf_count.extend(counts)
+        self.node_count.extend(internal)
+        # Tree::ExpectedValue: the leaves' values weighted by their share of the root's rows
+        total = internal[0]
+        expected = 0.0
+        for count, value in zip(counts, values, strict=True):
+            expected += (count / total) * value
+        self.expected.append(expected)
         for f in _numbers(fields["split_feature"]):
+            self.inputs.append(int(f))
             self.feature.append(feature_index[int(f)])
         self.threshold.extend(float(v) for v in _numbers(fields["threshold"]))
         for d in _numbers(fields["decision_type"]):
@@ -225,6 +255,15 @@ class TreeModel:
                     node = node.right
             total += node.value
         return total
+
+    def contributions(self, vector: Sequence[float]) -> list[float] | None:
+        """LightGBM's SHAP values (`pred_contrib`) of the model's inputs for the profile's
+        feature vector, then the bias, computed by udfs._treewalk (None without it)."""
+        forest = self.forest
+        if forest is None or not self.counted:
+            return None
+        values: list[float] = forest.contributions(vector)
+        return values
 
     def probability(self, vector: Sequence[float]) -> float:
         """What LightGBM's `predict` returns: the sigmoid of the raw score."""

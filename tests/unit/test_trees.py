@@ -271,3 +271,157 @@ def test_a_calibrated_walk_that_disagrees_is_not_used(monkeypatch: pytest.Monkey
         vector = tuple(float(v) for v in row)
         assert scorer.score(vector) == reference.score(vector)
         assert scorer.raw_score(vector) == reference.raw_score(vector)
+
+
+# Score reasons from udfs._treewalk's TreeSHAP: LightGBM's contributions bit for bit (recorded
+# per tree and decision pattern, then replayed), the same reasons as LightGBM's path, and
+# LightGBM's path wherever the compiled one is absent or disagrees.
+native_only = pytest.mark.skipif(
+    selected.get("mode") != "native", reason="the compiled TreeSHAP is part of the native build"
+)
+
+
+def _hex(values: list[float]) -> list[str]:
+    return [float(v).hex() for v in values]
+
+
+def _vectors(n: int, seed: int) -> list[tuple[float, ...]]:
+    return [tuple(float(v) for v in row) for row in _rows(n, seed=seed)]
+
+
+@native_only
+def test_the_committed_model_is_explained_by_the_compiled_treeshap_bit_for_bit() -> None:
+    """Each row twice: the first time a tree meets a decision pattern it runs the recursion and
+    records it, later rows with that pattern replay the recording; both are LightGBM's values
+    to the last bit, and so is `Booster.predict(pred_contrib=True)`."""
+    scorer, lightgbm = Scorer(DEFAULT_MODEL_DIR), Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    assert scorer.explainer.startswith("trees (TreeSHAP"), scorer.explainer
+    assert lightgbm.explainer == "lightgbm"
+    trees = scorer._trees
+    assert trees is not None
+    rows = _vectors(2000, seed=11) + [tuple(r) for r in trees.probes(len(FEATURE_NAMES))]
+    expected = [_hex(lightgbm.contributions(row)) for row in rows]
+    for _ in range(2):
+        for row, want in zip(rows, expected, strict=True):
+            assert _hex(scorer.contributions(row)) == want, row
+    booster = lgb.Booster(model_file=str(DEFAULT_MODEL_DIR / "model.txt"))
+    cols = [FEATURE_NAMES.index(n) for n in scorer.names]
+    x = np.array(rows[:300])[:, cols]
+    walked = np.array([scorer.contributions(r) for r in rows[:300]])
+    assert np.array_equal(walked, booster.predict(x, pred_contrib=True))
+
+
+@native_only
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"zero_as_missing": True},
+        {"use_missing": False},
+        {"min_data_in_leaf": 4000},
+        {"num_leaves": 40, "min_data_in_leaf": 2},
+    ],
+    ids=["nan", "zero-as-missing", "no-missing", "single-leaf", "deep-trees"],
+)
+def test_models_trained_here_are_explained_bit_for_bit(
+    tmp_path: Path, params: dict[str, Any]
+) -> None:
+    """Missing types, single-leaf trees, and trees with more nodes than the pattern table
+    covers (those run the recursion every time)."""
+    model = _model_dir(tmp_path, params)
+    scorer, lightgbm = Scorer(model), Scorer(model, walk_trees=False)
+    assert scorer.explainer.startswith("trees (TreeSHAP"), scorer.explainer
+    if "num_leaves" in params:
+        text = (model / "model.txt").read_text()
+        assert max(int(line[11:]) for line in text.splitlines()
+                   if line.startswith("num_leaves=")) > 11  # fmt: skip
+    for row in _vectors(1500, seed=12) * 2:
+        assert _hex(scorer.contributions(row)) == _hex(lightgbm.contributions(row)), row
+        assert scorer.explain(row) == lightgbm.explain(row)
+    assert len(INPUTS) == len(scorer.names)
+
+
+@native_only
+def test_the_reasons_are_those_of_lightgbms_path_memo_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same flat reasons as the LightGBM path (which sorts LightGBM's contributions in
+    Python), with the memo and without it, on rows that repeat."""
+    lightgbm = Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    rows = _vectors(1000, seed=13)
+    rows += rows[:300]
+    expected = [lightgbm.explain(row) for row in rows]
+    for memo in (udfs.scoring.EXPLAIN_MEMO, 0):
+        monkeypatch.setattr(udfs.scoring, "EXPLAIN_MEMO", memo)
+        scorer = Scorer(DEFAULT_MODEL_DIR)
+        assert [scorer.explain(row) for row in rows] == expected
+        assert scorer.explain_memo_hits == (300 if memo else 0)
+
+
+def _tie_forest() -> Any:
+    """Two identical stumps on inputs 1 and 0 (in that order) and one on input 2 with a larger
+    leaf: inputs 0 and 1 contribute exactly the same."""
+    forest = TreeModel(
+        "tree\nobjective=binary sigmoid:1\n\n"
+        + "".join(
+            f"Tree={i}\nnum_leaves=2\nsplit_feature={f}\nthreshold=0.5\ndecision_type=2\n"
+            f"left_child=-1\nright_child=-2\nleaf_value={v} {-v}\nleaf_count=10 30\n"
+            "internal_count=40\n\n"
+            for i, (f, v) in enumerate(((1, 0.25), (0, 0.25), (2, 1.0)))
+        )
+        + "end of trees\n",
+        [0, 1, 2],
+    ).forest
+    assert forest is not None
+    return forest
+
+
+@native_only
+def test_reasons_keep_equal_contributions_in_input_order() -> None:
+    """Python's sort by -abs(value) is stable; the C selection keeps ties in input order too."""
+    forest = _tie_forest()
+    values = forest.contributions((1.0, 1.0, 1.0))
+    assert values[0] == values[1] and abs(values[2]) > abs(values[0]) > 0
+    assert forest.reasons((1.0, 1.0, 1.0), 3) == [2, values[2], 0, values[0], 1, values[1]]
+    assert forest.reasons((1.0, 1.0, 1.0), 2) == [2, values[2], 0, values[0]]
+    assert forest.reasons((1.0, 1.0, 1.0), 0) == []
+    order = sorted(range(3), key=lambda i: -abs(values[i]))
+    assert forest.reasons((1.0, 1.0, 1.0), 3)[::2] == order
+    with pytest.raises(ValueError, match="k must be"):
+        forest.reasons((1.0, 1.0, 1.0), 17)
+    with pytest.raises(IndexError):
+        forest.contributions((1.0,))
+    with pytest.raises(TypeError):
+        forest.reasons(("x", 1.0, 1.0), 3)
+
+
+@native_only
+def test_a_treeshap_that_disagrees_with_lightgbm_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = TreeModel.contributions
+
+    def off(self: TreeModel, vector: Any) -> list[float] | None:
+        values = real(self, vector)
+        return None if values is None else [v + 2**-40 for v in values]
+
+    monkeypatch.setattr(TreeModel, "contributions", off)
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    assert scorer.explainer.startswith("lightgbm (the compiled TreeSHAP gave"), scorer.explainer
+    assert scorer.evaluator.startswith("trees")  # scoring keeps the walk
+    lightgbm = Scorer(DEFAULT_MODEL_DIR, walk_trees=False)
+    for row in _vectors(100, seed=14):
+        assert scorer.explain(row) == lightgbm.explain(row)
+        assert scorer.contributions(row) == lightgbm.contributions(row)
+
+
+@native_only
+def test_a_model_without_row_counts_is_explained_by_lightgbm(tmp_path: Path) -> None:
+    """TreeSHAP needs each node's training rows; without them the walk still scores."""
+    model = _model_dir(tmp_path, {})
+    text = (model / "model.txt").read_text()
+    counts = ("leaf_count=", "internal_count=")
+    stripped = "\n".join(line for line in text.splitlines() if not line.startswith(counts))
+    trees = TreeModel(stripped + "\n", list(range(len(INPUTS))))
+    assert not trees.counted and trees.contributions((0.0,) * len(INPUTS)) is None
+    assert trees.forest is not None and trees.forest.raw((0.0,) * len(INPUTS)) is not None
