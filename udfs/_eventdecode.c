@@ -52,6 +52,14 @@ static int read_varint(const unsigned char **p, const unsigned char *end, uint64
     return 0;
 }
 
+/* A varint field, at most once (`*seen` marks it). */
+static int read_varint_once(const unsigned char **p, const unsigned char *end, int *seen,
+                            uint64_t *out) {
+    if (*seen) return 0;
+    *seen = 1;
+    return read_varint(p, end, out);
+}
+
 static int printable_ascii(const unsigned char *p, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (p[i] < 0x20 || p[i] > 0x7e) return 0;
@@ -138,20 +146,16 @@ static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t narg
         case 11 << 3 | 2: ok = read_text(&p, end, &session_id, MAX_FIELD_BYTES); break;
         case 12 << 3 | 2: ok = read_text(&p, end, &search_query, MAX_FIELD_BYTES); break;
         case 3 << 3 | 0:
-            ok = !seen_type && read_varint(&p, end, &event_type);
-            seen_type = 1;
+            ok = read_varint_once(&p, end, &seen_type, &event_type);
             break;
         case 13 << 3 | 0:
-            ok = !seen_channel && read_varint(&p, end, &channel);
-            seen_channel = 1;
+            ok = read_varint_once(&p, end, &seen_channel, &channel);
             break;
         case 8 << 3 | 0:
-            ok = !seen_price && read_varint(&p, end, &price);
-            seen_price = 1;
+            ok = read_varint_once(&p, end, &seen_price, &price);
             break;
         case 10 << 3 | 0:
-            ok = !seen_quantity && read_varint(&p, end, &quantity);
-            seen_quantity = 1;
+            ok = read_varint_once(&p, end, &seen_quantity, &quantity);
             break;
         case 4 << 3 | 2:
             ok = !seen_time && read_varint(&p, end, &v) && v <= (uint64_t)(end - p) &&

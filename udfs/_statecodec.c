@@ -142,15 +142,23 @@ static int put_float(Buf *b, double d) {
     return put_byte_be(b, 0xca, bits, 4);
 }
 
+/* An int (or int subclass) `o` as a long long: OK, UNSUPPORTED when it does not fit (`*overflow`
+ * says which way), ERROR with an exception set. */
+static int long_value(PyObject *o, long long *out, int *overflow) {
+    *out = PyLong_AsLongLongAndOverflow(o, overflow);
+    if (*overflow) return UNSUPPORTED;
+    if (*out == -1 && PyErr_Occurred()) return ERROR;
+    return OK;
+}
+
 /* An exact int as an int64 (UNSUPPORTED: another type, or out of range). */
 static int as_int64(PyObject *o, int64_t *out) {
     if (!PyLong_CheckExact(o)) return UNSUPPORTED;
     int overflow;
-    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow) return UNSUPPORTED;
-    if (v == -1 && PyErr_Occurred()) return ERROR;
-    *out = v;
-    return OK;
+    long long v;
+    int r = long_value(o, &v, &overflow);
+    if (r == OK) *out = v;
+    return r;
 }
 
 static int put_obj(Buf *b, PyObject *o);
@@ -168,7 +176,8 @@ static int put_sequence(Buf *b, PyObject *o) {
 static int put_obj(Buf *b, PyObject *o) {
     if (PyLong_CheckExact(o)) {
         int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        long long v;
+        int r = long_value(o, &v, &overflow);
         if (overflow > 0) {
             unsigned long long u = PyLong_AsUnsignedLongLong(o);
             if (u == (unsigned long long)-1 && PyErr_Occurred()) {
@@ -177,9 +186,7 @@ static int put_obj(Buf *b, PyObject *o) {
             }
             return put_uint64(b, u);
         }
-        if (overflow < 0) return UNSUPPORTED;
-        if (v == -1 && PyErr_Occurred()) return ERROR;
-        return put_int(b, v);
+        return r == OK ? put_int(b, v) : r;
     }
     if (PyFloat_CheckExact(o)) return put_float(b, PyFloat_AS_DOUBLE(o));
     if (PyUnicode_CheckExact(o)) return put_str(b, o);
@@ -398,10 +405,9 @@ static int put_field(Buf *b, enum Kind kind, PyObject *v, int64_t last, const in
     case INT: { /* int(p.inactivity): an int or an IntEnum member */
         if (!PyLong_Check(v) || PyBool_Check(v)) return UNSUPPORTED;
         int overflow;
-        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-        if (overflow) return UNSUPPORTED;
-        if (x == -1 && PyErr_Occurred()) return ERROR;
-        return put_int(b, x);
+        long long x;
+        int r = long_value(v, &x, &overflow);
+        return r == OK ? put_int(b, x) : r;
     }
     }
     return UNSUPPORTED;
