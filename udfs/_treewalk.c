@@ -50,6 +50,28 @@ typedef struct {
     double pweight;
 } PathElement;
 
+/* What contributions() needs, set by set_shap() (all zero before): the model's inputs
+ * (n_inputs, and where each sits in the vector), the training rows through each node and leaf,
+ * each tree's expected value, and TreeSHAP's path and output buffers. */
+typedef struct {
+    Py_ssize_t n_inputs;
+    Py_ssize_t n_trees;
+    int32_t *input_at;
+    double *node_count;
+    double *leaf_count;
+    double *expected;
+    PathElement *path;
+    double *phi;
+    /* A tree's contributions depend on the row only through the child the row takes at each of
+     * its nodes: per tree with at most PATTERN_MAX_NODES nodes, the additions to phi its
+     * TreeSHAP makes for each such pattern, recorded the first time the pattern is seen
+     * (NULL until then) and replayed in the same order after (the same sums, bit for bit). */
+    Additions ***patterns; /* per tree: NULL, or 2^n_internal[r] slots */
+    int32_t *n_internal;
+    Py_ssize_t *pattern_of; /* per tree: this call's pattern */
+    Addition *scratch;
+} Shap;
+
 typedef struct {
     PyObject_HEAD
     Node *nodes;
@@ -67,64 +89,41 @@ typedef struct {
     double cal_a, cal_b;
     double *cal_x, *cal_y;
     Py_ssize_t cal_n;
-    /* contributions() and reasons(), set by set_shap(): the model's inputs (n_inputs, and where
-     * each sits in the vector), the training rows through each node and leaf, each tree's
-     * expected value, and TreeSHAP's path and output buffers. */
-    Py_ssize_t n_inputs;
-    int32_t *input_at;
-    double *node_count;
-    double *leaf_count;
-    double *expected;
-    PathElement *path;
-    double *phi;
-    /* A tree's contributions depend on the row only through the child the row takes at each of
-     * its nodes: per tree with at most PATTERN_MAX_NODES nodes, the additions to phi its
-     * TreeSHAP makes for each such pattern, recorded the first time the pattern is seen
-     * (NULL until then) and replayed in the same order after (the same sums, bit for bit). */
-    struct Additions ***patterns; /* per tree: NULL, or 2^n_internal[r] slots */
-    int32_t *n_internal;
-    Py_ssize_t *pattern_of; /* per tree: this call's pattern */
-    struct Addition *scratch;
-    Py_ssize_t scratch_len;
+    Shap shap; /* contributions() and reasons(), set by set_shap() */
 } Forest;
 
 enum { CAL_IDENTITY = 0, CAL_PLATT = 1, CAL_ISOTONIC = 2 };
 #define RAW_EPS 1e-7 /* udfs.calibration.RAW_EPS */
 
-static void free_patterns(Forest *self) {
-    if (self->patterns != NULL) {
-        for (Py_ssize_t r = 0; r < self->n_roots; r++) {
-            Additions **slots = self->patterns[r];
-            if (slots == NULL) continue;
-            for (Py_ssize_t p = 0; p < ((Py_ssize_t)1 << self->n_internal[r]); p++)
-                PyMem_Free(slots[p]);
-            PyMem_Free(slots);
-        }
+/* Frees everything `s` holds (also a partly built one) and zeroes it. */
+static void shap_free(Shap *s) {
+    for (Py_ssize_t r = 0; s->patterns != NULL && r < s->n_trees; r++) {
+        Additions **slots = s->patterns[r];
+        if (slots == NULL) continue;
+        for (Py_ssize_t p = 0; p < ((Py_ssize_t)1 << s->n_internal[r]); p++)
+            PyMem_Free(slots[p]);
+        PyMem_Free(slots);
     }
-    PyMem_Free(self->patterns);
-    PyMem_Free(self->n_internal);
-    PyMem_Free(self->scratch);
-    PyMem_Free(self->pattern_of);
-    self->pattern_of = NULL;
-    self->patterns = NULL;
-    self->n_internal = NULL;
-    self->scratch = NULL;
-    self->scratch_len = 0;
+    PyMem_Free(s->patterns);
+    PyMem_Free(s->n_internal);
+    PyMem_Free(s->pattern_of);
+    PyMem_Free(s->scratch);
+    PyMem_Free(s->input_at);
+    PyMem_Free(s->node_count);
+    PyMem_Free(s->leaf_count);
+    PyMem_Free(s->expected);
+    PyMem_Free(s->path);
+    PyMem_Free(s->phi);
+    memset(s, 0, sizeof(*s));
 }
 
 static void forest_dealloc(Forest *self) {
-    free_patterns(self);
+    shap_free(&self->shap);
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaves);
     PyMem_Free(self->roots);
     PyMem_Free(self->cal_x);
     PyMem_Free(self->cal_y);
-    PyMem_Free(self->input_at);
-    PyMem_Free(self->node_count);
-    PyMem_Free(self->leaf_count);
-    PyMem_Free(self->expected);
-    PyMem_Free(self->path);
-    PyMem_Free(self->phi);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -177,12 +176,11 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwds) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaves);
     PyMem_Free(self->roots);
-    free_patterns(self); /* before n_roots changes: it walks the old trees' slots */
+    shap_free(&self->shap); /* no contributions until set_shap() */
     self->n_nodes = n;
     self->n_leaves = PyList_GET_SIZE(leaf_value);
     self->n_roots = PyList_GET_SIZE(roots);
     self->sigmoid = 1.0; /* score(): LightGBM's default sigmoid, no calibration */
-    self->n_inputs = 0;  /* no contributions until set_shap() */
     self->cal_kind = CAL_IDENTITY;
     self->nodes = PyMem_Calloc(n ? n : 1, sizeof(Node));
     self->leaves = PyMem_Calloc(self->n_leaves ? self->n_leaves : 1, sizeof(double));
@@ -467,7 +465,7 @@ static double unwound_path_sum(const PathElement *unique_path, int unique_depth,
 }
 
 static inline double data_count(const Forest *f, int32_t node) {
-    return node >= 0 ? f->node_count[node] : f->leaf_count[~node];
+    return node >= 0 ? f->shap.node_count[node] : f->shap.leaf_count[~node];
 }
 
 /* TreeSHAP of the tree below `node`, its additions to phi appended to rec (*len so far). */
@@ -516,20 +514,25 @@ static int tree_shap(const Forest *f, PyObject **items, Addition *rec, Py_ssize_
                      cold_zero_fraction * incoming_zero_fraction, 0, n->input);
 }
 
+/* vector_items for contributions() and input_key(), which need set_shap() first. */
+static PyObject *shap_items(const Forest *self, PyObject *vector) {
+    if (self->shap.n_inputs == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "set_shap() was not called");
+        return NULL;
+    }
+    return vector_items(self, vector);
+}
+
 /* phi[0 .. n_inputs] = the contributions of `vector` (the bias last); -1 with an exception. */
 static int forest_shap(Forest *self, PyObject *vector) {
-    if (self->n_inputs == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "set_shap() was not called");
-        return -1;
-    }
-    PyObject *seq = vector_items(self, vector);
+    PyObject *seq = shap_items(self, vector);
     if (seq == NULL) return -1;
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    double *phi = self->phi;
-    const Py_ssize_t bias = self->n_inputs;
+    double *phi = self->shap.phi;
+    const Py_ssize_t bias = self->shap.n_inputs;
     const Node *nodes = self->nodes;
-    Additions ***patterns = self->patterns;
-    Py_ssize_t *pattern_of = self->pattern_of;
+    Additions ***patterns = self->shap.patterns;
+    Py_ssize_t *pattern_of = self->shap.pattern_of;
     /* Inside the job the tables are cold (~2 MB for the shipped model, among everything else the
      * keyed thread touches between two events): find every tree's pattern first, then ask for
      * all the slots, then for all the recordings, so their cache misses overlap instead of
@@ -542,7 +545,7 @@ static int forest_shap(Forest *self, PyObject *vector) {
         if (root < 0 || patterns[r] == NULL) continue;
         /* the tree's nodes are root .. root + n_internal - 1 (checked by set_shap) */
         Py_ssize_t pattern = 0;
-        for (int32_t i = 0; i < self->n_internal[r]; i++) {
+        for (int32_t i = 0; i < self->shap.n_internal[r]; i++) {
             int32_t hot;
             if (hot_child(&nodes[root + i], items, &hot) < 0) goto error;
             if (hot != nodes[root + i].left) pattern |= (Py_ssize_t)1 << i;
@@ -558,7 +561,7 @@ static int forest_shap(Forest *self, PyObject *vector) {
     }
     memset(phi, 0, (bias + 1) * sizeof(double));
     for (Py_ssize_t r = 0; r < self->n_roots; r++) {
-        phi[bias] += self->expected[r];
+        phi[bias] += self->shap.expected[r];
         const int32_t root = self->roots[r];
         if (root < 0) continue;
         Additions **slots = patterns[r];
@@ -571,9 +574,10 @@ static int forest_shap(Forest *self, PyObject *vector) {
             }
         }
         Py_ssize_t n = 0;
-        if (tree_shap(self, items, self->scratch, &n, root, 0, self->path, 1, 1, -1) < 0)
+        if (tree_shap(self, items, self->shap.scratch, &n, root, 0, self->shap.path, 1, 1, -1) < 0)
             goto error;
-        for (Py_ssize_t j = 0; j < n; j++) phi[self->scratch[j].input] += self->scratch[j].delta;
+        const Addition *scratch = self->shap.scratch;
+        for (Py_ssize_t j = 0; j < n; j++) phi[scratch[j].input] += scratch[j].delta;
         if (slots != NULL) {
             Additions *rec = PyMem_Malloc(sizeof(Additions) + n * sizeof(Addition));
             if (rec == NULL) {
@@ -581,7 +585,7 @@ static int forest_shap(Forest *self, PyObject *vector) {
                 goto error;
             }
             rec->n = n;
-            memcpy(rec->items, self->scratch, n * sizeof(Addition));
+            memcpy(rec->items, self->shap.scratch, n * sizeof(Addition));
             slots[pattern_of[r]] = rec;
         }
     }
@@ -594,10 +598,10 @@ error:
 
 static PyObject *forest_contributions(Forest *self, PyObject *vector) {
     if (forest_shap(self, vector) < 0) return NULL;
-    PyObject *out = PyList_New(self->n_inputs + 1);
+    PyObject *out = PyList_New(self->shap.n_inputs + 1);
     if (out == NULL) return NULL;
-    for (Py_ssize_t i = 0; i <= self->n_inputs; i++) {
-        PyObject *v = PyFloat_FromDouble(self->phi[i]);
+    for (Py_ssize_t i = 0; i <= self->shap.n_inputs; i++) {
+        PyObject *v = PyFloat_FromDouble(self->shap.phi[i]);
         if (v == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -619,8 +623,8 @@ static PyObject *forest_reasons(Forest *self, PyObject *args) {
         return NULL;
     }
     if (forest_shap(self, vector) < 0) return NULL;
-    const double *phi = self->phi;
-    const Py_ssize_t n = self->n_inputs;
+    const double *phi = self->shap.phi;
+    const Py_ssize_t n = self->shap.n_inputs;
     Py_ssize_t top[16];
     int m = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -690,114 +694,86 @@ static PyObject *forest_set_shap(Forest *self, PyObject *args) {
         check_list(leaf_count, "leaf_count", self->n_leaves) < 0 ||
         check_list(expected, "expected", self->n_roots) < 0)
         return NULL;
-    int32_t *at = PyMem_Calloc(n_inputs, sizeof(int32_t));
-    if (at == NULL) return PyErr_NoMemory();
-    if (read_ints(input_at, n_inputs, at, sizeof(int32_t)) < 0 ||
-        read_ints(inputs, self->n_nodes, &self->nodes[0].input, sizeof(Node)) < 0) {
-        PyMem_Free(at);
-        return NULL;
-    }
+    Shap shap = {.n_inputs = n_inputs, .n_trees = self->n_roots};
+    const size_t trees = self->n_roots ? (size_t)self->n_roots : 1;
+    int depth = 0;               /* the deepest leaf of any tree */
+    Py_ssize_t scratch_len = 1;  /* the most additions one tree's TreeSHAP makes */
+    shap.input_at = PyMem_Calloc(n_inputs, sizeof(int32_t));
+    if (shap.input_at == NULL) return PyErr_NoMemory();
+    const int32_t *at = shap.input_at;
+    if (read_ints(input_at, n_inputs, shap.input_at, sizeof(int32_t)) < 0 ||
+        read_ints(inputs, self->n_nodes, &self->nodes[0].input, sizeof(Node)) < 0)
+        goto error;
     for (Py_ssize_t i = 0; i < self->n_nodes; i++) {
         int32_t input = self->nodes[i].input;
         if (input < 0 || input >= n_inputs || at[input] != self->nodes[i].feature) {
             PyErr_Format(PyExc_ValueError, "node %zd: input %d does not read vector item %d", i,
                          (int)input, (int)self->nodes[i].feature);
-            PyMem_Free(at);
-            return NULL;
+            goto error;
         }
     }
-    int depth = 0;
     for (Py_ssize_t r = 0; r < self->n_roots; r++) {
         int d = subtree_depth(self, self->roots[r], (int)(self->n_nodes + 1));
         if (d < 0) {
             PyErr_SetString(PyExc_ValueError, "a tree's nodes form a cycle");
-            PyMem_Free(at);
-            return NULL;
+            goto error;
         }
         if (d > depth) depth = d;
     }
     /* Per tree: its internal nodes (for the pattern table when they are few and numbered
      * root .. root + n - 1) and the most additions its TreeSHAP can make (a leaf adds at most
      * one per split above it). */
-    int32_t *n_internal = PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(int32_t));
-    Additions ***patterns = PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(Additions **));
-    Py_ssize_t scratch_len = 1;
-    int failed = n_internal == NULL || patterns == NULL;
-    for (Py_ssize_t r = 0; r < self->n_roots && !failed; r++) {
+    shap.n_internal = PyMem_Calloc(trees, sizeof(int32_t));
+    shap.patterns = PyMem_Calloc(trees, sizeof(Additions **));
+    shap.pattern_of = PyMem_Calloc(trees, sizeof(Py_ssize_t));
+    if (shap.n_internal == NULL || shap.patterns == NULL || shap.pattern_of == NULL)
+        goto no_memory;
+    for (Py_ssize_t r = 0; r < self->n_roots; r++) {
         int32_t root = self->roots[r], lo = INT32_MAX, hi = -1;
         Py_ssize_t count = 0;
         subtree_nodes(self, root, &count, &lo, &hi);
         if ((count + 1) * (depth + 1) > scratch_len) scratch_len = (count + 1) * (depth + 1);
-        n_internal[r] = (int32_t)count;
+        shap.n_internal[r] = (int32_t)count;
         if (count >= 1 && count <= PATTERN_MAX_NODES && lo == root && hi == root + count - 1) {
-            patterns[r] = PyMem_Calloc((size_t)1 << count, sizeof(Additions *));
-            failed = patterns[r] == NULL;
+            shap.patterns[r] = PyMem_Calloc((size_t)1 << count, sizeof(Additions *));
+            if (shap.patterns[r] == NULL) goto no_memory;
         }
     }
-    Py_ssize_t *pattern_of =
-        failed ? NULL : PyMem_Calloc(self->n_roots ? self->n_roots : 1, sizeof(Py_ssize_t));
-    Addition *scratch = pattern_of ? PyMem_Malloc(scratch_len * sizeof(Addition)) : NULL;
-    double *nc = scratch ? read_doubles(node_count, self->n_nodes) : NULL;
-    double *lc = nc ? read_doubles(leaf_count, self->n_leaves) : NULL;
-    double *ev = lc ? read_doubles(expected, self->n_roots) : NULL;
+    shap.scratch = PyMem_Malloc(scratch_len * sizeof(Addition));
+    if (shap.scratch == NULL) goto no_memory;
+    if ((shap.node_count = read_doubles(node_count, self->n_nodes)) == NULL ||
+        (shap.leaf_count = read_doubles(leaf_count, self->n_leaves)) == NULL ||
+        (shap.expected = read_doubles(expected, self->n_roots)) == NULL)
+        goto error;
     /* LightGBM's unique_path_data: (max_depth + 1) * (max_depth + 2) / 2 elements. */
-    Py_ssize_t path_len = (Py_ssize_t)(depth + 1) * (depth + 2) / 2;
-    PathElement *path = ev ? PyMem_Calloc(path_len, sizeof(PathElement)) : NULL;
-    double *phi = path ? PyMem_Calloc(n_inputs + 1, sizeof(double)) : NULL;
-    if (phi == NULL) {
-        if (!PyErr_Occurred()) PyErr_NoMemory();
-        PyMem_Free(at);
-        PyMem_Free(nc);
-        PyMem_Free(lc);
-        PyMem_Free(ev);
-        PyMem_Free(path);
-        PyMem_Free(scratch);
-        PyMem_Free(pattern_of);
-        for (Py_ssize_t r = 0; patterns != NULL && r < self->n_roots; r++) PyMem_Free(patterns[r]);
-        PyMem_Free(patterns);
-        PyMem_Free(n_internal);
-        return NULL;
-    }
-    free_patterns(self);
-    self->patterns = patterns;
-    self->n_internal = n_internal;
-    self->scratch = scratch;
-    self->scratch_len = scratch_len;
-    self->pattern_of = pattern_of;
-    PyMem_Free(self->input_at);
-    PyMem_Free(self->node_count);
-    PyMem_Free(self->leaf_count);
-    PyMem_Free(self->expected);
-    PyMem_Free(self->path);
-    PyMem_Free(self->phi);
-    self->input_at = at;
-    self->node_count = nc;
-    self->leaf_count = lc;
-    self->expected = ev;
-    self->path = path;
-    self->phi = phi;
-    self->n_inputs = n_inputs;
+    shap.path = PyMem_Calloc((size_t)(depth + 1) * (depth + 2) / 2, sizeof(PathElement));
+    shap.phi = PyMem_Calloc(n_inputs + 1, sizeof(double));
+    if (shap.path == NULL || shap.phi == NULL) goto no_memory;
+    shap_free(&self->shap);
+    self->shap = shap;
     Py_RETURN_NONE;
+no_memory:
+    PyErr_NoMemory();
+error:
+    shap_free(&shap);
+    return NULL;
 }
 
 /* input_key(vector) -> bytes: the model's inputs as the doubles LightGBM reads, in input order
  * (what udfs.scoring's memo of explanations is keyed by). */
 static PyObject *forest_input_key(Forest *self, PyObject *vector) {
-    if (self->n_inputs == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "set_shap() was not called");
-        return NULL;
-    }
-    PyObject *seq = vector_items(self, vector);
+    PyObject *seq = shap_items(self, vector);
     if (seq == NULL) return NULL;
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, self->n_inputs * (Py_ssize_t)sizeof(double));
+    const Py_ssize_t n = self->shap.n_inputs;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
     if (out == NULL) {
         Py_DECREF(seq);
         return NULL;
     }
     double *values = (double *)PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < self->n_inputs; i++) {
-        PyObject *item = items[self->input_at[i]];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[self->shap.input_at[i]];
         double x = PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
         if (x == -1.0 && PyErr_Occurred()) {
             Py_DECREF(out);
