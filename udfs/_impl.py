@@ -35,6 +35,7 @@ C_EXTENSIONS: dict[str, str] = {
     "udfs._treewalk": "udfs/_treewalk.c",
     "udfs._statecodec": "udfs/_statecodec.c",
     "udfs._eventdecode": "udfs/_eventdecode.c",
+    "udfs._features": "udfs/_features.c",
 }
 # Modules the compiled code depends on without being compiled (mypyc inlines their Final constants).
 DEPENDS: tuple[str, ...] = ("udfs.params",)

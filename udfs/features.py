@@ -12,12 +12,15 @@ missing.
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from udfs._impl import selected
 from udfs.events import EVENT_TYPES
-from udfs.params import DAY_MS, RING_DAY, RING_MID, RING_SHORT, ProfileParams
+from udfs.params import DAY_MS, HOUR_MS, RING_DAY, RING_MID, RING_SHORT, ProfileParams
 from udfs.profile import DECAY_HALF_LIVES_MS, DECAY_TYPES, N_TYPES, Inactivity, Profile
 from udfs.sketches import Preferences, window_counts
 
@@ -137,10 +140,39 @@ def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> di
     return features_and_vector(profile, now_ms, params)[0]
 
 
+def _native_features() -> Callable[..., object] | None:
+    """udfs._features.features_and_vector, configured for FEATURE_NAMES, when the native build
+    is selected and has it, else None."""
+    if selected.get("mode") != "native":
+        return None
+    try:
+        module = importlib.import_module("udfs._features")
+    except ImportError:
+        return None
+    # The C code uses these constants as udfs.params defines them today.
+    assert DECAY_HALF_LIVES_MS == (HOUR_MS, DAY_MS, 7 * DAY_MS) and HOUR_MS == 3_600_000
+    module.configure(FEATURE_NAMES, RING_SHORT, RING_MID, RING_DAY, DAY_MS, HOUR_MS)
+    compute: Callable[..., object] = module.features_and_vector
+    return compute
+
+
 def features_and_vector(
     profile: Profile, now_ms: int, params: ProfileParams
 ) -> tuple[dict[str, Any], tuple[Any, ...]]:
     """`compute_features` and the model input (`feature_vector` of it), computed together."""
+    compute = _NATIVE_FEATURES
+    if compute is not None:
+        out = compute(profile, now_ms, params.top_k, params.activity_half_life_ms)
+        if isinstance(out, tuple):
+            return out
+    return features_and_vector_py(profile, now_ms, params)
+
+
+def features_and_vector_py(
+    profile: Profile, now_ms: int, params: ProfileParams
+) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """`features_and_vector` in Python: the reference udfs/_features.c is checked against, and
+    the path for what it does not cover."""
     short = window_counts(profile.ring_short, now_ms, RING_SHORT, N_TYPES)
     mid = window_counts(profile.ring_mid, now_ms, RING_MID, N_TYPES)
     week, month, buy_day_rate = _week_and_month(profile.ring_day, now_ms)
@@ -318,6 +350,9 @@ def features_and_vector(
 
 
 _MODEL_INPUTS = itemgetter(*FEATURE_NAMES)
+# The features in C (udfs/_features.c): the same dict and vector as `features_and_vector_py`;
+# NotImplemented for a profile it does not cover.
+_NATIVE_FEATURES = _native_features()
 
 
 def feature_vector(features: dict[str, Any]) -> tuple[float, ...]:
