@@ -681,6 +681,13 @@ def main(argv: list[str] | None = None) -> None:
             out["cluster_us_standalone"] = cluster_standalone(DEFAULT_SEGMENTS_DIR, vectors)
             del vectors
         if floors and jobs:
+            for name, runs in (("floor", floors), ("job", jobs)):
+                for k, r in enumerate(runs):
+                    if not r["events_per_s"]:
+                        raise SystemExit(
+                            f"{name} run {k + 1}: no steady rate ({r['samples']} REST samples in "
+                            f"{r['wall_s']:.1f} s): rerun with more events (--events)"
+                        )
             ratios = [
                 j["events_per_s"] / f["events_per_s"] for f, j in zip(floors, jobs, strict=True)
             ]

@@ -123,7 +123,10 @@ class Sampler:
 
 
 def steady_rate(samples: list[tuple[float, int]], total: int) -> tuple[float, float]:
-    """(events/s between 10 % and 90 % of `total`, seconds that took), interpolated."""
+    """(events/s between 10 % and 90 % of `total`, seconds that took), interpolated. A run too
+    short for the sampling (the first sample after the job was found is already past 10 %, as
+    in a floor run of ~3 s on a fast machine) falls back to the first and last samples inside
+    the run (0 < count < total); (0.0, 0.0) when there are fewer than two of those."""
 
     def when(target: float) -> float | None:
         for (t0, n0), (t1, n1) in itertools.pairwise(samples):
@@ -132,9 +135,14 @@ def steady_rate(samples: list[tuple[float, int]], total: int) -> tuple[float, fl
         return None
 
     lo, hi = when(0.1 * total), when(0.9 * total)
-    if lo is None or hi is None or hi <= lo:
-        return 0.0, 0.0
-    return 0.8 * total / (hi - lo), hi - lo
+    if lo is not None and hi is not None and hi > lo:
+        return 0.8 * total / (hi - lo), hi - lo
+    inside = [(t, n) for t, n in samples if 0 < n < total]
+    if len(inside) >= 2:
+        (t0, n0), (t1, n1) = inside[0], inside[-1]
+        if t1 > t0 and n1 > n0:
+            return (n1 - n0) / (t1 - t0), t1 - t0
+    return 0.0, 0.0
 
 
 # Thread name prefixes (Linux keeps 15 characters) -> what runs there.
@@ -218,7 +226,7 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         rest_port=spec["rest_port"],
         flink_settings=(
             # The REST API caches metrics for 10 s by default: sample them fresh.
-            ("metrics.fetcher.update-interval", "500"),
+            ("metrics.fetcher.update-interval", "250"),
             *((k, str(v)) for k, v in spec.get("flink_settings", {}).items()),
         ),
         **spec.get("config", {}),
@@ -326,7 +334,7 @@ def _run_stage(variant: str, config: JobConfig, java: Any, spec: dict[str, Any],
     outcome = client.get_job_execution_result()
     while not outcome.done():
         tick()
-        time.sleep(spec.get("sample_s", 0.5))
+        time.sleep(spec.get("sample_s", 0.25))  # a floor run can take ~3 s on a fast machine
     outcome.result()
     return "FINISHED"
 

@@ -46,6 +46,15 @@ def test_steady_rate_reads_between_ten_and_ninety_percent() -> None:
     assert steady_rate([(0.0, 0), (1.0, 10)], 1000) == (0.0, 0.0)
 
 
+def test_steady_rate_of_a_run_shorter_than_the_sampling() -> None:
+    # The job was found after 1.2 s, with 30 % done; two samples inside the run, then the end.
+    samples = [(1.2, 300), (1.7, 800), (2.2, 1000)]
+    rate, seconds = steady_rate(samples, 1000)
+    assert rate == pytest.approx(1000.0)
+    assert seconds == pytest.approx(0.5)
+    assert steady_rate([(1.2, 300), (2.2, 1000)], 1000) == (0.0, 0.0)
+
+
 def test_cpu_per_event_is_by_thread_group_between_the_bracketing_samples() -> None:
     samples = [(0.0, 0), (1.0, 100), (2.0, 500), (3.0, 900), (4.0, 1000)]
     cpu = [
