@@ -388,7 +388,8 @@ fail:
     return NULL;
 }
 
-/* features._entropy, summing in the slots' dict order. */
+/* features._entropy, summing in the slots' dict order (Python sums `covered` and `acc` in two
+ * loops over the same order; each sum is the same in one). */
 static int entropy(Prefs *p, double *out) {
     double total = p->total;
     if (total <= 0) {
@@ -402,14 +403,8 @@ static int entropy(Prefs *p, double *out) {
         double x;
         int r = double_of(v, &x);
         if (r != OK) return r;
-        covered += x / total;
-    }
-    /* a second pass in the same order: Python sums the shares list after building it */
-    pos = 0;
-    while (PyDict_Next(p->slots, &pos, &k, &v)) {
-        double x = 0.0, share;
-        double_of(v, &x); /* checked in the first pass */
-        share = x / total;
+        double share = x / total;
+        covered += share;
         if (share > 0) acc += share * log2(share);
     }
     double rest = 1.0 - covered;
@@ -620,10 +615,6 @@ static PyObject *features_and_vector(PyObject *module, PyObject *const *args, Py
     /* tenure, rates */
     int64_t retired;
     TRY(int_of(a[A_RETIRED_ACTIVE_DAYS], &retired));
-    if (!PyDict_CheckExact(a[A_RING_DAY])) {
-        r = UNSUPPORTED;
-        goto end;
-    }
     int64_t active_days = retired + PyDict_GET_SIZE(a[A_RING_DAY]);
     if (active_days > EXACT_LIMIT || now - first > EXACT_LIMIT || now - first < -EXACT_LIMIT) {
         r = UNSUPPORTED;

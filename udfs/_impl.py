@@ -5,6 +5,7 @@ Python sources. Runs from udfs/__init__.py before any of those modules is import
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -55,6 +56,17 @@ def source_digests() -> dict[str, str]:
     digests = {m: _sha256(source(m)) for m in (*COMPILED, *DEPENDS)}
     digests.update({path: _sha256(ROOT / path) for path in C_EXTENSIONS.values()})
     return digests
+
+
+def native_module(name: str) -> ModuleType | None:
+    """The hand-written C module `name` (one of `C_EXTENSIONS`) when the native build is
+    selected and has it, else None: the caller then takes its Python path."""
+    if selected.get("mode") != "native":
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def _sha256(path: Path) -> str:

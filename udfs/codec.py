@@ -9,7 +9,6 @@ struct layout), which is upgraded. A new layout gets a new version byte.
 
 from __future__ import annotations
 
-import importlib
 import math
 import struct
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from udfs._impl import selected
+from udfs._impl import native_module
 from udfs.fold import add_distinct
 from udfs.params import RING_DAY, RING_MID, RING_SHORT
 from udfs.profile import N_TYPES, Profile
@@ -88,12 +87,10 @@ def _ids_in(data: bytes) -> list[int]:
 
 def _native_encoder() -> Callable[..., object] | None:
     """udfs._statecodec.encode_v3 when the native build is selected and has it, else None."""
-    if selected.get("mode") != "native":
+    module = native_module("udfs._statecodec")
+    if module is None:
         return None
-    try:
-        encoder: Callable[..., object] = importlib.import_module("udfs._statecodec").encode_v3
-    except ImportError:
-        return None
+    encoder: Callable[..., object] = module.encode_v3
     return encoder
 
 

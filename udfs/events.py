@@ -9,7 +9,6 @@ The rules are documented for producer teams in docs/event-contract.md.
 from __future__ import annotations
 
 import enum
-import importlib
 import math
 import re
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet  # type: ignore[import-not-found]
 
 from schemas.profilestream.events.v1 import user_event_pb2 as pb
-from udfs._impl import selected
+from udfs._impl import native_module
 
 # Event types, mirrored from the contract as plain ints for the hot path.
 VIEW = pb.EVENT_TYPE_VIEW
@@ -208,11 +207,8 @@ _LIMITS = {
 def _fast_decoder() -> Callable[[bytes, int, type], object] | None:
     """udfs._eventdecode.decode when the native build is selected and has it (and it was built
     with this module's contract limits), else None."""
-    if selected.get("mode") != "native":
-        return None
-    try:
-        module = importlib.import_module("udfs._eventdecode")
-    except ImportError:
+    module = native_module("udfs._eventdecode")
+    if module is None:
         return None
     if any(getattr(module, name, None) != value for name, value in _LIMITS.items()):
         return None  # limits changed here but not in udfs/_eventdecode.c: never guess

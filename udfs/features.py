@@ -12,13 +12,12 @@ missing.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from udfs._impl import selected
+from udfs._impl import native_module
 from udfs.events import EVENT_TYPES
 from udfs.params import DAY_MS, HOUR_MS, RING_DAY, RING_MID, RING_SHORT, ProfileParams
 from udfs.profile import DECAY_HALF_LIVES_MS, DECAY_TYPES, N_TYPES, Inactivity, Profile
@@ -143,11 +142,8 @@ def compute_features(profile: Profile, now_ms: int, params: ProfileParams) -> di
 def _native_features() -> Callable[..., object] | None:
     """udfs._features.features_and_vector, configured for FEATURE_NAMES, when the native build
     is selected and has it, else None."""
-    if selected.get("mode") != "native":
-        return None
-    try:
-        module = importlib.import_module("udfs._features")
-    except ImportError:
+    module = native_module("udfs._features")
+    if module is None:
         return None
     # The C code uses these constants as udfs.params defines them today.
     assert DECAY_HALF_LIVES_MS == (HOUR_MS, DAY_MS, 7 * DAY_MS) and HOUR_MS == 3_600_000

@@ -27,12 +27,11 @@ evaluator against LightGBM on probe rows at every node's threshold before using 
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from udfs._impl import selected
+from udfs._impl import native_module
 from udfs.calibration import Calibration
 
 K_ZERO_THRESHOLD: Final = 1.0000000180025095e-35  # LightGBM's kZeroThreshold (1e-35f) as double
@@ -65,12 +64,8 @@ def _fields(text: str) -> dict[str, str]:
 
 def _forest_class() -> Any:
     """udfs._treewalk.Forest when the native build is selected and has it, else None."""
-    if selected.get("mode") != "native":
-        return None
-    try:
-        return importlib.import_module("udfs._treewalk").Forest
-    except ImportError:
-        return None
+    module = native_module("udfs._treewalk")
+    return module.Forest if module is not None else None
 
 
 class Node:
