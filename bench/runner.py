@@ -217,7 +217,6 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         job_name=f"bench-{variant}",
         state_dir=Path(spec["state_dir"]),
         parallelism=spec.get("parallelism", 1),
-        checkpoint_interval_ms=spec.get("checkpoint_interval_ms", DEFAULT_CHECKPOINT_INTERVAL_MS),
         stopping_offsets=(
             {int(p): o for p, o in spec["stopping_offsets"].items()}
             if spec.get("stopping_offsets") is not None
@@ -229,7 +228,12 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
             ("metrics.fetcher.update-interval", "250"),
             *((k, str(v)) for k, v in spec.get("flink_settings", {}).items()),
         ),
-        **spec.get("config", {}),
+        **{
+            "checkpoint_interval_ms": spec.get(
+                "checkpoint_interval_ms", DEFAULT_CHECKPOINT_INTERVAL_MS
+            ),
+            **spec.get("config", {}),  # --job-setting, the checkpoint interval included
+        },
     )
     total = int(spec["events"])
     java = find_java()

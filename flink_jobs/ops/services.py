@@ -44,9 +44,17 @@ class EmbeddedPostgres:
 
     SYSTEM_USER = "embedded_postgres"  # the server refuses to run as root
 
-    def __init__(self, data_dir: Path, database: str = "profilestream") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        database: str = "profilestream",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.database = database
+        # Server settings (`-c name=value`) for a server this object starts; a running server
+        # keeps its own.
+        self.settings = dict(settings or {})
         self.port_file = self.data_dir.parent / f"{self.data_dir.name}.port"
 
     @property
@@ -133,6 +141,8 @@ class EmbeddedPostgres:
             port = self.port if self.port is not None and not port_open(self.port) else free_port()
             self.port_file.write_text(str(port))
             options = f"-h {LOOPBACK} -p {port} -k '' -c fsync=off -c max_connections=50"
+            for name, value in self.settings.items():
+                options += f" -c {name}={value}"
             self._run(
                 [
                     str(self._bin / "pg_ctl"),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 from flink_jobs.io import db
+from flink_jobs.ops.services import EmbeddedPostgres
 from tests.support.db import UPSERT, profile_row, query, row_with
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_row
 
@@ -198,3 +201,26 @@ def test_bi_reader_reads_and_writes_nothing(pg_dsn: str) -> None:
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(statement)
     conn.close()
+
+
+def test_an_embedded_server_takes_server_settings() -> None:
+    """The bench's freshness part reads when rows became visible from commit timestamps, which
+    need `track_commit_timestamp` from the server's start."""
+    home = Path(tempfile.mkdtemp(prefix="profilestream-test-pg-"))
+    server = EmbeddedPostgres(home / "data", settings={"track_commit_timestamp": "on"})
+    try:
+        conn = db.connect(server.start())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW track_commit_timestamp")
+                assert cur.fetchone() == ("on",)
+                cur.execute("CREATE TABLE t (x int)")
+                cur.execute("INSERT INTO t VALUES (1)")
+                cur.execute("SELECT clock_timestamp() - pg_xact_commit_timestamp(xmin) FROM t")
+                (age,) = cur.fetchone()
+                assert timedelta(0) <= age < timedelta(minutes=1)
+        finally:
+            conn.close()
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)

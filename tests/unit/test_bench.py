@@ -34,6 +34,7 @@ def test_by_window_is_the_median_per_window_in_send_order() -> None:
     timeline = [(1000.0 + t, 100.0) for t in range(0, 2000, 100)]
     timeline += [(3000.0 + t, 900.0 + t) for t in range(0, 1000, 100)]
     assert by_window(timeline, 1000) == [100, 100, 1350]
+    assert by_window(timeline, 1000, max) == [100, 100, 1800]
     assert by_window([], 1000) == []
 
 
