@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 
 from bench.e2e import by_window, job_settings, postgres_cpu_seconds
+from bench.pg_upsert import BATCH, batches
 from bench.runner import cpu_per_event, steady_rate
 
 
@@ -80,3 +81,13 @@ def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> No
     while time.process_time() < deadline:
         pass
     assert postgres_cpu_seconds(pg) >= before + 0.04
+
+
+def test_pg_upsert_batches_keep_the_last_row_per_user_of_each_batch() -> None:
+    rows = [(f"u{i % 3}", i) for i in range(BATCH + 4)]
+    first, second = batches(rows)
+    # The sink's flush keeps each key's last row: three users in the first batch, in the order
+    # their first row came, each with its last value before the batch ends.
+    assert first == [("u0", BATCH - 1), ("u1", BATCH - 3), ("u2", BATCH - 2)]
+    assert second == [("u1", BATCH + 3), ("u2", BATCH + 1), ("u0", BATCH + 2)]
+    assert batches([]) == []
