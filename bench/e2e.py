@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
@@ -63,7 +62,7 @@ from udfs.events import VIEW as EVENT_VIEW
 from udfs.events import decode_event, make_message
 from udfs.host import MemoryHost, tune_gc
 from udfs.params import ProfileParams
-from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, ensure_key_file, load_key
+from udfs.pseudonym import Pseudonymiser, ensure_key_file, load_key
 from udfs.scoring import Scorer
 from udfs.sources import SyntheticSpec, synthetic_events
 
@@ -81,10 +80,11 @@ def say(text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The plain-Python ceiling
 # ---------------------------------------------------------------------------------------------
-def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> dict[str, float]:
-    """The job's per-event work without Flink: decode, then the job's engine with its
-    write-through cache, a dict for state and a table for timers (`udfs.host.MemoryHost`):
-    the same features, segments, clusters, scoring, rows and state bytes."""
+def plain_host(model_dir: Path, params: ProfileParams) -> tuple[Scorer, MemoryHost]:
+    """The job's engine without Flink, as the job's operator builds it (the model, the
+    pseudonym key from the environment, the default segmentation), with its write-through cache,
+    a dict for state and a table for timers (`udfs.host.MemoryHost`); the caller closes the
+    scorer."""
     scorer = Scorer(model_dir)
     engine = ProfileEngine(
         params,
@@ -94,7 +94,13 @@ def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> d
         explain=scorer.explain,
         segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
     )
-    host = MemoryHost(engine, ProfileCache())
+    return scorer, MemoryHost(engine, ProfileCache())
+
+
+def plain_python(raws: list[bytes], model_dir: Path, params: ProfileParams) -> dict[str, float]:
+    """The job's per-event work without Flink: decode, then the job's engine (`plain_host`):
+    the same features, segments, clusters, scoring, rows and state bytes."""
+    scorer, host = plain_host(model_dir, params)
     tune_gc()  # what the job's operator does
     now_ms = int(time.time() * 1000)
     rows = 0
@@ -637,8 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     java = install_java()
     install_connector_jars()
     work = Path(tempfile.mkdtemp(prefix="profilestream-bench-"))
-    if not (os.environ.get(ENV_KEY_FILE) or os.environ.get("PROFILESTREAM_PSEUDONYM_KEY")):
-        ensure_key_file(work / "pseudonym.key")
+    ensure_key_file(work / "pseudonym.key")  # unless a key is configured
     out: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {

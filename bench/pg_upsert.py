@@ -14,7 +14,6 @@ compare the variants with each other, not with the job. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -24,19 +23,14 @@ from typing import Any
 
 from psycopg2.extras import execute_values
 
-from bench.e2e import postgres_cpu_seconds
-from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
+from bench.e2e import plain_host, postgres_cpu_seconds
+from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.io import db
 from flink_jobs.ops.services import EmbeddedPostgres
-from udfs.cache import ProfileCache
-from udfs.clusters import load_segmentation
-from udfs.engine import ProfileEngine
 from udfs.events import decode_event
-from udfs.host import MemoryHost
 from udfs.params import ProfileParams
-from udfs.pseudonym import ENV_KEY_FILE, Pseudonymiser, ensure_key_file, load_key
+from udfs.pseudonym import ensure_key_file
 from udfs.rows import PROFILE_COLUMN_NAMES, PROFILE_COLUMNS
-from udfs.scoring import Scorer
 from udfs.sources import SyntheticSpec, synthetic_events
 
 BATCH = 250
@@ -63,16 +57,7 @@ VARIANTS: dict[str, list[str]] = {
 
 def job_rows(events: int, users: int) -> list[tuple[Any, ...]]:
     """The rows the job writes for the bench's synthetic events, JSON columns as text."""
-    scorer = Scorer(DEFAULT_MODEL_DIR)
-    engine = ProfileEngine(
-        ProfileParams(),
-        scorer.score,
-        scorer.version,
-        Pseudonymiser(load_key()),
-        explain=scorer.explain,
-        segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
-    )
-    host = MemoryHost(engine, ProfileCache())
+    scorer, host = plain_host(DEFAULT_MODEL_DIR, ProfileParams())
     json_columns = [i for i, (_, kind) in enumerate(PROFILE_COLUMNS) if kind == "json"]
     now_ms = int(time.time() * 1000)
     rows: list[tuple[Any, ...]] = []
@@ -135,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="every variant once per round")
     args = parser.parse_args(argv)
     work_dir = Path(tempfile.mkdtemp(prefix="profilestream-pg-upsert-"))
-    if not (os.environ.get(ENV_KEY_FILE) or os.environ.get("PROFILESTREAM_PSEUDONYM_KEY")):
-        ensure_key_file(work_dir / "pseudonym.key")
+    ensure_key_file(work_dir / "pseudonym.key")  # unless a key is configured
     print(f"the job's rows for {args.events:,} synthetic events ...", flush=True)
     work = batches(job_rows(args.events, args.users or max(1, args.events // 4)))
     print(f"{sum(len(b) for b in work):,} rows in {len(work):,} batches", flush=True)
