@@ -277,6 +277,13 @@ def _rate(r: dict[str, Any]) -> str:
         threads += "; other: " + ", ".join(f"{k} {v:.0f}" for v, k in others[:4])
     if r.get("postgres_cpu_us_per_event", 0.0) >= 1:  # the job's runs (the others write nothing)
         threads += f"; postgres {r['postgres_cpu_us_per_event']:.0f} (whole run)"
+    if "wait/keyed" in cpu:  # ready to run, but the cores were busy with other threads
+        threads += f"; keyed waited for a core {cpu['wait/keyed']:.0f}"
+    task = r.get("keyed_task_ms_per_s", {})
+    if task:  # Flink's accounting of the keyed task's time, ms per second
+        threads += "; keyed task ms/s: " + ", ".join(
+            f"{k.removesuffix('TimeMsPerSecond')} {v:.0f}" for k, v in task.items()
+        )
     return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {threads})"
 
 

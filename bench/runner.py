@@ -33,6 +33,8 @@ from flink_jobs.ops.runtime import find_java
 from udfs.params import ProfileParams
 
 KEYED_OPERATOR = "update profile"  # name prefix of the keyed operator's vertex
+# Flink's task time accounting: processing, blocked on full output buffers, waiting for input
+TASK_TIMES = ("busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond")
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Sampler:
     samples: list[tuple[float, int]] = field(default_factory=list)
     cpu: list[dict[str, float]] = field(default_factory=list)  # per sample: thread group -> s
     extra: dict[str, float] = field(default_factory=dict)
+    # per sample: the keyed task's busy / backPressured / idle time in ms per second (subtask 0)
+    task: list[dict[str, float]] = field(default_factory=list)
     _vertex: str | None = None
     _job: str | None = None
     _ids: list[str] | None = None
@@ -82,8 +86,13 @@ class Sampler:
                     self._ids = None
                     return
             got = self._get(base + "?get=" + ",".join(self._ids))
+            times = {
+                m["id"].split(".", 1)[1]: float(m["value"])
+                for m in self._get(base + "?get=" + ",".join(f"0.{t}" for t in TASK_TIMES))
+            }
             self.samples.append((now, sum(int(float(m["value"])) for m in got)))
             self.cpu.append(thread_cpu())
+            self.task.append(times)
         except (OSError, ValueError, KeyError):
             return
 
@@ -155,7 +164,10 @@ THREAD_GROUPS = (
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of the JVM's threads so far, summed by THREAD_GROUPS (the rest: "other", and
-    "other/<thread name>" for each kind of thread in it)."""
+    "other/<thread name>" for each kind of thread in it), and as "wait/<group>" the seconds the
+    named groups' threads were ready to run but waited for a core (the scheduler's run delay,
+    /proc/<pid>/task/<tid>/schedstat): on a 2-core machine, what the other threads and
+    PostgreSQL took from the keyed thread."""
     out: dict[str, float] = {}
     hz = os.sysconf("SC_CLK_TCK")
     for child in psutil.Process().children(recursive=True):
@@ -168,7 +180,8 @@ def thread_cpu() -> dict[str, float]:
             try:
                 name = (task / "comm").read_text().strip()
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                run_delay_ns = int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
             group = next((g for prefix, g in THREAD_GROUPS if name.startswith(prefix)), "other")
             seconds = (int(fields[11]) + int(fields[12])) / hz
@@ -176,6 +189,8 @@ def thread_cpu() -> dict[str, float]:
             if group == "other":  # and by thread name, numbers folded ("C2 CompilerThre#")
                 kind = "other/" + re.sub(r"\d+", "#", name)
                 out[kind] = out.get(kind, 0.0) + seconds
+            else:
+                out["wait/" + group] = out.get("wait/" + group, 0.0) + run_delay_ns / 1e9
     return out
 
 
@@ -193,6 +208,24 @@ def cpu_per_event(
         return {}
     groups = set(cpu[a]) | set(cpu[b])
     return {g: (cpu[b].get(g, 0.0) - cpu[a].get(g, 0.0)) / events * 1e6 for g in sorted(groups)}
+
+
+def task_times(
+    samples: list[tuple[float, int]], task: list[dict[str, float]], total: int
+) -> dict[str, float]:
+    """The keyed task's mean busy / back-pressured / idle ms per second over the samples taken
+    between 10 % and 90 % of the input (Flink's own per-second figures, averaged)."""
+    inside = [
+        task[i]
+        for i, (_, n) in enumerate(samples)
+        if 0.1 * total <= n <= 0.9 * total and i < len(task)
+    ]
+    out: dict[str, float] = {}
+    for name in TASK_TIMES:
+        values = [t[name] for t in inside if name in t]
+        if values:
+            out[name] = sum(values) / len(values)
+    return out
 
 
 def jvm_cpu_seconds() -> float:
@@ -289,6 +322,7 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         "events_per_jvm_cpu_s": total / cpu if cpu else 0.0,
         "samples": len(sampler.samples),
         "cpu_us_per_event": cpu_per_event(sampler.samples, sampler.cpu, total),
+        "keyed_task_ms_per_s": task_times(sampler.samples, sampler.task, total),
     }
     if scoring.get("scoring_samples"):
         out["scoring_us"] = scoring["scoring_sampled_ns"] / scoring["scoring_samples"] / 1000

@@ -211,7 +211,10 @@ class JobConfig:
     # Explicit end of a bounded run: partition -> offset to stop before. None = run forever.
     stopping_offsets: dict[int, int] | None = None
     restore_from: str | None = None  # a retained checkpoint or savepoint path
-    jdbc_flush_rows: int = 500
+    # Rows per JDBC batch. A flush blocks the sink task for the whole statement; with 500-row
+    # batches the Python operator spent ~12 % of its time back-pressured by those pauses, with
+    # 200 ~5 % (docs/performance.md, "JDBC batch size"), at a few µs more PostgreSQL CPU per row.
+    jdbc_flush_rows: int = 200
     # Freshness (docs/performance.md, "Freshness"): a row waits up to this in the sink's buffer,
     # and a record up to buffer_timeout_ms in each network buffer between tasks (Flink's
     # execution.buffer-timeout; its default is 100 ms). Under load buffers fill first.

@@ -13,7 +13,7 @@ import pytest
 
 from bench.e2e import by_window, job_settings, postgres_cpu_seconds
 from bench.pg_upsert import BATCH, batches
-from bench.runner import cpu_per_event, steady_rate
+from bench.runner import cpu_per_event, steady_rate, task_times
 
 
 def test_job_settings_take_numeric_job_config_fields() -> None:
@@ -68,6 +68,24 @@ def test_cpu_per_event_is_by_thread_group_between_the_bracketing_samples() -> No
     ]
     got = cpu_per_event(samples, cpu, 1000)  # samples 1 and 3: 800 events
     assert got == pytest.approx({"keyed": 500.0, "other": 25.0, "other/C# CompilerThre": 25.0})
+
+
+def test_task_times_average_flinks_per_second_figures_inside_the_steady_window() -> None:
+    """Busy / back-pressured / idle ms per second of the keyed task: the mean of the samples
+    taken between 10 % and 90 % of the input; start-up and the tail are left out."""
+    samples = [(0.0, 0), (1.0, 100), (2.0, 500), (3.0, 900), (4.0, 1000)]
+    task = [
+        {"busyTimeMsPerSecond": 0.0, "backPressuredTimeMsPerSecond": 0.0},
+        {"busyTimeMsPerSecond": 900.0, "backPressuredTimeMsPerSecond": 100.0},
+        {"busyTimeMsPerSecond": 800.0, "backPressuredTimeMsPerSecond": 200.0},
+        {"busyTimeMsPerSecond": 700.0, "backPressuredTimeMsPerSecond": 300.0},
+        {"busyTimeMsPerSecond": 0.0, "idleTimeMsPerSecond": 1000.0},
+    ]
+    got = task_times(samples, task, 1000)
+    assert got == pytest.approx(
+        {"busyTimeMsPerSecond": 800.0, "backPressuredTimeMsPerSecond": 200.0}
+    )
+    assert task_times(samples, [], 1000) == {}
 
 
 def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> None:
