@@ -269,22 +269,29 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} ms"
 
 
-def _rate(r: dict[str, Any]) -> str:
-    cpu = r.get("cpu_us_per_event", {})
+def thread_summary(r: dict[str, Any]) -> str:
+    """A run's CPU per event by thread (and PostgreSQL's), and how the keyed task spent its time."""
+    cpu = r.get("cpu_us_per_event") or {}
     threads = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items() if "/" not in k)
     others = sorted(((v, k[6:]) for k, v in cpu.items() if k.startswith("other/")), reverse=True)
     if others:  # the busiest of the "other" threads, by name
         threads += "; other: " + ", ".join(f"{k} {v:.0f}" for v, k in others[:4])
-    if r.get("postgres_cpu_us_per_event", 0.0) >= 1:  # the job's runs (the others write nothing)
+    if (
+        r.get("postgres_cpu_us_per_event") or 0.0
+    ) >= 1:  # the job's runs (the others write nothing)
         threads += f"; postgres {r['postgres_cpu_us_per_event']:.0f} (whole run)"
     if "wait/keyed" in cpu:  # ready to run, but the cores were busy with other threads
         threads += f"; keyed waited for a core {cpu['wait/keyed']:.0f}"
-    task = r.get("keyed_task_ms_per_s", {})
+    task = r.get("keyed_task_ms_per_s") or {}
     if task:  # Flink's accounting of the keyed task's time, ms per second
         threads += "; keyed task ms/s: " + ", ".join(
             f"{k.removesuffix('TimeMsPerSecond')} {v:.0f}" for k, v in task.items()
         )
-    return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {threads})"
+    return threads
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{r['events_per_s']:>9,.0f} events/s   (CPU us/event by thread: {thread_summary(r)})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +517,14 @@ def freshness(
         "broker_leg_p99_ms": pct(0.99, broker_leg) if broker_leg else None,
         "job": {
             k: result.get(k)
-            for k in ("status", "checkpoint", "events_per_s", "cpu_us_per_event", "scoring_us")
+            for k in (
+                "status",
+                "checkpoint",
+                "events_per_s",
+                "cpu_us_per_event",
+                "keyed_task_ms_per_s",
+                "scoring_us",
+            )
         },
     }
 
@@ -776,6 +790,7 @@ def main(argv: list[str] | None = None) -> None:
                 " the broker leg alone:"
                 f" p50 {_ms(fresh['broker_leg_p50_ms'])}, p99 {_ms(fresh['broker_leg_p99_ms'])}"
             )
+            say(f"  the job meanwhile, CPU us/event by thread: {thread_summary(fresh['job'])}")
         if "scale" in parts:
             small, large = args.scale_users
             runs = [

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from bench.e2e import by_window, job_settings, postgres_cpu_seconds
+from bench.e2e import by_window, job_settings, postgres_cpu_seconds, thread_summary
 from bench.pg_upsert import BATCH, batches
 from bench.runner import cpu_per_event, steady_rate, task_times
 
@@ -86,6 +86,20 @@ def test_task_times_average_flinks_per_second_figures_inside_the_steady_window()
         {"busyTimeMsPerSecond": 800.0, "backPressuredTimeMsPerSecond": 200.0}
     )
     assert task_times(samples, [], 1000) == {}
+
+
+def test_the_thread_summary_names_waits_and_task_times_and_tolerates_missing_figures() -> None:
+    run = {
+        "cpu_us_per_event": {"keyed": 150.0, "sink": 12.0, "wait/keyed": 17.0},
+        "postgres_cpu_us_per_event": 80.0,
+        "keyed_task_ms_per_s": {"busyTimeMsPerSecond": 950.0, "backPressuredTimeMsPerSecond": 50.0},
+    }
+    assert thread_summary(run) == (
+        "keyed 150, sink 12; postgres 80 (whole run); keyed waited for a core 17;"
+        " keyed task ms/s: busy 950, backPressured 50"
+    )
+    # a freshness run's job that reported nothing (its figures are None)
+    assert thread_summary({"cpu_us_per_event": None, "keyed_task_ms_per_s": None}) == ""
 
 
 def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> None:
