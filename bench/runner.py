@@ -162,21 +162,28 @@ THREAD_GROUPS = (
 )
 
 
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds of the JVM's threads so far, summed by THREAD_GROUPS (the rest: "other", and
-    "other/<thread name>" for each kind of thread in it), and as "wait/<group>" the seconds the
-    named groups' threads were ready to run but waited for a core (the scheduler's run delay,
-    /proc/<pid>/task/<tid>/schedstat): on a 2-core machine, what the other threads and
-    PostgreSQL took from the keyed thread."""
-    out: dict[str, float] = {}
-    hz = os.sysconf("SC_CLK_TCK")
+def jvm_pids() -> list[int]:
+    """This process's JVM children (the MiniCluster)."""
+    pids = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "java" not in child.name():
-                continue
+            if "java" in child.name():
+                pids.append(child.pid)
         except psutil.Error:
             continue
-        for task in Path(f"/proc/{child.pid}/task").glob("*"):
+    return pids
+
+
+def thread_cpu(pids: list[int] | None = None) -> dict[str, float]:
+    """CPU seconds of the threads of `pids` (default: the JVM's) so far, summed by THREAD_GROUPS
+    (the rest: "other", and "other/<thread name>" for each kind of thread in it), and as
+    "wait/<group>" the seconds the named groups' threads were ready to run but waited for a core
+    (the scheduler's run delay, /proc/<pid>/task/<tid>/schedstat): on a 2-core machine, what the
+    other threads and PostgreSQL took from the keyed thread."""
+    out: dict[str, float] = {}
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid in jvm_pids() if pids is None else pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 name = (task / "comm").read_text().strip()
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
@@ -230,11 +237,10 @@ def task_times(
 
 def jvm_cpu_seconds() -> float:
     total = 0.0
-    for child in psutil.Process().children(recursive=True):
+    for pid in jvm_pids():
         try:
-            if "java" in child.name():
-                t = child.cpu_times()
-                total += t.user + t.system
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
         except psutil.Error:
             continue
     return total

@@ -4,6 +4,7 @@ are computed from must be right before the figures mean anything."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import pytest
 
 from bench.e2e import by_window, job_settings, postgres_cpu_seconds, thread_summary
 from bench.pg_upsert import BATCH, batches
-from bench.runner import cpu_per_event, steady_rate, task_times
+from bench.runner import cpu_per_event, steady_rate, task_times, thread_cpu
 
 
 def test_job_settings_take_numeric_job_config_fields() -> None:
@@ -100,6 +101,34 @@ def test_the_thread_summary_names_waits_and_task_times_and_tolerates_missing_fig
     )
     # a freshness run's job that reported nothing (its figures are None)
     assert thread_summary({"cpu_us_per_event": None, "keyed_task_ms_per_s": None}) == ""
+
+
+def test_thread_cpu_groups_threads_by_name_with_their_wait_for_a_core() -> None:
+    """A thread of this process named like the keyed task (the name Flink gives its thread)
+    counts as "keyed" with its CPU and its run delay; unnamed threads are "other" by name."""
+    ready = threading.Event()
+    done = threading.Event()
+
+    def keyed() -> None:
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text("update profile")
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:  # some CPU to count
+            pass
+        ready.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=keyed)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        got = thread_cpu([os.getpid()])
+    finally:
+        done.set()
+        thread.join()
+    assert got["keyed"] >= 0.04
+    assert got["wait/keyed"] >= 0.0
+    assert "other" in got and any(k.startswith("other/") for k in got)
+    assert "wait/other" not in got
 
 
 def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> None:
