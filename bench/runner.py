@@ -86,15 +86,17 @@ class Sampler:
                     self._ids = None
                     return
             got = self._get(base + "?get=" + ",".join(self._ids))
-            times = {
-                m["id"].split(".", 1)[1]: float(m["value"])
-                for m in self._get(base + "?get=" + ",".join(f"0.{t}" for t in TASK_TIMES))
-            }
             self.samples.append((now, sum(int(float(m["value"])) for m in got)))
             self.cpu.append(thread_cpu())
-            self.task.append(times)
         except (OSError, ValueError, KeyError):
             return
+        times: dict[str, float] = {}  # a missed reading leaves this sample out of the means
+        try:
+            for m in self._get(base + "?get=" + ",".join(f"0.{t}" for t in TASK_TIMES)):
+                times[m["id"].split(".", 1)[1]] = float(m["value"])
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+        self.task.append(times)
 
     def checkpoint_stats(self) -> None:
         """The newest completed checkpoint's full state size and duration (REST)."""
