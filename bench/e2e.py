@@ -57,6 +57,7 @@ from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.cache import ProfileCache
 from udfs.clusters import load_segmentation
 from udfs.codec import encode_profile
+from udfs.consistency import scored_engine
 from udfs.engine import ProfileEngine
 from udfs.events import VIEW as EVENT_VIEW
 from udfs.events import decode_event, make_message
@@ -86,13 +87,8 @@ def plain_host(model_dir: Path, params: ProfileParams) -> tuple[Scorer, MemoryHo
     a dict for state and a table for timers (`udfs.host.MemoryHost`); the caller closes the
     scorer."""
     scorer = Scorer(model_dir)
-    engine = ProfileEngine(
-        params,
-        scorer.score,
-        scorer.version,
-        Pseudonymiser(load_key()),
-        explain=scorer.explain,
-        segmentation=load_segmentation(DEFAULT_SEGMENTS_DIR),
+    engine = scored_engine(
+        scorer, Pseudonymiser(load_key()), params, load_segmentation(DEFAULT_SEGMENTS_DIR)
     )
     return scorer, MemoryHost(engine, ProfileCache())
 

@@ -13,19 +13,44 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
-from udfs.engine import ProfileEngine, StepOutcome
+from udfs.clusters import Segmentation
+from udfs.engine import ProfileEngine, PseudonymFn, StepOutcome
 from udfs.events import InvalidEvent, decode_event
 from udfs.host import MemoryHost, final_watermark
-from udfs.params import HOUR_MS
+from udfs.params import HOUR_MS, ProfileParams
 from udfs.rows import (
     PROFILE_COLUMNS,
     ProfileRow,
     dead_letter_id,
     user_id_field_bytes,
 )
+
+if TYPE_CHECKING:
+    from udfs.scoring import Scorer
+
+
+def scored_engine(
+    scorer: Scorer,
+    pseudonym: PseudonymFn,
+    params: ProfileParams,
+    segmentation: Segmentation | None,
+    version: str | None = None,
+) -> ProfileEngine:
+    """The engine the job's operator builds, without its metrics' timers: `scorer`'s score and
+    explanations, rows naming `version` (default: the scorer's), `pseudonym` for user ids and
+    `segmentation`'s clusters. What a recomputation (and the plain-Python benchmark) runs."""
+    return ProfileEngine(
+        params,
+        scorer.score,
+        scorer.version if version is None else version,
+        pseudonym,
+        explain=scorer.explain,
+        segmentation=segmentation,
+    )
 
 
 @dataclass

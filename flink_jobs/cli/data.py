@@ -22,8 +22,7 @@ from flink_jobs.cli.parser import (
 from flink_jobs.config import Environment, environment, require
 from flink_jobs.io import db, registry
 from udfs.clusters import load_segmentation
-from udfs.consistency import Expected, Mismatch, compare_profiles, recompute
-from udfs.engine import ProfileEngine
+from udfs.consistency import Expected, Mismatch, compare_profiles, recompute, scored_engine
 from udfs.errors import ModelError
 from udfs.events import Reason
 from udfs.params import ProfileParams
@@ -188,14 +187,7 @@ def verify(
     recomputed: dict[str, Expected] = {}
     try:
         for version, scorer in scorers.items():
-            engine = ProfileEngine(
-                params,
-                scorer.score,
-                version,
-                pseudonym,
-                explain=scorer.explain,
-                segmentation=segmentation,
-            )
+            engine = scored_engine(scorer, pseudonym, params, segmentation, version)
             recomputed[version] = recompute(
                 message_bytes(fmt, path, spec=spec),
                 engine,

@@ -19,15 +19,16 @@ import psycopg2
 import pytest
 
 from flink_jobs.cli.data import fetch_profiles
-from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
 from flink_jobs.io.producer import EventPublisher, ensure_topic
 from tests.support import hostile
 from tests.support.cli import cli
 from tests.support.e2e import produce_file, run_bounded
-from tests.support.engines import job_engine
 from udfs import events as ev
-from udfs.consistency import compare_profiles, recompute
+from udfs.clusters import load_segmentation
+from udfs.consistency import compare_profiles, recompute, scored_engine
 from udfs.events import decode_event, make_message
+from udfs.params import ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
 from udfs.rows import dead_letter_id
 from udfs.scoring import Scorer
@@ -104,7 +105,12 @@ def test_hostile_stream(kafka: str, pg_dsn: str, tmp_path: Path) -> None:
     assert all(dead[dead_letter_id(raw)][1] == raw for raw, _ in bad)
 
     # The good users' profiles equal a run without the bad messages.
-    engine = job_engine(Scorer(DEFAULT_MODEL_DIR), Pseudonymiser(load_key()))
+    engine = scored_engine(
+        Scorer(DEFAULT_MODEL_DIR),
+        Pseudonymiser(load_key()),
+        ProfileParams(),
+        load_segmentation(DEFAULT_SEGMENTS_DIR),
+    )
     expected = recompute(valid, engine, now_ms=now_ms, topic=topic)
     assert expected.invalid_messages == 0
     actual = fetch_profiles(pg_dsn)

@@ -35,9 +35,9 @@ from flink_jobs.config import DEFAULT_SEGMENTS_DIR, JobConfig
 from flink_jobs.job.functions import SOURCE_ROW_TYPE, UpdateProfile
 from flink_jobs.job.pipeline import build_pipeline, create_environment
 from flink_jobs.ops.runtime import find_java
-from tests.support.engines import job_engine
 from udfs import events as ev
-from udfs.consistency import Expected, compare_profiles, recompute
+from udfs.clusters import load_segmentation
+from udfs.consistency import Expected, compare_profiles, recompute, scored_engine
 from udfs.events import Reason, make_message
 from udfs.params import DAY_MS, HOUR_MS, ProfileParams
 from udfs.pseudonym import Pseudonymiser, load_key
@@ -300,8 +300,11 @@ def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutp
     print(f"\nin-process pipeline job: {wall_s:.1f} s, JVM start included")
 
     scorer = Scorer(config.model_dir)
-    engine = job_engine(
-        scorer, Pseudonymiser(load_key(key_file)), config.profile, config.segments_dir
+    engine = scored_engine(
+        scorer,
+        Pseudonymiser(load_key(key_file)),
+        config.profile,
+        load_segmentation(config.segments_dir),
     )
     # The job dead-letters a record whose key is not its user_id; the recomputation, which
     # knows no keys, would fold it.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR
-from tests.support.engines import job_engine
 from udfs import events as ev
-from udfs.consistency import Mismatch, compare_profiles, recompute
+from udfs.clusters import load_segmentation
+from udfs.consistency import Mismatch, compare_profiles, recompute, scored_engine
 from udfs.engine import ProfileEngine
 from udfs.events import make_message
-from udfs.params import DAY_MS
+from udfs.params import DAY_MS, ProfileParams
 from udfs.pseudonym import Pseudonymiser
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_id
 from udfs.scoring import Scorer
@@ -28,7 +28,12 @@ def raw(user: str, kind: int = ev.VIEW, t: int = T, eid: str | None = None) -> b
 
 
 def engine() -> ProfileEngine:
-    return job_engine(Scorer(DEFAULT_MODEL_DIR), Pseudonymiser(b"k" * 32))
+    return scored_engine(
+        Scorer(DEFAULT_MODEL_DIR),
+        Pseudonymiser(b"k" * 32),
+        ProfileParams(),
+        load_segmentation(DEFAULT_SEGMENTS_DIR),
+    )
 
 
 def test_recompute_folds_valid_and_keeps_invalid_late_and_duplicate() -> None:
