@@ -272,10 +272,9 @@ def thread_summary(r: dict[str, Any]) -> str:
     others = sorted(((v, k[6:]) for k, v in cpu.items() if k.startswith("other/")), reverse=True)
     if others:  # the busiest of the "other" threads, by name
         threads += "; other: " + ", ".join(f"{k} {v:.0f}" for v, k in others[:4])
-    if (
-        r.get("postgres_cpu_us_per_event") or 0.0
-    ) >= 1:  # the job's runs (the others write nothing)
-        threads += f"; postgres {r['postgres_cpu_us_per_event']:.0f} (whole run)"
+    postgres = r.get("postgres_cpu_us_per_event") or 0.0
+    if postgres >= 1:  # the job's runs (the others write nothing)
+        threads += f"; postgres {postgres:.0f} (whole run)"
     if "wait/keyed" in cpu:  # ready to run, but the cores were busy with other threads
         threads += f"; keyed waited for a core {cpu['wait/keyed']:.0f}"
     task = r.get("keyed_task_ms_per_s") or {}

@@ -35,6 +35,7 @@ from udfs.params import ProfileParams
 KEYED_OPERATOR = "update profile"  # name prefix of the keyed operator's vertex
 # Flink's task time accounting: processing, blocked on full output buffers, waiting for input
 TASK_TIMES = ("busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond")
+TASK_IDS = tuple(f"0.{t}" for t in TASK_TIMES)  # subtask 0's
 
 
 @dataclass
@@ -85,18 +86,17 @@ class Sampler:
                 if not self._ids:
                     self._ids = None
                     return
-            got = self._get(base + "?get=" + ",".join(self._ids))
-            self.samples.append((now, sum(int(float(m["value"])) for m in got)))
+            # One request for the counters and the task times (a metric not yet registered is
+            # left out of the answer: that sample then has no task times).
+            got = self._get(base + "?get=" + ",".join([*self._ids, *TASK_IDS]))
+            counters = set(self._ids)
+            records = sum(int(float(m["value"])) for m in got if m["id"] in counters)
+            times = {m["id"][2:]: float(m["value"]) for m in got if m["id"] in TASK_IDS}
+            self.samples.append((now, records))
             self.cpu.append(thread_cpu())
+            self.task.append(times)
         except (OSError, ValueError, KeyError):
             return
-        times: dict[str, float] = {}  # a missed reading leaves this sample out of the means
-        try:
-            for m in self._get(base + "?get=" + ",".join(f"0.{t}" for t in TASK_TIMES)):
-                times[m["id"].split(".", 1)[1]] = float(m["value"])
-        except (OSError, ValueError, KeyError, IndexError):
-            pass
-        self.task.append(times)
 
     def checkpoint_stats(self) -> None:
         """The newest completed checkpoint's full state size and duration (REST)."""
@@ -203,12 +203,17 @@ def thread_cpu(pids: list[int] | None = None) -> dict[str, float]:
     return out
 
 
+def steady(samples: list[tuple[float, int]], total: int) -> list[int]:
+    """The indices of the samples taken between 10 % and 90 % of the input."""
+    return [i for i, (_, n) in enumerate(samples) if 0.1 * total <= n <= 0.9 * total]
+
+
 def cpu_per_event(
     samples: list[tuple[float, int]], cpu: list[dict[str, float]], total: int
 ) -> dict[str, float]:
     """Microseconds of CPU per event by thread group, between the samples that bracket 10 % and
     90 % of the input."""
-    inside = [i for i, (_, n) in enumerate(samples) if 0.1 * total <= n <= 0.9 * total]
+    inside = steady(samples, total)
     if len(inside) < 2:
         return {}
     a, b = inside[0], inside[-1]
@@ -224,11 +229,7 @@ def task_times(
 ) -> dict[str, float]:
     """The keyed task's mean busy / back-pressured / idle ms per second over the samples taken
     between 10 % and 90 % of the input (Flink's own per-second figures, averaged)."""
-    inside = [
-        task[i]
-        for i, (_, n) in enumerate(samples)
-        if 0.1 * total <= n <= 0.9 * total and i < len(task)
-    ]
+    inside = [task[i] for i in steady(samples, total) if i < len(task)]
     out: dict[str, float] = {}
     for name in TASK_TIMES:
         values = [t[name] for t in inside if name in t]
