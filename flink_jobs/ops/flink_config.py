@@ -53,6 +53,10 @@ def _state(tmp: PurePosixPath | Path, checkpoints: str, restart_attempts: int) -
     return {
         "state.backend.type": "rocksdb",
         "state.backend.rocksdb.localdir": str(tmp / "rocksdb"),
+        # A user's first event (and every read after the profile cache evicted it) asks RocksDB
+        # for its state; without a filter a key that is not there is searched for in every
+        # file's index and data blocks (docs/performance.md, "Bloom filters").
+        "state.backend.rocksdb.use-bloom-filter": "true",
         "io.tmp.dirs": str(tmp),
         "execution.checkpointing.dir": checkpoints,
         "restart-strategy.type": "fixed-delay",

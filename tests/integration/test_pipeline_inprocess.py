@@ -237,6 +237,7 @@ class JobOutput:
     dead_letters: list[Row]
     expected: Expected  # the offline recomputation
     wall_s: float
+    rocksdb_log_dir: Path  # RocksDB's LOG files of the run
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +318,8 @@ def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutp
         watermark_tolerance_ms=0,  # one partition, parallelism 1: the final watermark is exact
     )
     scorer.close()
-    return JobOutput(collected["profiles"], collected["dead_letters"], expected, wall_s)
+    rocksdb_logs = tmp / "tmp" / "rocksdb-logs"  # flink_jobs.ops.flink_config
+    return JobOutput(collected["profiles"], collected["dead_letters"], expected, wall_s, rocksdb_logs)
 
 
 def rows_of(out: JobOutput, user: str) -> list[Row]:
@@ -357,6 +359,21 @@ def test_outputs_have_the_sink_columns_and_row_kinds(output: JobOutput) -> None:
     deleted = [r[COL["user_id"]] for r in output.profiles if r.get_row_kind() == RowKind.DELETE]
     assert deleted == ["erased"]
     assert {r.get_row_kind() for r in output.dead_letters} == {RowKind.INSERT}
+
+
+def test_rocksdb_uses_bloom_filters(output: JobOutput) -> None:
+    """The keyed state's column families have a Bloom filter (flink_jobs.ops.flink_config: a
+    key with no state is then not searched for in each file's blocks), as RocksDB's own LOG of
+    the keyed operator reports its table options."""
+    logs = list(output.rocksdb_log_dir.glob("*KeyedProcessOperator*LOG"))
+    assert logs, f"no RocksDB LOG of the keyed operator in {output.rocksdb_log_dir}"
+    policies = [
+        line.split(":", 1)[1].strip()
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if line.strip().startswith("filter_policy:")
+    ]
+    assert policies and set(policies) == {"bloomfilter"}, policies
 
 
 def test_final_profiles_equal_the_offline_recomputation(output: JobOutput, scene: Scenario) -> None:

@@ -171,6 +171,8 @@ def test_the_three_flink_configurations_share_one_builder(tmp_path: Path) -> Non
     assert local["restart-strategy.fixed-delay.attempts"] == "5"
     assert local["state.backend.type"] == cluster["state.backend.type"] == "rocksdb"
     assert "state.backend.type" not in submit  # the cluster's own
+    bloom = "state.backend.rocksdb.use-bloom-filter"
+    assert local[bloom] == cluster[bloom] == "true"
     assert submit["pipeline.jars"] == local["pipeline.jars"]
     assert cluster["execution.checkpointing.num-retained"] == "7"
     assert cluster["rest.port"] == "8081"
