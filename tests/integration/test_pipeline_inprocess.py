@@ -318,8 +318,8 @@ def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutp
         watermark_tolerance_ms=0,  # one partition, parallelism 1: the final watermark is exact
     )
     scorer.close()
-    rocksdb_logs = tmp / "tmp" / "rocksdb-logs"  # flink_jobs.ops.flink_config
-    return JobOutput(collected["profiles"], collected["dead_letters"], expected, wall_s, rocksdb_logs)
+    logs = tmp / "tmp" / "rocksdb-logs"  # flink_jobs.ops.flink_config
+    return JobOutput(collected["profiles"], collected["dead_letters"], expected, wall_s, logs)
 
 
 def rows_of(out: JobOutput, user: str) -> list[Row]:
