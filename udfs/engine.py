@@ -78,6 +78,33 @@ class Step:
     timer_delete: int = 0  # event-time timer to delete (0: none)
     timer_register: int = 0  # event-time timer to register (0: none)
 
+    # Written out, not generated: the dataclass's generated __init__ is interpreted Python even
+    # in the compiled module, and a Step is made for every event (tests/unit/test_native.py
+    # checks it matches the fields above).
+    def __init__(
+        self,
+        outcome: StepOutcome,
+        state: bytes | None = None,
+        profile: Profile | None = None,
+        clear: bool = False,
+        discard: bool = False,
+        erase: bool = False,
+        row: ProfileRow | None = None,
+        dead_letter: DeadLetter | None = None,
+        timer_delete: int = 0,
+        timer_register: int = 0,
+    ) -> None:
+        self.outcome = outcome
+        self.state = state
+        self.profile = profile
+        self.clear = clear
+        self.discard = discard
+        self.erase = erase
+        self.row = row
+        self.dead_letter = dead_letter
+        self.timer_delete = timer_delete
+        self.timer_register = timer_register
+
 
 class ProfileEngine:
     def __init__(

@@ -34,8 +34,8 @@ from udfs._impl import (
     COMPILED,
     GROUP,
     MANIFEST,
+    PACKAGE_DIR,
     ROOT,
-    extensions,
     selected,
     source,
     source_digests,
@@ -62,10 +62,16 @@ def compiler_missing() -> str | None:
     return None
 
 
+def built_extensions(directory: Path = PACKAGE_DIR) -> list[Path]:
+    """Every extension module in `directory` (udfs/): the build's, including those of modules
+    no longer compiled, which Python would still import instead of their sources."""
+    return sorted(directory.glob("*" + importlib.machinery.EXTENSION_SUFFIXES[0]))
+
+
 def build(verbose: bool = False) -> bool:
     """Compile `COMPILED` in place and write the manifest. Returns False (and records why) when
     the machine cannot compile; raises when compiling fails."""
-    for path in (*extensions(), MANIFEST):
+    for path in (*built_extensions(), MANIFEST):
         path.unlink(missing_ok=True)
     abi = importlib.machinery.EXTENSION_SUFFIXES[0]
     missing = compiler_missing()

@@ -86,6 +86,93 @@ class Profile:
     explained_micros: int = -1
     reasons: list[int] = field(default_factory=list)
 
+    # Written out, not generated: the dataclass's generated __init__ is interpreted Python even in
+    # the compiled module, and a profile is made for every new user and every state decode
+    # (tests/unit/test_native.py checks it against the fields above).
+    def __init__(
+        self,
+        epoch_ms: int = 0,
+        version: int = 0,
+        first_ms: int = 0,
+        last_ms: int = 0,
+        counts: list[int] | None = None,
+        spend_micros: int = 0,
+        priced_purchases: int = 0,
+        other_purchases: int = 0,
+        last_purchase_ms: int = 0,
+        ring_short: dict[int, list[int]] | None = None,
+        ring_mid: dict[int, list[int]] | None = None,
+        ring_day: dict[int, list[int]] | None = None,
+        retired_active_days: int = 0,
+        ref_ms: int = 0,
+        activity: float = 0.0,
+        decay: list[float] | None = None,
+        hour_hist: list[float] | None = None,
+        categories: Preferences | None = None,
+        brands: Preferences | None = None,
+        distinct_exact: list[int] | None = None,
+        distinct_hll: bytes = b"",
+        recent_viewed: list[tuple[int, str]] | None = None,
+        recent_carted: list[tuple[int, str]] | None = None,
+        pending_carts: list[tuple[int, str]] | None = None,
+        recent_purchases: list[tuple[int, str]] | None = None,
+        abandoned_carts: int = 0,
+        converted_carts: int = 0,
+        sessions: list[list[int]] | None = None,
+        sessions_closed: int = 0,
+        sessions_closed_events: int = 0,
+        sessions_closed_ms: int = 0,
+        view_price_sum: int = 0,
+        view_price_n: int = 0,
+        buy_price_sum: int = 0,
+        buy_price_n: int = 0,
+        recent_ids: list[int] | None = None,
+        inactivity: int = Inactivity.ACTIVE,
+        timer_ms: int = 0,
+        explained_micros: int = -1,
+        reasons: list[int] | None = None,
+    ) -> None:
+        self.epoch_ms = epoch_ms
+        self.version = version
+        self.first_ms = first_ms
+        self.last_ms = last_ms
+        self.counts = [0] * N_TYPES if counts is None else counts
+        self.spend_micros = spend_micros
+        self.priced_purchases = priced_purchases
+        self.other_purchases = other_purchases
+        self.last_purchase_ms = last_purchase_ms
+        self.ring_short = {} if ring_short is None else ring_short
+        self.ring_mid = {} if ring_mid is None else ring_mid
+        self.ring_day = {} if ring_day is None else ring_day
+        self.retired_active_days = retired_active_days
+        self.ref_ms = ref_ms
+        self.activity = activity
+        self.decay = [0.0] * 9 if decay is None else decay
+        self.hour_hist = [0.0] * 24 if hour_hist is None else hour_hist
+        self.categories = Preferences() if categories is None else categories
+        self.brands = Preferences() if brands is None else brands
+        self.distinct_exact = [] if distinct_exact is None else distinct_exact
+        self.distinct_hll = distinct_hll
+        self.recent_viewed = [] if recent_viewed is None else recent_viewed
+        self.recent_carted = [] if recent_carted is None else recent_carted
+        self.pending_carts = [] if pending_carts is None else pending_carts
+        self.recent_purchases = [] if recent_purchases is None else recent_purchases
+        self.abandoned_carts = abandoned_carts
+        self.converted_carts = converted_carts
+        self.sessions = [] if sessions is None else sessions
+        self.sessions_closed = sessions_closed
+        self.sessions_closed_events = sessions_closed_events
+        self.sessions_closed_ms = sessions_closed_ms
+        self.view_price_sum = view_price_sum
+        self.view_price_n = view_price_n
+        self.buy_price_sum = buy_price_sum
+        self.buy_price_n = buy_price_n
+        self.recent_ids = [] if recent_ids is None else recent_ids
+        self.inactivity = inactivity
+        self.timer_ms = timer_ms
+        self.explained_micros = explained_micros
+        self.reasons = [] if reasons is None else reasons
+
     @property
     def event_count(self) -> int:
         return sum(self.counts)

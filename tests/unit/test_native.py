@@ -7,10 +7,13 @@ sources."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.machinery
 import json
 import os
 import subprocess
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,9 @@ import pytest
 from tests.support.fingerprints import states_digest, verdicts
 from tests.support.golden import GOLDEN, corpus, digests, engine, replay
 from udfs import _impl, native
+from udfs.engine import Step, StepOutcome
 from udfs.host import MemoryHost
+from udfs.profile import Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +98,73 @@ def test_the_makefile_rebuilds_when_any_native_source_changes() -> None:
     }
     needed |= set(_impl.C_EXTENSIONS.values())
     assert needed <= named, sorted(needed - named)
+
+
+@pytest.mark.parametrize("cls", [Profile, Step])
+def test_written_out_initialisers_match_the_dataclass_fields(cls: type) -> None:
+    """`Profile` and `Step` write their __init__ out (a generated one would be interpreted
+    Python in the compiled modules): the fields as parameters, in order, with the fields'
+    defaults, each setting its own field."""
+    fields = dataclasses.fields(cls)
+    required = {f.name for f in fields if f.default is f.default_factory is MISSING}
+    assert required == ({"outcome"} if cls is Step else set())
+    made = cls(**({"outcome": StepOutcome.LATE} if cls is Step else {}))
+    for f in fields:
+        if f.name in required:
+            assert getattr(made, f.name) is StepOutcome.LATE
+        elif f.default_factory is not MISSING:
+            assert getattr(made, f.name) == f.default_factory(), f.name
+        else:
+            assert getattr(made, f.name) == f.default, f.name
+    # Factories give each instance its own containers.
+    other = cls(**({"outcome": StepOutcome.LATE} if cls is Step else {}))
+    for f in fields:
+        if f.default_factory is not MISSING:
+            assert getattr(made, f.name) is not getattr(other, f.name), f.name
+    # Every parameter lands in its own field (a value of the field's type, unique to it: the
+    # compiled class checks types).
+    if cls is Step:  # its None defaults, by type
+        given = {f.name: _another_value(getattr(made, f.name), i) for i, f in enumerate(fields[1:])}
+        given.update(
+            outcome=StepOutcome.DUPLICATE,
+            state=b"state",
+            profile=Profile(),
+            row=("row",),
+            dead_letter=("id", "reason", "detail", b"raw", "topic", 1, "user", 2),
+        )
+    else:
+        given = {f.name: _another_value(getattr(made, f.name), i) for i, f in enumerate(fields)}
+    by_name = cls(**given)
+    in_order = cls(*(given[f.name] for f in fields))  # the parameters are in field order
+    for made in (by_name, in_order):
+        for f in fields:
+            value = given[f.name]
+            if isinstance(value, (bool, int, float, bytes)):
+                assert getattr(made, f.name) == value, f.name
+            else:
+                assert getattr(made, f.name) is value, f.name
+
+
+def _another_value(value: object, unique: int) -> object:
+    """A value of `value`'s type, different from it and from any other field's."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1000 + unique
+    if isinstance(value, float):
+        return value + 1000.5 + unique
+    if isinstance(value, bytes):
+        return value + bytes([unique])
+    return type(value)()  # a fresh container (list, dict, Preferences, the enum...)
+
+
+def test_a_build_first_removes_every_extension_module_of_the_package(tmp_path: Path) -> None:
+    """Also those of a module no longer compiled (Python would import a stale one instead of
+    its source)."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    for name in ("engine", "dropped_module", "_native__mypyc"):
+        (tmp_path / (name + suffix)).write_bytes(b"")
+    (tmp_path / "engine.py").write_text("")
+    assert [p.name for p in native.built_extensions(tmp_path)] == sorted(
+        n + suffix for n in ("_native__mypyc", "dropped_module", "engine")
+    )
