@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 from udfs.host import MAX_WATERMARK, beyond_final_watermark, final_watermark
@@ -47,3 +48,24 @@ def test_the_job_fires_at_the_end_exactly_the_timers_the_recomputation_fires() -
             t for t in timers if not beyond_final_watermark(t, MAX_WATERMARK, newest, ooo)
         }
         assert fired_by_job == fired_offline
+
+
+def test_the_profile_step_leaves_no_reference_cycles() -> None:
+    """`GC_THRESHOLDS` run the collector's middle generation rarely because the step makes no
+    cyclic garbage (only reference counting frees its objects): the golden corpus — new,
+    cached, expired, erased and late profiles, dead letters — through the engine and its
+    cache leaves nothing for the collector."""
+    from tests.support.golden import corpus, engine, replay
+    from udfs.cache import ProfileCache
+    from udfs.host import MemoryHost
+
+    raws = corpus()[:8_000]
+    gc.collect()
+    gc.disable()
+    try:
+        rows = sum(1 for _ in replay(raws, MemoryHost(engine(), ProfileCache(500))))
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert rows > 1_000
+    assert found == 0
