@@ -33,6 +33,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -170,10 +171,16 @@ class Bench:
     runs: int = 0
     flink_settings: dict[str, str] = field(default_factory=dict)  # --flink-setting, every run
     job_settings: dict[str, int] = field(default_factory=dict)  # --job-setting, the job's runs
-    keep_logs: bool = False
+    # Keep every run's RocksDB state, checkpoints and database (--keep-work). By default each is
+    # removed once its figures are read: a full bench writes ~5 GB, the million-user run most.
+    keep_work: bool = False
     log: list[str] = field(default_factory=list)
 
     def fresh_database(self) -> str:
+        """A new, migrated database for the next run; the previous run's is dropped."""
+        if self.runs and not self.keep_work:
+            self.pg.database = f"bench{self.runs}"
+            self.pg.drop_database()
         self.runs += 1
         name = f"bench{self.runs}"
         self.pg.database = name
@@ -211,12 +218,16 @@ class Bench:
             **({"config": self.job_settings} if variant == "job" and self.job_settings else {}),
             **extra,
         }
-        return subprocess.run(
-            [sys.executable, "-m", "bench.runner", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "bench.runner", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        finally:
+            if not self.keep_work:
+                shutil.rmtree(self.work / state, ignore_errors=True)
 
     def run(self, variant: str, topic: str, events: int, offsets: dict[int, int] | None,
             **extra: Any) -> dict[str, Any]:  # fmt: skip
@@ -653,6 +664,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freshness-rate", type=float, help="default: half the job's rate")
     parser.add_argument("--scale-users", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--scale-events-per-user", type=int, default=2)
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the runs' state, checkpoints, databases and logs (removed by default)",
+    )
     args = parser.parse_args(argv)
     parts = tuple(args.part or DEFAULT_PARTS)
 
@@ -683,7 +699,7 @@ def main(argv: list[str] | None = None) -> None:
     broker = LocalBroker(work / "broker.log")
     try:
         pg.start()
-        bench = Bench(work, pg, broker.start(), args.parallelism)
+        bench = Bench(work, pg, broker.start(), args.parallelism, keep_work=args.keep_work)
         for entry in args.flink_setting:
             key, sep, value = entry.partition("=")
             if not sep or not key:
@@ -802,6 +818,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         broker.stop()
         pg.stop()
+        if args.keep_work:
+            say(f"kept the runs' files in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     report(out)
 
 

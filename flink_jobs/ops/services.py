@@ -177,14 +177,24 @@ class EmbeddedPostgres:
 
     def recreate_database(self) -> None:
         """Drop and create the database (the demo starts from an empty one every run)."""
+        self._admin(
+            f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)',
+            f'CREATE DATABASE "{self.database}"',
+        )
+
+    def drop_database(self) -> None:
+        """Drop the database (and end its sessions)."""
+        self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    def _admin(self, *statements: str) -> None:
         import psycopg2
 
         conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=10)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-                cur.execute(f'CREATE DATABASE "{self.database}"')
+                for statement in statements:
+                    cur.execute(statement)
         finally:
             conn.close()
 

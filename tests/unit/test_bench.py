@@ -3,6 +3,7 @@ are computed from must be right before the figures mean anything."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -152,3 +153,58 @@ def test_pg_upsert_batches_keep_the_last_row_per_user_of_each_batch() -> None:
     assert first == [("u0", BATCH - 1), ("u1", BATCH - 3), ("u2", BATCH - 2)]
     assert second == [("u1", BATCH + 3), ("u2", BATCH + 1), ("u0", BATCH + 2)]
     assert batches([]) == []
+
+
+class _FakePostgres:
+    """What `Bench` asks of the embedded PostgreSQL, recorded."""
+
+    def __init__(self) -> None:
+        self.database = ""
+        self.calls: list[tuple[str, str]] = []
+
+    def recreate_database(self) -> None:
+        self.calls.append(("create", self.database))
+
+    def drop_database(self) -> None:
+        self.calls.append(("drop", self.database))
+
+    def dsn(self, name: str) -> str:
+        return f"postgresql://bench@127.0.0.1/{name}"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_each_run_leaves_no_state_or_database_behind_unless_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """A full bench writes gigabytes of RocksDB state, checkpoints and rows: a run's are removed
+    once its figures are read (the next run's database replaces its database), unless
+    --keep-work."""
+    from bench import e2e
+
+    def fake_run(cmd: list[str], **_: Any) -> Any:
+        spec = json.loads(cmd[-1])
+        checkpoint = Path(spec["state_dir"]) / "checkpoints" / "chk-1"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "000001.sst").write_bytes(b"x" * 1024)
+        return SimpleNamespace(stdout="{}", stderr="", returncode=0)
+
+    monkeypatch.setattr(e2e.subprocess, "run", fake_run)
+    monkeypatch.setattr(e2e.db, "migrate", lambda dsn: None)
+    pg = _FakePostgres()
+    bench = e2e.Bench(tmp_path, cast(Any, pg), "127.0.0.1:9", 1, keep_work=keep)
+    for _ in range(3):
+        dsn = bench.fresh_database()
+        bench.runner("job", dsn, "t", 10, None, f"state-{bench.runs}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if keep:
+        assert left == ["state-1", "state-2", "state-3"]
+        assert pg.calls == [("create", "bench1"), ("create", "bench2"), ("create", "bench3")]
+    else:
+        assert left == []
+        assert pg.calls == [
+            ("create", "bench1"),
+            ("drop", "bench1"),
+            ("create", "bench2"),
+            ("drop", "bench2"),
+            ("create", "bench3"),
+        ]
