@@ -34,6 +34,7 @@ from pyflink.java_gateway import get_gateway
 from flink_jobs.config import DEFAULT_SEGMENTS_DIR, JobConfig
 from flink_jobs.job.functions import SOURCE_ROW_TYPE, UpdateProfile
 from flink_jobs.job.pipeline import build_pipeline, create_environment
+from flink_jobs.ops.flink_config import flink_settings
 from flink_jobs.ops.runtime import find_java
 from udfs import events as ev
 from udfs.clusters import load_segmentation
@@ -318,7 +319,7 @@ def output(tmp_path_factory: pytest.TempPathFactory, scene: Scenario) -> JobOutp
         watermark_tolerance_ms=0,  # one partition, parallelism 1: the final watermark is exact
     )
     scorer.close()
-    logs = tmp / "tmp" / "rocksdb-logs"  # flink_jobs.ops.flink_config
+    logs = Path(flink_settings("local", config)["state.backend.rocksdb.log.dir"])
     return JobOutput(collected["profiles"], collected["dead_letters"], expected, wall_s, logs)
 
 

@@ -7,7 +7,7 @@ import orjson
 
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from tests.support.golden import corpus, replay
-from udfs.engine import ProfileEngine
+from udfs.consistency import scored_engine
 from udfs.features import FEATURE_NAMES
 from udfs.host import MemoryHost
 from udfs.params import ProfileParams
@@ -21,14 +21,8 @@ REASONS = PROFILE_COLUMN_NAMES.index("score_reasons")
 def _rows(reasons_memo: int) -> list[tuple[str, str, tuple[object, ...]]]:
     scorer = Scorer(DEFAULT_MODEL_DIR)
     try:
-        engine = ProfileEngine(
-            ProfileParams(),
-            scorer.score,
-            scorer.version,
-            Pseudonymiser(b"r" * 32),
-            explain=scorer.explain,
-            reasons_memo=reasons_memo,
-        )
+        engine = scored_engine(scorer, Pseudonymiser(b"r" * 32), ProfileParams(), None)
+        engine.reasons_memo = reasons_memo
         return list(replay(corpus()[:6_000], MemoryHost(engine)))
     finally:
         scorer.close()
