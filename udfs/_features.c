@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_attrcache.h"
+
 enum { OK = 0, UNSUPPORTED = 1, ERROR = -1 };
 
 #define EXACT_LIMIT 9007199254740992LL /* 2**53 */
@@ -108,7 +110,12 @@ static PyObject *keys[N_KEYS];
 enum { ATTRS(AS_ENUM) N_ATTRS };
 static const char *const ATTR_NAMES[N_ATTRS] = {ATTRS(AS_NAME)};
 static PyObject *attrs[N_ATTRS];
-static PyObject *s_slots, *s_names, *s_total, *s_round, *empty_str, *six;
+static AttrCache profile_attrs = {.names = attrs, .n = N_ATTRS};
+/* A Preferences' attributes. */
+enum { P_TOTAL, P_SLOTS, P_NAMES, N_PREF_ATTRS };
+static PyObject *pref_attr_names[N_PREF_ATTRS];
+static AttrCache pref_attrs = {.names = pref_attr_names, .n = N_PREF_ATTRS};
+static PyObject *s_round, *empty_str, *six;
 
 /* configure()'s settings. */
 static int configured;
@@ -327,13 +334,13 @@ static int prefs_read(PyObject *obj, Prefs *p) {
     p->slots = p->names = NULL;
     p->items = NULL;
     p->n = 0;
-    PyObject *total = PyObject_GetAttr(obj, s_total);
+    PyObject *total = attrcache_get(&pref_attrs, obj, P_TOTAL);
     if (!total) return ERROR;
     int r = double_of(total, &p->total);
     Py_DECREF(total);
     if (r != OK) return r;
-    if (!(p->slots = PyObject_GetAttr(obj, s_slots))) return ERROR;
-    if (!(p->names = PyObject_GetAttr(obj, s_names))) return ERROR;
+    if (!(p->slots = attrcache_get(&pref_attrs, obj, P_SLOTS))) return ERROR;
+    if (!(p->names = attrcache_get(&pref_attrs, obj, P_NAMES))) return ERROR;
     if (!PyDict_CheckExact(p->slots) || !PyDict_CheckExact(p->names)) return UNSUPPORTED;
     Py_ssize_t n = PyDict_GET_SIZE(p->slots);
     if (n > MAX_SLOTS) return UNSUPPORTED;
@@ -479,7 +486,7 @@ static PyObject *features_and_vector(PyObject *module, PyObject *const *args, Py
     Prefs cats = {0}, brands = {0};
     PyObject *result = NULL;
     for (int k = 0; k < N_ATTRS; k++) {
-        if (!(a[k] = PyObject_GetAttr(profile, attrs[k]))) goto fail;
+        if (!(a[k] = attrcache_get(&profile_attrs, profile, k))) goto fail;
     }
 #define TRY(expr)                                                                                \
     do {                                                                                         \
@@ -855,12 +862,14 @@ PyMODINIT_FUNC PyInit__features(void) {
     for (int k = 0; k < N_ATTRS; k++) {
         if (!(attrs[k] = PyUnicode_InternFromString(ATTR_NAMES[k]))) return NULL;
     }
-    s_slots = PyUnicode_InternFromString("slots");
-    s_names = PyUnicode_InternFromString("names");
-    s_total = PyUnicode_InternFromString("total");
+    pref_attr_names[P_TOTAL] = PyUnicode_InternFromString("total");
+    pref_attr_names[P_SLOTS] = PyUnicode_InternFromString("slots");
+    pref_attr_names[P_NAMES] = PyUnicode_InternFromString("names");
     s_round = PyUnicode_InternFromString("__round__");
     empty_str = PyUnicode_FromString("");
     six = PyLong_FromLong(6);
-    if (!s_slots || !s_names || !s_total || !s_round || !empty_str || !six) return NULL;
+    if (!pref_attr_names[P_TOTAL] || !pref_attr_names[P_SLOTS] || !pref_attr_names[P_NAMES] ||
+        !s_round || !empty_str || !six)
+        return NULL;
     return PyModule_Create(&module_def);
 }

@@ -39,6 +39,8 @@ C_EXTENSIONS: dict[str, str] = {
     "udfs._eventdecode": "udfs/_eventdecode.c",
     "udfs._features": "udfs/_features.c",
 }
+# Headers those C sources include (a change to one must rebuild them).
+C_HEADERS: tuple[str, ...] = ("udfs/_attrcache.h",)
 # Modules the compiled code depends on without being compiled (mypyc inlines their Final constants).
 DEPENDS: tuple[str, ...] = ("udfs.params",)
 GROUP = "udfs._native"  # the shared library: udfs/_native__mypyc.<abi>.so
@@ -55,7 +57,7 @@ def source(module: str) -> Path:
 def source_digests() -> dict[str, str]:
     """SHA-256 of every source the compiled build is made from."""
     digests = {m: _sha256(source(m)) for m in (*COMPILED, *DEPENDS)}
-    digests.update({path: _sha256(ROOT / path) for path in C_EXTENSIONS.values()})
+    digests.update({path: _sha256(ROOT / path) for path in (*C_EXTENSIONS.values(), *C_HEADERS)})
     return digests
 
 

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_attrcache.h"
+
 #define FORMAT_V3 3
 
 typedef struct {
@@ -263,14 +265,16 @@ done:
     return r;
 }
 
-static PyObject *s_slots, *s_names, *s_total;
+/* A Preferences' attributes: total, slots, names. */
+static PyObject *pref_names[3];
+static AttrCache pref_attrs = {.names = pref_names, .n = 3};
 
 /* [total, [key, affinity, ...], [key, name, ...]] (udfs.codec._pref_out). */
 static int put_preferences(Buf *b, PyObject *p) {
     int r = UNSUPPORTED;
-    PyObject *total = PyObject_GetAttr(p, s_total);
-    PyObject *slots = total ? PyObject_GetAttr(p, s_slots) : NULL;
-    PyObject *names = slots ? PyObject_GetAttr(p, s_names) : NULL;
+    PyObject *total = attrcache_get(&pref_attrs, p, 0);
+    PyObject *slots = total ? attrcache_get(&pref_attrs, p, 1) : NULL;
+    PyObject *names = slots ? attrcache_get(&pref_attrs, p, 2) : NULL;
     if (!names) {
         r = ERROR;
     } else if ((r = put_array_header(b, 3)) == OK && (r = put_obj(b, total)) == OK &&
@@ -382,6 +386,7 @@ static const struct {
 };
 #define N_FIELDS ((Py_ssize_t)(sizeof(FIELDS) / sizeof(FIELDS[0])))
 static PyObject *field_names[N_FIELDS];
+static AttrCache profile_attrs = {.names = field_names, .n = N_FIELDS};
 
 static int put_field(Buf *b, enum Kind kind, PyObject *v, int64_t last, const int64_t *widths) {
     switch (kind) {
@@ -440,7 +445,7 @@ static PyObject *encode_v3(PyObject *module, PyObject *const *args, Py_ssize_t n
     int64_t last = 0;
     int r = OK;
     for (; got < N_FIELDS; got++) {
-        values[got] = PyObject_GetAttr(profile, field_names[got]);
+        values[got] = attrcache_get(&profile_attrs, profile, got);
         if (!values[got]) goto fail;
         if (FIELDS[got].kind == LAST && (r = as_int64(values[got], &last)) != OK) {
             got++;
@@ -465,7 +470,22 @@ fail:
     return result;
 }
 
+/* f32(x) -> float: `x` rounded to the nearest float32, as `udfs.sketches.f32_py` does it with
+ * struct's '<f' (the same CPython packing routine, so OverflowError for a finite value beyond
+ * float32's range, NaN and infinities kept), without its bytes and tuple. The profile's folds
+ * call it several times per event. */
+static PyObject *f32(PyObject *Py_UNUSED(module), PyObject *arg) {
+    double x = PyFloat_AsDouble(arg);
+    if (x == -1.0 && PyErr_Occurred()) return NULL;
+    char packed[4];
+    if (PyFloat_Pack4(x, packed, 1) < 0) return NULL;
+    double y = PyFloat_Unpack4(packed, 1);
+    if (y == -1.0 && PyErr_Occurred()) return NULL;
+    return PyFloat_FromDouble(y);
+}
+
 static PyMethodDef methods[] = {
+    {"f32", f32, METH_O, "f32(x) -> float\nx rounded to the nearest float32 (udfs.sketches.f32)."},
     {"encode_v3", (PyCFunction)(void (*)(void))encode_v3, METH_FASTCALL,
      "encode_v3(profile, ring_short_ms, ring_mid_ms, ring_day_ms) -> bytes | NotImplemented\n"
      "The format-3 state bytes of a udfs.profile.Profile (NotImplemented: use the Python path)."},
@@ -483,9 +503,9 @@ PyMODINIT_FUNC PyInit__statecodec(void) {
         field_names[i] = PyUnicode_InternFromString(FIELDS[i].name);
         if (!field_names[i]) return NULL;
     }
-    s_slots = PyUnicode_InternFromString("slots");
-    s_names = PyUnicode_InternFromString("names");
-    s_total = PyUnicode_InternFromString("total");
-    if (!s_slots || !s_names || !s_total) return NULL;
+    pref_names[0] = PyUnicode_InternFromString("total");
+    pref_names[1] = PyUnicode_InternFromString("slots");
+    pref_names[2] = PyUnicode_InternFromString("names");
+    if (!pref_names[0] || !pref_names[1] || !pref_names[2]) return NULL;
     return PyModule_Create(&module_def);
 }

@@ -16,9 +16,11 @@ import hashlib
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from udfs._impl import native_module
 from udfs.params import ProfileParams
 
 MAX_ITEM_CHARS: Final = 64  # ids kept in lists are cut to this many characters
@@ -28,9 +30,20 @@ NAME_MARGIN: Final = 3  # names are kept for the top K plus a few, so ties leave
 _F32 = struct.Struct("<f")
 
 
-def f32(x: float) -> float:
+def f32_py(x: float) -> float:
     """`x` rounded to the nearest float32 (what the state encoding stores)."""
     return float(_F32.unpack(_F32.pack(x))[0])
+
+
+def _native_f32() -> Callable[[float], float]:
+    """udfs._statecodec.f32 (the same rounding by the same CPython routine, without struct's
+    bytes and tuple: it runs several times per event) when the native build has it."""
+    module = native_module("udfs._statecodec")
+    native: Callable[[float], float] | None = getattr(module, "f32", None)
+    return native if native is not None else f32_py
+
+
+f32: Final = _native_f32()
 
 
 def hash32(text: str) -> int:
@@ -64,6 +77,21 @@ class Preferences:
     # A key was inserted since the slots were last in key order (the order decoding gives them;
     # sums over the slots follow it, see `settle_order`).
     unsorted: bool = field(default=False, compare=False, repr=False)
+
+    # Written out, not generated: the dataclass's generated __init__ is interpreted Python even in
+    # the compiled module, and every new or decoded profile makes two (tests/unit/test_native.py
+    # checks it against the fields above).
+    def __init__(
+        self,
+        slots: dict[int, float] | None = None,
+        names: dict[int, str] | None = None,
+        total: float = 0.0,
+        unsorted: bool = False,
+    ) -> None:
+        self.slots = {} if slots is None else slots
+        self.names = {} if names is None else names
+        self.total = total
+        self.unsorted = unsorted
 
     def add(self, key: str, weight: float, params: ProfileParams) -> None:
         h = hash32(key)
@@ -128,11 +156,16 @@ def hll_add(registers: bytearray, h64: int) -> None:
     registers[idx] = max(registers[idx], rank)
 
 
+# 2.0**-r for every register value r (a byte): exact powers of two, looked up instead of computed
+# for each of the 128 registers of every row of a profile past the exact distinct set.
+_HLL_POWERS: Final = tuple(2.0**-r for r in range(256))
+
+
 def hll_estimate(registers: bytes) -> int:
     """HyperLogLog query: the number of distinct items added, with a relative standard error of
     about 1.04 / sqrt(128) = 9.2 % (linear counting, more precise, while many registers are 0)."""
     m = HLL_REGISTERS
-    raw = 0.7213 / (1 + 1.079 / m) * m * m / sum(2.0**-r for r in registers)
+    raw = 0.7213 / (1 + 1.079 / m) * m * m / sum([_HLL_POWERS[r] for r in registers])
     zeros = registers.count(0)
     if raw <= 2.5 * m and zeros:
         raw = m * math.log(m / zeros)  # linear counting for small cardinalities
@@ -176,6 +209,11 @@ def ring_trim(ring: dict[int, list[int]], head: int, keep: int) -> int:
     """Drop buckets that left the window of `keep` buckets ending at `head`; return how many
     were dropped (the ring then holds at most `keep` buckets at or before `head`)."""
     oldest = head - keep
+    for b in ring:
+        if b <= oldest:
+            break
+    else:
+        return 0  # most calls: nothing to drop, and no list made to find that out
     old = [b for b in ring if b <= oldest]
     for b in old:
         del ring[b]

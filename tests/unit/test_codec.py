@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.lookalike import lookalike
 from tests.support.shared_data import shared_file
 from udfs import codec
 from udfs._impl import selected
@@ -142,6 +143,20 @@ def _raises(fn: Any, p: Profile) -> type[BaseException] | None:
     except Exception as exc:
         return type(exc)
     return None
+
+
+def test_the_c_writer_reads_any_class_with_the_profiles_attributes() -> None:
+    """Profiles and look-alikes (plain objects with the same values) in turn: the C writer's
+    cached attribute getters follow the class, so each gives the Python bytes."""
+    profiles = _profiles(4_000, 150, 4)
+    for p in profiles:
+        want = encode_profile_py(p)
+        assert _c(p) == want
+        assert _c(lookalike(p)) == want
+    incomplete = lookalike(profiles[0])
+    del incomplete.categories.names
+    with pytest.raises(AttributeError, match="names"):
+        _c(incomplete)
 
 
 @pytest.mark.parametrize(

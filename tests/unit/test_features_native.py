@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.lookalike import lookalike
 from tests.support.shared_data import shared_file
 from udfs import features
 from udfs._impl import selected
@@ -95,6 +96,20 @@ def test_the_c_features_are_the_python_features(events: int, users: int, seed: i
         for offset in OFFSETS_MS:
             _check(p, p.last_ms + offset)
         _check(decode_profile(encode_profile(p)), p.last_ms)
+
+
+def test_the_c_features_read_any_class_with_the_profiles_attributes() -> None:
+    """Profiles and look-alikes (plain objects with the same values) in turn: the C reader's
+    cached attribute getters follow the class, so each gives the Python features."""
+    profiles = _profiles(4_000, 150, 4)
+    for p in profiles:
+        want = features_and_vector_py(p, p.last_ms, PARAMS)
+        assert same(_c(p, p.last_ms), want)
+        assert same(_c(lookalike(p), p.last_ms), want)
+    incomplete = lookalike(profiles[0])
+    del incomplete.hour_hist
+    with pytest.raises(AttributeError, match="hour_hist"):
+        _c(incomplete, NOW_MS)
 
 
 @pytest.mark.parametrize(

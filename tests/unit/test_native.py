@@ -24,6 +24,7 @@ from udfs import _impl, native
 from udfs.engine import Step, StepOutcome
 from udfs.host import MemoryHost
 from udfs.profile import Profile
+from udfs.sketches import Preferences
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,15 +97,15 @@ def test_the_makefile_rebuilds_when_any_native_source_changes() -> None:
     needed = {
         str(_impl.source(m).relative_to(_impl.ROOT)) for m in (*_impl.COMPILED, *_impl.DEPENDS)
     }
-    needed |= set(_impl.C_EXTENSIONS.values())
+    needed |= {*_impl.C_EXTENSIONS.values(), *_impl.C_HEADERS}
     assert needed <= named, sorted(needed - named)
 
 
-@pytest.mark.parametrize("cls", [Profile, Step])
+@pytest.mark.parametrize("cls", [Profile, Step, Preferences])
 def test_written_out_initialisers_match_the_dataclass_fields(cls: type) -> None:
-    """`Profile` and `Step` write their __init__ out (a generated one would be interpreted
-    Python in the compiled modules): the fields as parameters, in order, with the fields'
-    defaults, each setting its own field."""
+    """`Profile`, `Step` and `Preferences` write their __init__ out (a generated one would be
+    interpreted Python in the compiled modules): the fields as parameters, in order, with the
+    fields' defaults, each setting its own field."""
     fields = dataclasses.fields(cls)
     required = {f.name for f in fields if f.default is f.default_factory is MISSING}
     assert required == ({"outcome"} if cls is Step else set())

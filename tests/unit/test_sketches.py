@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from udfs._impl import native_module
 from udfs.params import DAY_MS, MINUTE_MS, RING_DAY, RING_MID, RING_SHORT, ProfileParams
 from udfs.sketches import (
     HLL_REGISTERS,
@@ -19,6 +20,7 @@ from udfs.sketches import (
     NAME_MARGIN,
     Preferences,
     f32,
+    f32_py,
     hash32,
     hash64,
     hll_add,
@@ -50,6 +52,38 @@ def test_f32_rounds_to_the_nearest_float32() -> None:
     assert f32(0.1) == struct.unpack("<f", struct.pack("<f", 0.1))[0] != 0.1
     assert f32(f32(1 / 3)) == f32(1 / 3)
     assert f32(float(2**24)) == 2**24 and f32(2**24 + 1.0) == 2**24  # 24-bit mantissa
+
+
+def test_native_f32_is_struct_rounding() -> None:
+    """udfs._statecodec.f32 (what `f32` is in the native build) against struct's '<f' round trip
+    (`f32_py`): the same value bit for bit, the same errors."""
+    module = native_module("udfs._statecodec")
+    if module is None:
+        pytest.skip("the native build is not selected")
+    native = module.f32
+    assert f32 is native
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1e-45, 1.4e-45, 7e-46, 1e-40, 3.4028234e38, 3.4028235e38, 2**24 + 1.0]
+    values += [math.inf, -math.inf, 5, -(2**40), True]
+    values += [rng.uniform(-1e6, 1e6) for _ in range(2000)]
+    values += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(2000)]
+    values += [v * 2.0 ** rng.randint(-160, 130) for v in (rng.random() for _ in range(2000))]
+    for v in values:
+        try:
+            expected: float | str = f32_py(v)
+        except OverflowError as exc:
+            expected = str(exc)
+        try:
+            got: float | str = native(v)
+        except OverflowError as exc:
+            got = str(exc)
+        if isinstance(expected, float) and isinstance(got, float):
+            assert struct.pack("<d", got) == struct.pack("<d", expected), v
+        else:
+            assert got == expected, v
+    assert math.isnan(native(math.nan)) and math.isnan(f32_py(math.nan))
+    with pytest.raises(TypeError):
+        native("0.5")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +238,21 @@ def test_hll_estimate_is_within_its_error_bound_for_ten_thousand_items() -> None
     assert rms <= 1.5 * HLL_SIGMA, (rms, HLL_SIGMA)  # about 1 sigma expected
     # Unbiased: the mean of 20 errors is within 3 standard errors of 0.
     assert abs(sum(errors) / len(errors)) <= 3 * HLL_SIGMA / math.sqrt(len(errors))
+
+
+def test_hll_estimate_is_the_formula_over_the_registers() -> None:
+    """The stored features depend on its exact value: the raw HyperLogLog estimate summed over
+    the registers in order (linear counting while some are zero), rounded, for every rank."""
+    rng = random.Random(11)
+    m = HLL_REGISTERS
+    for _ in range(2000):
+        top = rng.choice([3, 12, 58, 255])
+        registers = bytes(rng.randint(0, top) for _ in range(m))
+        raw = 0.7213 / (1 + 1.079 / m) * m * m / sum(2.0**-r for r in registers)
+        zeros = registers.count(0)
+        if raw <= 2.5 * m and zeros:
+            raw = m * math.log(m / zeros)
+        assert hll_estimate(registers) == round(raw), registers
 
 
 @pytest.mark.parametrize("n", [1, 5, 20, 50, 100, 200])
