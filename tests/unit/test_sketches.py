@@ -15,6 +15,7 @@ import pytest
 from udfs._impl import native_module
 from udfs.params import DAY_MS, MINUTE_MS, RING_DAY, RING_MID, RING_SHORT, ProfileParams
 from udfs.sketches import (
+    HLL_ESTIMATE_MEMO,
     HLL_REGISTERS,
     MAX_ITEM_CHARS,
     NAME_MARGIN,
@@ -171,6 +172,19 @@ def test_space_saving_bounds_hold_for_decayed_weights() -> None:
         assert true.get(h, 0.0) * (1 - 1e-5) <= v <= (true.get(h, 0.0) + low) * (1 + 1e-5)
 
 
+def test_top_ranks_by_affinity_then_smaller_hash() -> None:
+    """`top` against sorting (-affinity, key) pairs, with many ties and keys in any order."""
+    rng = random.Random(5)
+    for _ in range(3000):
+        n = rng.randint(0, 20)
+        keys = rng.sample(range(2**32), n) if rng.random() < 0.5 else rng.sample(range(40), n)
+        values = [rng.choice([0.5, 1.0, 2.0]) if rng.random() < 0.6 else rng.random() for _ in keys]
+        p = Preferences(slots=dict(zip(keys, values, strict=True)))
+        want = [key for _, key in sorted((-v, key) for key, v in p.slots.items())]
+        for k in (0, 1, 5, 8, 25):
+            assert p.top(k) == want[:k], (p.slots, k)
+
+
 def test_preferences_name_the_top_keys_and_only_keys_near_the_top() -> None:
     params = ProfileParams(preference_slots=16, top_k=5)
     long_tail = "x" * (MAX_ITEM_CHARS + 10)
@@ -245,14 +259,17 @@ def test_hll_estimate_is_the_formula_over_the_registers() -> None:
     the registers in order (linear counting while some are zero), rounded, for every rank."""
     rng = random.Random(11)
     m = HLL_REGISTERS
-    for _ in range(2000):
-        top = rng.choice([3, 12, 58, 255])
-        registers = bytes(rng.randint(0, top) for _ in range(m))
+    sets = [
+        bytes(rng.randint(0, top) for _ in range(m))
+        for top in rng.choices([3, 12, 58, 255], k=HLL_ESTIMATE_MEMO + 500)
+    ]
+    for registers in sets + sets[:1000]:  # past the memo's size, then again (memoised or not)
         raw = 0.7213 / (1 + 1.079 / m) * m * m / sum(2.0**-r for r in registers)
         zeros = registers.count(0)
         if raw <= 2.5 * m and zeros:
             raw = m * math.log(m / zeros)
         assert hll_estimate(registers) == round(raw), registers
+        assert hll_estimate(registers) == round(raw)
 
 
 @pytest.mark.parametrize("n", [1, 5, 20, 50, 100, 200])
