@@ -155,7 +155,8 @@ class Preferences:
     def settle_order(self) -> None:
         """Put the slots in key order, as `udfs.codec.decode_profile` returns them."""
         if self.unsorted:
-            self.slots = dict(sorted(self.slots.items()))
+            slots = self.slots
+            self.slots = {key: slots[key] for key in sorted(slots)}  # no (key, value) tuples
             self.unsorted = False
 
 

@@ -185,6 +185,19 @@ def test_top_ranks_by_affinity_then_smaller_hash() -> None:
             assert p.top(k) == want[:k], (p.slots, k)
 
 
+def test_settle_order_puts_the_slots_in_key_order() -> None:
+    """As decoding gives them (floating sums over the slots follow this order)."""
+    rng = random.Random(8)
+    params = ProfileParams()
+    for _ in range(200):
+        p = Preferences()
+        for _ in range(rng.randint(1, 40)):
+            p.add(f"k{rng.randint(0, 30)}", rng.choice([1.0, 0.5, rng.random()]), params)
+        before = dict(p.slots)
+        p.settle_order()
+        assert list(p.slots) == sorted(before) and p.slots == before and not p.unsorted
+
+
 def test_preferences_name_the_top_keys_and_only_keys_near_the_top() -> None:
     params = ProfileParams(preference_slots=16, top_k=5)
     long_tail = "x" * (MAX_ITEM_CHARS + 10)
