@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from flink_jobs.io import db
-from flink_jobs.ops.services import EmbeddedPostgres
+from flink_jobs.ops.services import SERVER_SETTINGS, EmbeddedPostgres
 from tests.support.db import UPSERT, profile_row, query, row_with
 from udfs.rows import PROFILE_COLUMN_NAMES, dead_letter_row
 
@@ -207,13 +207,20 @@ def test_an_embedded_server_takes_server_settings() -> None:
     """The bench's freshness part reads when rows became visible from commit timestamps, which
     need `track_commit_timestamp` from the server's start."""
     home = Path(tempfile.mkdtemp(prefix="profilestream-test-pg-"))
-    server = EmbeddedPostgres(home / "data", settings={"track_commit_timestamp": "on"})
+    server = EmbeddedPostgres(
+        home / "data", settings={"track_commit_timestamp": "on", "max_wal_size": "2GB"}
+    )
     try:
         conn = db.connect(server.start())
         try:
             with conn.cursor() as cur:
                 cur.execute("SHOW track_commit_timestamp")
                 assert cur.fetchone() == ("on",)
+                # The embedded defaults (SERVER_SETTINGS) under the caller's own.
+                cur.execute("SHOW shared_buffers")
+                assert cur.fetchone() == (SERVER_SETTINGS["shared_buffers"],) == ("512MB",)
+                cur.execute("SHOW max_wal_size")
+                assert cur.fetchone() == ("2GB",)
                 cur.execute("CREATE TABLE t (x int)")
                 cur.execute("INSERT INTO t VALUES (1)")
                 cur.execute("SELECT clock_timestamp() - pg_xact_commit_timestamp(xmin) FROM t")
