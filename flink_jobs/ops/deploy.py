@@ -52,6 +52,7 @@ from flink_jobs.ops.flink_config import (
     deployment_settings,
 )
 from flink_jobs.ops.runtime import CONNECTORS
+from flink_jobs.ops.services import SERVER_SETTINGS
 
 DOCKER = "docker"
 JAVA = 17  # the official image's default Java (flink:<version>-java17); 21 works too
@@ -243,6 +244,9 @@ def compose_values() -> str:
         *("--replication-factor", "1"),
     ]
     migrate = ["profilestream", "db", "migrate", "--pg-dsn", COMPOSE.pg_dsn]
+    # The compose PostgreSQL shares the machine with the job as the embedded one does: the same
+    # server settings (the profile table in memory, checkpoints every few minutes).
+    postgres = ["postgres", *(a for k, v in SERVER_SETTINGS.items() for a in ("-c", f"{k}={v}"))]
     script = "".join(f"    {line}\n" for line in submit_script().splitlines())
     return (
         f"x-profilestream-image: &profilestream-image {project_image()}\n"
@@ -253,6 +257,7 @@ def compose_values() -> str:
         f"x-pseudonym-key-file: &pseudonym-key-file {COMPOSE.pseudonym_key_file}\n"
         f"x-create-topic: &create-topic {json.dumps(create_topic)}\n"
         f"x-db-migrate: &db-migrate {json.dumps(migrate)}\n"
+        f"x-postgres-command: &postgres-command {json.dumps(postgres)}\n"
         "x-submit: &submit\n"
         "  - sh\n"
         "  - -c\n"

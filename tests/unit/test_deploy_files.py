@@ -22,6 +22,7 @@ from flink_jobs.ops import deploy
 from flink_jobs.ops.cluster import ENTRY_MODULE
 from flink_jobs.ops.flink_config import PROMETHEUS_REPORTER, flink_settings
 from flink_jobs.ops.runtime import CONNECTOR_JARS, CONNECTORS
+from flink_jobs.ops.services import SERVER_SETTINGS
 from udfs.pseudonym import MIN_KEY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,6 +274,10 @@ def test_compose_runs_the_whole_stack() -> None:
     assert set(kafka_env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft
     assert not [name for name in svc if "zookeeper" in name]
     assert images["postgres"].startswith("postgres:")
+    # The embedded server's settings (flink_jobs.ops.services.SERVER_SETTINGS).
+    pg_command = svc["postgres"]["command"]
+    assert pg_command[0] == "postgres" and pg_command[1::2] == ["-c"] * len(SERVER_SETTINGS)
+    assert dict(a.split("=", 1) for a in pg_command[2::2]) == SERVER_SETTINGS
     assert flink_processes("jobmanager") == ["jobmanager"]
     assert len(flink_processes("taskmanager")) == 2
     assert images["prometheus"].startswith("prom/prometheus:")
