@@ -24,6 +24,15 @@ typedef struct {
     void *closure[ATTRCACHE_MAX];
 } AttrCache;
 
+/* Interns the cache's attribute names (c->n of them, into c->names): 0, or -1 with an exception
+ * set. Call once from the module's init. */
+static int attrcache_intern(AttrCache *c, const char *const *names) {
+    for (Py_ssize_t i = 0; i < c->n; i++) {
+        if (!(c->names[i] = PyUnicode_InternFromString(names[i]))) return -1;
+    }
+    return 0;
+}
+
 static void attrcache_fill(AttrCache *c, PyTypeObject *type) {
     Py_INCREF(type);
     Py_XSETREF(c->type, type);

@@ -113,6 +113,7 @@ static PyObject *attrs[N_ATTRS];
 static AttrCache profile_attrs = {.names = attrs, .n = N_ATTRS};
 /* A Preferences' attributes. */
 enum { P_TOTAL, P_SLOTS, P_NAMES, N_PREF_ATTRS };
+static const char *const PREF_ATTR_NAMES[N_PREF_ATTRS] = {"total", "slots", "names"};
 static PyObject *pref_attr_names[N_PREF_ATTRS];
 static AttrCache pref_attrs = {.names = pref_attr_names, .n = N_PREF_ATTRS};
 static PyObject *s_round, *empty_str, *six;
@@ -859,17 +860,12 @@ PyMODINIT_FUNC PyInit__features(void) {
     for (int k = 0; k < N_KEYS; k++) {
         if (!(keys[k] = PyUnicode_InternFromString(KEY_NAMES[k]))) return NULL;
     }
-    for (int k = 0; k < N_ATTRS; k++) {
-        if (!(attrs[k] = PyUnicode_InternFromString(ATTR_NAMES[k]))) return NULL;
-    }
-    pref_attr_names[P_TOTAL] = PyUnicode_InternFromString("total");
-    pref_attr_names[P_SLOTS] = PyUnicode_InternFromString("slots");
-    pref_attr_names[P_NAMES] = PyUnicode_InternFromString("names");
+    if (attrcache_intern(&profile_attrs, ATTR_NAMES) < 0 ||
+        attrcache_intern(&pref_attrs, PREF_ATTR_NAMES) < 0)
+        return NULL;
     s_round = PyUnicode_InternFromString("__round__");
     empty_str = PyUnicode_FromString("");
     six = PyLong_FromLong(6);
-    if (!pref_attr_names[P_TOTAL] || !pref_attr_names[P_SLOTS] || !pref_attr_names[P_NAMES] ||
-        !s_round || !empty_str || !six)
-        return NULL;
+    if (!s_round || !empty_str || !six) return NULL;
     return PyModule_Create(&module_def);
 }

@@ -265,16 +265,18 @@ done:
     return r;
 }
 
-/* A Preferences' attributes: total, slots, names. */
-static PyObject *pref_names[3];
-static AttrCache pref_attrs = {.names = pref_names, .n = 3};
+/* A Preferences' attributes. */
+enum { P_TOTAL, P_SLOTS, P_NAMES, N_PREF_ATTRS };
+static const char *const PREF_ATTR_NAMES[N_PREF_ATTRS] = {"total", "slots", "names"};
+static PyObject *pref_attr_names[N_PREF_ATTRS];
+static AttrCache pref_attrs = {.names = pref_attr_names, .n = N_PREF_ATTRS};
 
 /* [total, [key, affinity, ...], [key, name, ...]] (udfs.codec._pref_out). */
 static int put_preferences(Buf *b, PyObject *p) {
     int r = UNSUPPORTED;
-    PyObject *total = attrcache_get(&pref_attrs, p, 0);
-    PyObject *slots = total ? attrcache_get(&pref_attrs, p, 1) : NULL;
-    PyObject *names = slots ? attrcache_get(&pref_attrs, p, 2) : NULL;
+    PyObject *total = attrcache_get(&pref_attrs, p, P_TOTAL);
+    PyObject *slots = total ? attrcache_get(&pref_attrs, p, P_SLOTS) : NULL;
+    PyObject *names = slots ? attrcache_get(&pref_attrs, p, P_NAMES) : NULL;
     if (!names) {
         r = ERROR;
     } else if ((r = put_array_header(b, 3)) == OK && (r = put_obj(b, total)) == OK &&
@@ -503,9 +505,6 @@ PyMODINIT_FUNC PyInit__statecodec(void) {
         field_names[i] = PyUnicode_InternFromString(FIELDS[i].name);
         if (!field_names[i]) return NULL;
     }
-    pref_names[0] = PyUnicode_InternFromString("total");
-    pref_names[1] = PyUnicode_InternFromString("slots");
-    pref_names[2] = PyUnicode_InternFromString("names");
-    if (!pref_names[0] || !pref_names[1] || !pref_names[2]) return NULL;
+    if (attrcache_intern(&pref_attrs, PREF_ATTR_NAMES) < 0) return NULL;
     return PyModule_Create(&module_def);
 }
