@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 # (udfs/native.py); rebuilt when their sources change.
 NATIVE := udfs/_native.json
 NATIVE_SRC := udfs/events.py udfs/sketches.py udfs/profile.py udfs/fold.py udfs/codec.py \
-	udfs/features.py udfs/clusters.py udfs/rows.py udfs/engine.py udfs/cache.py udfs/trees.py udfs/metrics.py udfs/_treewalk.c udfs/_statecodec.c udfs/_eventdecode.c udfs/_features.c udfs/_attrcache.h udfs/params.py udfs/native.py \
+	udfs/features.py udfs/clusters.py udfs/rows.py udfs/engine.py udfs/cache.py udfs/trees.py udfs/pseudonym.py udfs/metrics.py udfs/_treewalk.c udfs/_statecodec.c udfs/_eventdecode.c udfs/_features.c udfs/_attrcache.h udfs/params.py udfs/native.py \
 	udfs/_impl.py
 
 # demo knobs: DATASET=path FORMAT=taobao|rees46 EVENTS=n USERS=n; PG_DSN / KAFKA_BOOTSTRAP use external services

@@ -30,6 +30,7 @@ COMPILED: tuple[str, ...] = (
     "udfs.engine",
     "udfs.cache",
     "udfs.trees",
+    "udfs.pseudonym",  # every row asks for its user's pseudonym
     "udfs.metrics",  # its SampledTimer wraps the score, the reasons and the cluster of every row
 )
 # Hand-written C extension modules built with them (module -> source, relative to ROOT).
