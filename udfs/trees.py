@@ -28,6 +28,7 @@ evaluator against LightGBM on probe rows at every node's threshold before using 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -305,3 +306,65 @@ class TreeModel:
                 row[self.feature[node]] = x
                 rows.append(row)
         return rows
+
+
+class Explainer:
+    """A score's reasons, memoised by the exact model input: what `udfs.scoring.Scorer.explain`
+    is (see there; compiled, so a row's call costs no interpreted frame).
+
+    `input_key(vector)` gives the memo's key (the model's inputs as the doubles LightGBM reads);
+    `reasons(vector, k)`, when given, the k largest contributions by magnitude as flat [input,
+    value, ...] or None (the compiled TreeSHAP; None for a NaN contribution); otherwise, and then,
+    the `width` values of `contributions(vector)` are sorted here (largest magnitude first, the
+    lower input first on ties). Inputs are reported as their indexes in the profile's feature
+    vector (`code_index`), values in millionths, rounded half to even. At most `memo` inputs are
+    kept, least recently used dropped first (0: none)."""
+
+    def __init__(
+        self,
+        input_key: Callable[[Sequence[Any]], bytes],
+        reasons: Callable[[Sequence[Any], int], list[Any] | None] | None,
+        contributions: Callable[[Sequence[Any]], list[float]],
+        code_index: list[int],
+        width: int,
+        k: int,
+        memo: int,
+    ) -> None:
+        self.input_key = input_key
+        self.reasons = reasons
+        self.contributions = contributions
+        self.code_index = code_index
+        self.width = width
+        self.k = k
+        self.memo = memo
+        self.explained: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self.calls = 0
+        self.memo_hits = 0
+
+    def __call__(self, vector: Sequence[Any]) -> list[int]:
+        self.calls += 1
+        key = self.input_key(vector)
+        explained = self.explained
+        known = explained.get(key)
+        if known is not None:
+            explained.move_to_end(key)
+            self.memo_hits += 1
+            return list(known)
+        reasons = self.reasons
+        top: list[Any] | None = reasons(vector, self.k) if reasons is not None else None
+        if top is None:
+            values = self.contributions(vector)
+            top = []
+            for i in sorted(range(self.width), key=lambda i: -abs(values[i]))[: self.k]:
+                top.append(i)
+                top.append(values[i])
+        code_index = self.code_index
+        out: list[int] = []
+        for j in range(0, len(top), 2):
+            out.append(code_index[top[j]])
+            out.append(round(top[j + 1] * 1e6))
+        if self.memo > 0:
+            if len(explained) >= self.memo:
+                explained.popitem(last=False)
+            explained[key] = tuple(out)
+        return out

@@ -111,7 +111,7 @@ def test_memoised_reasons_are_the_computed_ones(monkeypatch: pytest.MonkeyPatch)
         got.append(-1)  # the caller's list: the memo is not changed through it
     assert scorer.explain_calls == len(stream)
     assert scorer.explain_memo_hits == 10 + 1
-    assert len(scorer._explained) == 64
+    assert len(scorer.explain.explained) == 64
     scorer.close()
 
 
