@@ -486,8 +486,20 @@ static PyObject *f32(PyObject *Py_UNUSED(module), PyObject *arg) {
     return PyFloat_FromDouble(y);
 }
 
+/* f32_cast(x) -> float: `x` through a C cast to float and back, which is what an
+ * array('f') stores and gives back (`udfs.sketches.f32_cast_py`): rounded to the nearest
+ * float32, a finite value beyond its range becoming an infinity instead of an error. The fold
+ * rounds its decayed sums this way on every event. */
+static PyObject *f32_cast(PyObject *Py_UNUSED(module), PyObject *arg) {
+    double x = PyFloat_AsDouble(arg);
+    if (x == -1.0 && PyErr_Occurred()) return NULL;
+    return PyFloat_FromDouble((double)(float)x);
+}
+
 static PyMethodDef methods[] = {
     {"f32", f32, METH_O, "f32(x) -> float\nx rounded to the nearest float32 (udfs.sketches.f32)."},
+    {"f32_cast", f32_cast, METH_O,
+     "f32_cast(x) -> float\nx as an array('f') stores it (udfs.sketches.f32_cast)."},
     {"encode_v3", (PyCFunction)(void (*)(void))encode_v3, METH_FASTCALL,
      "encode_v3(profile, ring_short_ms, ring_mid_ms, ring_day_ms) -> bytes | NotImplemented\n"
      "The format-3 state bytes of a udfs.profile.Profile (NotImplemented: use the Python path)."},

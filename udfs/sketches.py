@@ -16,6 +16,7 @@ import hashlib
 import math
 import struct
 import zlib
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -44,6 +45,23 @@ def _native_f32() -> Callable[[float], float]:
 
 
 f32: Final = _native_f32()
+
+
+def f32_cast_py(x: float) -> float:
+    """`x` as an array('f') stores it: rounded to the nearest float32 like `f32`, but a finite
+    value beyond float32's range becomes an infinity instead of raising."""
+    return array("f", [x])[0]
+
+
+def _native_f32_cast() -> Callable[[float], float]:
+    """udfs._statecodec.f32_cast (the same C cast array('f') makes, without the array and its
+    list) when the native build has it."""
+    module = native_module("udfs._statecodec")
+    native: Callable[[float], float] | None = getattr(module, "f32_cast", None)
+    return native if native is not None else f32_cast_py
+
+
+f32_cast: Final = _native_f32_cast()
 
 
 def hash32(text: str) -> int:

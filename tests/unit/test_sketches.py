@@ -8,6 +8,7 @@ import itertools
 import math
 import random
 import struct
+from array import array
 from collections import Counter
 
 import pytest
@@ -21,6 +22,8 @@ from udfs.sketches import (
     NAME_MARGIN,
     Preferences,
     f32,
+    f32_cast,
+    f32_cast_py,
     f32_py,
     hash32,
     hash64,
@@ -55,6 +58,18 @@ def test_f32_rounds_to_the_nearest_float32() -> None:
     assert f32(float(2**24)) == 2**24 and f32(2**24 + 1.0) == 2**24  # 24-bit mantissa
 
 
+def _float32_edge_values() -> list[float]:
+    """Subnormals, float32's limits, infinities, ints, random doubles and bit patterns (NaNs
+    with payloads among them), and values spread over float32's exponents and beyond."""
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1e-45, 1.4e-45, 7e-46, 1e-40, 3.4028234e38, 3.4028235e38, 2**24 + 1.0]
+    values += [math.inf, -math.inf, 5, -(2**40), True]
+    values += [rng.uniform(-1e6, 1e6) for _ in range(2000)]
+    values += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(2000)]
+    values += [v * 2.0 ** rng.randint(-160, 130) for v in (rng.random() for _ in range(2000))]
+    return values
+
+
 def test_native_f32_is_struct_rounding() -> None:
     """udfs._statecodec.f32 (what `f32` is in the native build) against struct's '<f' round trip
     (`f32_py`): the same value bit for bit, the same errors."""
@@ -63,13 +78,7 @@ def test_native_f32_is_struct_rounding() -> None:
         pytest.skip("the native build is not selected")
     native = module.f32
     assert f32 is native
-    rng = random.Random(7)
-    values = [0.0, -0.0, 1e-45, 1.4e-45, 7e-46, 1e-40, 3.4028234e38, 3.4028235e38, 2**24 + 1.0]
-    values += [math.inf, -math.inf, 5, -(2**40), True]
-    values += [rng.uniform(-1e6, 1e6) for _ in range(2000)]
-    values += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(2000)]
-    values += [v * 2.0 ** rng.randint(-160, 130) for v in (rng.random() for _ in range(2000))]
-    for v in values:
+    for v in _float32_edge_values():
         try:
             expected: float | str = f32_py(v)
         except OverflowError as exc:
@@ -85,6 +94,21 @@ def test_native_f32_is_struct_rounding() -> None:
     assert math.isnan(native(math.nan)) and math.isnan(f32_py(math.nan))
     with pytest.raises(TypeError):
         native("0.5")
+
+
+def test_f32_cast_is_what_an_array_of_floats_stores() -> None:
+    """`f32_cast` (udfs._statecodec.f32_cast in the native build, `f32_cast_py` otherwise) gives
+    what array('f') stores, bit for bit: `f32`'s rounding, and an infinity where `f32` raises."""
+    module = native_module("udfs._statecodec")
+    assert f32_cast is (module.f32_cast if module is not None else f32_cast_py)
+    assert f32_cast(0.1) == f32(0.1)
+    assert f32_cast(3.5e38) == math.inf and f32_cast(-1e300) == -math.inf
+    for cast in {f32_cast, f32_cast_py}:
+        for v in _float32_edge_values():
+            got = cast(v)
+            assert struct.pack("<d", got) == struct.pack("<d", array("f", [v])[0]), v
+        with pytest.raises(TypeError):
+            cast("0.5")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
