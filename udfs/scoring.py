@@ -249,10 +249,12 @@ class Scorer:
         # state stores; `udfs.rows.reasons_json` renders it). A model input explained before
         # (the same bytes) gets the memoised reasons: the same computation would give the same
         # ones. Compiled (`udfs.trees.Explainer`): it runs on a third of the rows.
+        # With TreeSHAP it holds only the forest's methods: no reference cycle through this
+        # Scorer, which is then freed as soon as it is dropped (a model switch).
         self.explain: Explainer = Explainer(
             shap.input_key if shap is not None else self._lightgbm_input_key,
             shap.reasons if shap is not None else None,
-            self.contributions,
+            shap.contributions if shap is not None else self._lightgbm_contributions,
             self._code_index,
             self._n,
             REASONS,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import shutil
+import weakref
 from pathlib import Path
 
 import lightgbm as lgb
@@ -113,6 +115,24 @@ def test_memoised_reasons_are_the_computed_ones(monkeypatch: pytest.MonkeyPatch)
     assert scorer.explain_memo_hits == 10 + 1
     assert len(scorer.explain.explained) == 64
     scorer.close()
+
+
+def test_a_dropped_scorer_is_freed_at_once() -> None:
+    """A model switch drops the old Scorer: with the compiled trees and TreeSHAP nothing it
+    holds refers back to it, so reference counting frees it (and its model) at once, without
+    waiting for a full collection (which the job's collector thresholds make rare)."""
+    scorer = Scorer(DEFAULT_MODEL_DIR)
+    if not scorer.explainer.startswith("trees"):
+        pytest.skip("LightGBM's path: its bound methods refer back to the Scorer")
+    scorer.explain([0.0] * len(FEATURE_NAMES))
+    scorer.close()
+    gone = weakref.ref(scorer)
+    gc.disable()
+    try:
+        del scorer
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_first_events_share_their_explanations() -> None:
