@@ -27,8 +27,9 @@ LOOPBACK = "127.0.0.1"
 # job upserts one row per event into `user_profiles`, whose rows (~3 KB with the features JSON)
 # and seven indexes outgrow PostgreSQL's default 128 MB of shared buffers after ~40,000 users;
 # with them in memory, and WAL-triggered checkpoints every few minutes instead of every ~80 s
-# at 3,500 rows per second, the bench's freshness no longer climbs to the end of its runs (the
-# runs, by setting: docs/performance.md, "Freshness"). Memory is taken as it is used.
+# at 3,500 rows per second, the bench's freshness tail is lower (the runs, by setting, and the
+# local broker's share of what still rises: docs/performance.md, "Freshness"). Memory is taken
+# as it is used.
 SERVER_SETTINGS: dict[str, str] = {"shared_buffers": "512MB", "max_wal_size": "4GB"}
 
 
