@@ -52,7 +52,7 @@ import psutil
 from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR, JobConfig
 from flink_jobs.io import db
 from flink_jobs.io.db import pg_counts
-from flink_jobs.io.producer import EventPublisher, PublishReport, ensure_topic
+from flink_jobs.io.producer import DEFAULT_LINGER_MS, EventPublisher, PublishReport, ensure_topic
 from flink_jobs.ops.runtime import install_connector_jars, install_java
 from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port
 from udfs.cache import ProfileCache
@@ -175,6 +175,7 @@ class Bench:
     # removed once its figures are read: a full bench writes ~5 GB, the million-user run most.
     keep_work: bool = False
     log: list[str] = field(default_factory=list)
+    broker_pid: int | None = None  # the local broker's process, for its CPU in freshness runs
 
     def fresh_database(self) -> str:
         """A new, migrated database for the next run; the previous run's is dropped."""
@@ -254,6 +255,17 @@ class Bench:
         return result
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) of one process so far; 0 when there is none or it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
 def postgres_cpu_seconds(pg: EmbeddedPostgres) -> float:
     """CPU seconds of the PostgreSQL server so far: the postmaster and its live backends, plus
     what the backends that exited used (reaped by the postmaster: its children's times)."""
@@ -307,7 +319,12 @@ PROBE_EVERY = 20  # every 20th user is a probe: one of its events is timed into 
 
 
 def freshness(
-    bench: Bench, rate: float, seconds: float, new_share: float, warmup: float = 30.0
+    bench: Bench,
+    rate: float,
+    seconds: float,
+    new_share: float,
+    warmup: float = 30.0,
+    linger_ms: int = DEFAULT_LINGER_MS,
 ) -> dict[str, Any]:
     """The job runs unbounded; a producer sends `rate` events/s for `warmup` + `seconds` with
     event time = send time, and the last `seconds` are measured.
@@ -349,7 +366,7 @@ def freshness(
         row = cur.fetchone()
         if row is None or row[0] != "on":
             raise SystemExit("freshness needs PostgreSQL's track_commit_timestamp=on")
-    publisher = EventPublisher(bench.bootstrap, topic, validate=False, **{"linger.ms": 5})
+    publisher = EventPublisher(bench.bootstrap, topic, validate=False, **{"linger.ms": linger_ms})
     probes: dict[str, tuple[int, bool]] = {}  # probe user -> (send time, a user's first event)
     measuring = threading.Event()
 
@@ -435,9 +452,18 @@ def freshness(
     )
     start = time.monotonic()
     sent = 0
+    # The local broker's CPU in each 10 s of the measured load, in cores: Tansu's fetches cost
+    # more as a partition holds more stored batches (docs/performance.md), and this shows it.
+    broker_cores: list[float] = []
+    broker_mark = (0.0, process_cpu_seconds(bench.broker_pid))
     while (elapsed := time.monotonic() - start) < warmup + seconds:
         if elapsed >= warmup and not measuring.is_set():
             measuring.set()
+            broker_mark = (elapsed, process_cpu_seconds(bench.broker_pid))
+        if measuring.is_set() and elapsed - broker_mark[0] >= 10.0:
+            cpu = process_cpu_seconds(bench.broker_pid)
+            broker_cores.append(round((cpu - broker_mark[1]) / (elapsed - broker_mark[0]), 2))
+            broker_mark = (elapsed, cpu)
         due = int(elapsed * rate)
         while sent < due:
             send(i)
@@ -504,6 +530,7 @@ def freshness(
         "seconds": seconds,
         "warmup_seconds": warmup,
         "new_user_share": new_share,
+        "producer_linger_ms": linger_ms,
         "users": started,
         "events_sent": sent,
         "method": "commit timestamp of the row version - send time",
@@ -521,6 +548,7 @@ def freshness(
         "max_ms_by_10s": by_window(timeline, 10_000, max),
         "broker_leg_p50_ms": pct(0.50, broker_leg) if broker_leg else None,
         "broker_leg_p99_ms": pct(0.99, broker_leg) if broker_leg else None,
+        "broker_cores_by_10s": broker_cores if bench.broker_pid else None,
         "job": {
             k: result.get(k)
             for k in (
@@ -662,6 +690,12 @@ def main(argv: list[str] | None = None) -> None:
         " --users / --events, the mix whose rate the job part measured)",
     )
     parser.add_argument("--freshness-rate", type=float, help="default: half the job's rate")
+    parser.add_argument(
+        "--freshness-linger-ms",
+        type=int,
+        default=DEFAULT_LINGER_MS,
+        help="the load's producer linger.ms (default: the project's producer's own)",
+    )
     parser.add_argument("--scale-users", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--scale-events-per-user", type=int, default=2)
     parser.add_argument(
@@ -700,6 +734,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pg.start()
         bench = Bench(work, pg, broker.start(), args.parallelism, keep_work=args.keep_work)
+        bench.broker_pid = broker.pid
         for entry in args.flink_setting:
             key, sep, value = entry.partition("=")
             if not sep or not key:
@@ -787,7 +822,12 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"--freshness-new-share {share}: expected a share in (0, 1]")
             say(f"freshness at {rate:,.0f} events/s, {share:.0%} of them a user's first ...")
             fresh = freshness(
-                bench, rate, args.freshness_seconds, new_share=share, warmup=args.freshness_warmup
+                bench,
+                rate,
+                args.freshness_seconds,
+                new_share=share,
+                warmup=args.freshness_warmup,
+                linger_ms=args.freshness_linger_ms,
             )
             out["freshness"] = fresh
             out["freshness_p50_ms"] = fresh["p50_ms"]
@@ -799,7 +839,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"  by 10 s of load: p50 {fresh['p50_ms_by_10s']} ms, max {fresh['max_ms_by_10s']}"
                 f" ms; {fresh['unseen']} of {fresh['samples'] + fresh['unseen']} probes not seen;"
                 " the broker leg alone:"
-                f" p50 {_ms(fresh['broker_leg_p50_ms'])}, p99 {_ms(fresh['broker_leg_p99_ms'])}"
+                f" p50 {_ms(fresh['broker_leg_p50_ms'])}, p99 {_ms(fresh['broker_leg_p99_ms'])};"
+                f" the local broker's CPU by 10 s: {fresh['broker_cores_by_10s']} cores"
             )
             say(f"  the job meanwhile, CPU us/event by thread: {thread_summary(fresh['job'])}")
         if "scale" in parts:

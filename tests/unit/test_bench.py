@@ -13,7 +13,13 @@ from typing import Any, cast
 
 import pytest
 
-from bench.e2e import by_window, job_settings, postgres_cpu_seconds, thread_summary
+from bench.e2e import (
+    by_window,
+    job_settings,
+    postgres_cpu_seconds,
+    process_cpu_seconds,
+    thread_summary,
+)
 from bench.pg_upsert import BATCH, batches
 from bench.runner import cpu_per_event, steady_rate, task_times, thread_cpu
 
@@ -145,6 +151,18 @@ def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> No
     while time.process_time() < deadline:
         pass
     assert postgres_cpu_seconds(pg) >= before + 0.2
+
+
+def test_a_process_cpu_is_its_own_and_zero_without_one() -> None:
+    """The local broker's CPU in freshness runs: a process's user + system seconds; none (the
+    broker not started, or gone) reads 0, not an error."""
+    assert process_cpu_seconds(None) == 0.0
+    assert process_cpu_seconds(2**22 + 12345) == 0.0  # above Linux's pid_max: no such process
+    before = process_cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert process_cpu_seconds(os.getpid()) >= before + 0.2
 
 
 def test_pg_upsert_batches_keep_the_last_row_per_user_of_each_batch() -> None:
