@@ -227,7 +227,9 @@ class LocalBroker:
     """A Tansu Kafka-protocol broker on a loopback port, in-memory storage (gone when stopped).
 
     Tansu's ListOffsets reports batch counts, not record offsets: bound consumers with the
-    producer's delivery-report offsets instead of `latest()`.
+    producer's delivery-report offsets instead of `latest()`. Its fetches cost more the more
+    batches a partition stores: producers should batch (EventPublisher lingers 20 ms; at 5 ms and
+    ~3k messages/s a tail consumer made it take a whole core within 90 s, docs/performance.md).
     """
 
     def __init__(self, log_path: Path, port: int | None = None) -> None:
