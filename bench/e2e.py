@@ -704,6 +704,8 @@ def main(argv: list[str] | None = None) -> None:
         help="keep the runs' state, checkpoints, databases and logs (removed by default)",
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.freshness_linger_ms <= 900_000:  # before the runs, not 10 minutes in
+        parser.error(f"--freshness-linger-ms {args.freshness_linger_ms}: expected 0-900000")
     parts = tuple(args.part or DEFAULT_PARTS)
 
     java = install_java()
