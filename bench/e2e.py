@@ -34,6 +34,7 @@ import json
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -649,6 +650,12 @@ def job_settings(entries: list[str]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """`kill` ends the bench as Ctrl-C does: through its clean-up (the runner's JVM, the local
+    broker and PostgreSQL stopped, the work directory removed), not with them left running."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.e2e", description=__doc__.split("\n\n")[0]
@@ -707,11 +714,11 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.freshness_linger_ms <= 900_000:  # before the runs, not 10 minutes in
         parser.error(f"--freshness-linger-ms {args.freshness_linger_ms}: expected 0-900000")
     parts = tuple(args.part or DEFAULT_PARTS)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     java = install_java()
     install_connector_jars()
-    work = Path(tempfile.mkdtemp(prefix="profilestream-bench-"))
-    ensure_key_file(work / "pseudonym.key")  # unless a key is configured
     out: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -728,6 +735,8 @@ def main(argv: list[str] | None = None) -> None:
     say(f"generating {args.events:,} synthetic events for {args.users:,} users ...")
     spec = SyntheticSpec(events=args.events, users=args.users, seed=args.seed)
     raws = [m.SerializeToString() for m in synthetic_events(spec)]
+    work = Path(tempfile.mkdtemp(prefix="profilestream-bench-"))
+    ensure_key_file(work / "pseudonym.key")  # unless a key is configured
     # Commit times let the freshness part read when each row became visible.
     pg = EmbeddedPostgres(
         work / "pgdata", database="bench", settings={"track_commit_timestamp": "on"}
