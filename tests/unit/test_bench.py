@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -110,6 +111,13 @@ def test_the_thread_summary_names_waits_and_task_times_and_tolerates_missing_fig
     assert thread_summary({"cpu_us_per_event": None, "keyed_task_ms_per_s": None}) == ""
 
 
+def spin(seconds: float, clock: Callable[[], float] = time.process_time) -> None:
+    """Burn `seconds` of CPU as `clock` counts it (the process's, or the thread's)."""
+    deadline = clock() + seconds
+    while clock() < deadline:
+        pass
+
+
 def test_thread_cpu_groups_threads_by_name_with_their_wait_for_a_core() -> None:
     """A thread of this process named like the keyed task (the name Flink gives its thread)
     counts as "keyed" with its CPU and its run delay; unnamed threads are "other" by name."""
@@ -118,9 +126,7 @@ def test_thread_cpu_groups_threads_by_name_with_their_wait_for_a_core() -> None:
 
     def keyed() -> None:
         Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text("update profile")
-        end = time.thread_time() + 0.2
-        while time.thread_time() < end:  # some CPU to count, well above /proc's 10 ms tick
-            pass
+        spin(0.2, time.thread_time)  # some CPU to count, well above /proc's 10 ms tick
         ready.set()
         done.wait(10)
 
@@ -147,9 +153,7 @@ def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> No
     before = postgres_cpu_seconds(pg)
     # /proc counts CPU in clock ticks (10 ms) and this process's children come and go: burn well
     # above both so the check cannot miss by a tick (it did, 0.04 against 0.05 burnt, in CI).
-    deadline = time.process_time() + 0.3
-    while time.process_time() < deadline:
-        pass
+    spin(0.3)
     assert postgres_cpu_seconds(pg) >= before + 0.2
 
 
@@ -159,9 +163,7 @@ def test_a_process_cpu_is_its_own_and_zero_without_one() -> None:
     assert process_cpu_seconds(None) == 0.0
     assert process_cpu_seconds(2**22 + 12345) == 0.0  # above Linux's pid_max: no such process
     before = process_cpu_seconds(os.getpid())
-    deadline = time.process_time() + 0.3
-    while time.process_time() < deadline:
-        pass
+    spin(0.3)
     assert process_cpu_seconds(os.getpid()) >= before + 0.2
 
 
