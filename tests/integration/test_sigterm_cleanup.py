@@ -1,0 +1,120 @@
+"""A command stopped with `kill` (SIGTERM) cleans up as it does after Ctrl-C
+(`flink_jobs.ops.services.exit_on_sigterm`): `make bench` stops its embedded PostgreSQL and local
+broker and removes its work directory (state, databases, the pseudonym key); `profilestream demo`
+stops its local broker (its PostgreSQL stays up for psql, by design, until `services stop`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.cli import CLI, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _brokers(pid: int) -> list[int]:
+    return [c.pid for c in psutil.Process(pid).children(recursive=True) if "tansu" in c.name()]
+
+
+def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.e2e",
+            "--part",
+            "floor",
+            "--events",
+            "2000",
+            "--users",
+            "500",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # Both services up: PostgreSQL's pid file written and the broker running.
+        deadline = time.monotonic() + 180
+        services: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            pid_files = list(tmp_path.glob("profilestream-bench-*/pgdata/postmaster.pid"))
+            brokers = _brokers(proc.pid)
+            if pid_files and brokers:
+                try:
+                    postmaster = int(pid_files[0].read_text().split()[0])
+                except (OSError, ValueError, IndexError):  # being written
+                    postmaster = 0
+                if postmaster:
+                    services = [postmaster, *brokers]
+                    break
+            time.sleep(0.2)
+        assert services, f"the bench's services did not start: {proc.poll()}"
+        assert all(_alive(pid) for pid in services)
+
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert not [pid for pid in services if _alive(pid)], out
+    assert not list(tmp_path.glob("profilestream-bench-*")), out
+
+
+def test_a_killed_demo_stops_its_broker(tmp_path: Path) -> None:
+    env = {**os.environ, "PROFILESTREAM_STATE_DIR": str(tmp_path)}
+    for key in ("PG_DSN", "KAFKA_BOOTSTRAP", "PROFILESTREAM_PSEUDONYM_KEY"):
+        env.pop(key, None)
+    proc = subprocess.Popen(
+        [CLI, "demo", "--events", "2000", "--users", "200"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        # The broker starts after PostgreSQL, seconds before the job would.
+        deadline = time.monotonic() + 180
+        brokers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None and not brokers:
+            brokers = _brokers(proc.pid)
+            time.sleep(0.1)
+        assert brokers, f"the demo's broker did not start: {proc.poll()}"
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
+        left = [pid for pid in children if _alive(pid)]
+        for pid in left:  # a failing run leaves no broker behind either
+            psutil.Process(pid).kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert err.strip().splitlines()[-1] == "terminated", err
+    assert not left, out + err
+    assert "embedded PostgreSQL stopped" in stop.stdout, stop.stdout + stop.stderr
