@@ -281,6 +281,8 @@ def print_summary(s: dict[str, Any], pg: EmbeddedPostgres | None, dsn: str, say:
             f"  after the first row  {s['steady_s']:>10.1f} s  "
             f"({s['events_read'] / s['steady_s']:,.0f} events/s)"
         )
+    if s.get("status") == "CANCELED":
+        say("  job                   cancelled (Ctrl-C or kill): the figures are what it wrote")
     say("")
     say("  ten highest-scoring users (purchase propensity):")
     say(

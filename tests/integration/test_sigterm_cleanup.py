@@ -1,7 +1,8 @@
 """A command stopped with `kill` (SIGTERM) cleans up as it does after Ctrl-C
 (`flink_jobs.ops.services.exit_on_sigterm`): `make bench` stops its embedded PostgreSQL and local
 broker and removes its work directory (state, databases, the pseudonym key); `profilestream demo`
-stops its local broker (its PostgreSQL stays up for psql, by design, until `services stop`)."""
+stops its local broker (its PostgreSQL stays up for psql, by design, until `services stop`), and
+cancels its job if one runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg2
 import pytest
 
 from tests.support.cli import CLI, run_cli
@@ -82,17 +84,34 @@ def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path)
     assert not list(tmp_path.glob("profilestream-bench-*")), out
 
 
-def test_a_killed_demo_stops_its_broker(tmp_path: Path) -> None:
+def _demo(tmp_path: Path, events: int) -> subprocess.Popen[str]:
     env = {**os.environ, "PROFILESTREAM_STATE_DIR": str(tmp_path)}
     for key in ("PG_DSN", "KAFKA_BOOTSTRAP", "PROFILESTREAM_PSEUDONYM_KEY"):
         env.pop(key, None)
-    proc = subprocess.Popen(
-        [CLI, "demo", "--events", "2000", "--users", "200"],
+    return subprocess.Popen(
+        [CLI, "demo", "--events", str(events), "--users", "200"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _stop_services(tmp_path: Path) -> str:
+    stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
+    return stop.stdout + stop.stderr
+
+
+def _kill_left(pids: list[int]) -> list[int]:
+    """The processes of `pids` still running, killed: a failing run leaves nothing behind."""
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:
+        psutil.Process(pid).kill()
+    return left
+
+
+def test_a_killed_demo_stops_its_broker(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, 2000)
     children: list[int] = []
     try:
         # The broker starts after PostgreSQL, seconds before the job would.
@@ -110,11 +129,50 @@ def test_a_killed_demo_stops_its_broker(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
-        left = [pid for pid in children if _alive(pid)]
-        for pid in left:  # a failing run leaves no broker behind either
-            psutil.Process(pid).kill()
+        stopped = _stop_services(tmp_path)
+        left = _kill_left(children)
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert err.strip().splitlines()[-1] == "terminated", err
     assert not left, out + err
-    assert "embedded PostgreSQL stopped" in stop.stdout, stop.stdout + stop.stderr
+    assert "embedded PostgreSQL stopped" in stopped
+
+
+@pytest.mark.flink
+def test_a_demo_killed_while_its_job_runs_cancels_the_job(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, 200_000)  # ~25 s of job: the signal comes well before its end
+    children: list[int] = []
+    try:
+        assert proc.stdout is not None
+        dsn = ""
+        for line in proc.stdout:  # the lines before the job's progress bar
+            if "PostgreSQL: embedded, " in line:
+                dsn = line.split("PostgreSQL: embedded, ")[1].split()[0]
+                break
+        assert dsn, f"the demo did not start PostgreSQL: {proc.poll()}"
+        deadline = time.monotonic() + 300
+        written = 0
+        while time.monotonic() < deadline and proc.poll() is None and not written:
+            time.sleep(0.5)
+            try:
+                with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM user_profiles")
+                    written = cur.fetchone()[0]
+            except psycopg2.Error:  # the schema is being applied
+                pass
+        assert written, f"the demo's job wrote no row: {proc.poll()}"
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stopped = _stop_services(tmp_path)
+        left = _kill_left(children)
+    assert "cancelled (Ctrl-C or kill)" in out, out + err
+    read = int(out.split("events read")[1].split()[0].replace(",", ""))
+    assert 0 < read < 200_000, out
+    assert proc.returncode == 0, out + err  # a summary of what the job wrote
+    assert not left, out + err
+    assert "embedded PostgreSQL stopped" in stopped
