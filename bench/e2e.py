@@ -49,6 +49,7 @@ from typing import Any
 
 import psutil
 
+from bench.cpu import postgres_cpu_seconds, process_cpu_seconds
 from flink_jobs.config import DEFAULT_MODEL_DIR, DEFAULT_SEGMENTS_DIR, JobConfig
 from flink_jobs.io import db
 from flink_jobs.io.db import pg_counts
@@ -234,9 +235,9 @@ class Bench:
             **extra: Any) -> dict[str, Any]:  # fmt: skip
         """One Flink run in a fresh process; its JSON result."""
         dsn = self.fresh_database()
-        pg_cpu = postgres_cpu_seconds(self.pg)
+        pg_cpu = postgres_cpu_seconds(self.pg.data_dir)
         proc = self.runner(variant, dsn, topic, events, offsets, f"state-{self.runs}", **extra)
-        pg_cpu = postgres_cpu_seconds(self.pg) - pg_cpu
+        pg_cpu = postgres_cpu_seconds(self.pg.data_dir) - pg_cpu
         lines = proc.stdout.strip().splitlines()
         try:
             result: dict[str, Any] = json.loads(lines[-1])
@@ -253,35 +254,6 @@ class Bench:
             profiles, folded, dead = pg_counts(dsn)
             result["pg"] = {"profiles": profiles, "events_folded": folded, "dead_letters": dead}
         return result
-
-
-def process_cpu_seconds(pid: int | None) -> float:
-    """CPU seconds (user + system) of one process so far; 0 when there is none or it is gone."""
-    if pid is None:
-        return 0.0
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(t.user + t.system)
-
-
-def postgres_cpu_seconds(pg: EmbeddedPostgres) -> float:
-    """CPU seconds of the PostgreSQL server so far: the postmaster and its live backends, plus
-    what the backends that exited used (reaped by the postmaster: its children's times)."""
-    try:
-        pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-        root = psutil.Process(pid)
-        total = 0.0
-        for proc in (root, *root.children(recursive=True)):
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                continue
-        return total
-    except (OSError, ValueError, IndexError, psutil.Error):
-        return 0.0
 
 
 def _ms(value: float | None) -> str:

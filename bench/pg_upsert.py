@@ -23,7 +23,8 @@ from typing import Any
 
 from psycopg2.extras import execute_values
 
-from bench.e2e import plain_host, postgres_cpu_seconds
+from bench.cpu import postgres_cpu_seconds
+from bench.e2e import plain_host
 from flink_jobs.config import DEFAULT_MODEL_DIR
 from flink_jobs.io import db
 from flink_jobs.ops.services import EmbeddedPostgres
@@ -96,10 +97,10 @@ def run_variant(
     with closing(db.connect(dsn)) as conn, conn.cursor() as cur:
         for statement in statements:
             cur.execute(statement)
-        cpu, wall = postgres_cpu_seconds(pg), time.perf_counter()
+        cpu, wall = postgres_cpu_seconds(pg.data_dir), time.perf_counter()
         for batch in work:
             execute_values(cur, upsert, batch, template=f"({casts})", page_size=len(batch))
-        cpu, wall = postgres_cpu_seconds(pg) - cpu, time.perf_counter() - wall
+        cpu, wall = postgres_cpu_seconds(pg.data_dir) - cpu, time.perf_counter() - wall
         cur.execute(
             "SELECT pg_total_relation_size('user_profiles'),"
             " (SELECT count(*) FROM user_profile_history)"

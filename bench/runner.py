@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from bench.cpu import process_cpu_seconds
 from flink_jobs.config import DEFAULT_CHECKPOINT_INTERVAL_MS, JobConfig
 from flink_jobs.job.run import run_job
 from flink_jobs.ops.runtime import find_java
@@ -239,14 +240,7 @@ def task_times(
 
 
 def jvm_cpu_seconds() -> float:
-    total = 0.0
-    for pid in jvm_pids():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
+    return process_cpu_seconds(*jvm_pids())
 
 
 def run_variant(spec: dict[str, Any]) -> dict[str, Any]:

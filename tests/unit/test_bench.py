@@ -14,13 +14,8 @@ from typing import Any, cast
 
 import pytest
 
-from bench.e2e import (
-    by_window,
-    job_settings,
-    postgres_cpu_seconds,
-    process_cpu_seconds,
-    thread_summary,
-)
+from bench.cpu import postgres_cpu_seconds, process_cpu_seconds
+from bench.e2e import by_window, job_settings, thread_summary
 from bench.pg_upsert import BATCH, batches
 from bench.runner import cpu_per_event, steady_rate, task_times, thread_cpu
 
@@ -147,14 +142,13 @@ def test_thread_cpu_groups_threads_by_name_with_their_wait_for_a_core() -> None:
 def test_postgres_cpu_is_read_from_the_postmaster_pid_file(tmp_path: Path) -> None:
     """The server's CPU comes from the process named in postmaster.pid (this test's own process
     stands in for it) and its children; without a pid file it is 0, not an error."""
-    pg = cast(Any, SimpleNamespace(data_dir=tmp_path))
-    assert postgres_cpu_seconds(pg) == 0.0
+    assert postgres_cpu_seconds(tmp_path) == 0.0
     (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n{tmp_path}\n")
-    before = postgres_cpu_seconds(pg)
+    before = postgres_cpu_seconds(tmp_path)
     # /proc counts CPU in clock ticks (10 ms) and this process's children come and go: burn well
     # above both so the check cannot miss by a tick (it did, 0.04 against 0.05 burnt, in CI).
     spin(0.3)
-    assert postgres_cpu_seconds(pg) >= before + 0.2
+    assert postgres_cpu_seconds(tmp_path) >= before + 0.2
 
 
 def test_a_process_cpu_is_its_own_and_zero_without_one() -> None:
@@ -165,6 +159,10 @@ def test_a_process_cpu_is_its_own_and_zero_without_one() -> None:
     before = process_cpu_seconds(os.getpid())
     spin(0.3)
     assert process_cpu_seconds(os.getpid()) >= before + 0.2
+    # several processes: their sum, the ones gone still counting 0
+    assert process_cpu_seconds(os.getpid(), None, 2**22 + 12345) == pytest.approx(
+        process_cpu_seconds(os.getpid()), abs=0.05
+    )
 
 
 def test_pg_upsert_batches_keep_the_last_row_per_user_of_each_batch() -> None:
