@@ -1,11 +1,14 @@
 """The whole suite's set-up: the pseudonym key every job, CLI run and cluster uses, put in the
-environment before any test runs, and the rule that a test's folder and its markers agree.
+environment before any test runs, the rule that a test's folder and its markers agree, and a
+`kill` of the run ending it as Ctrl-C does (the fixtures' PostgreSQL and broker stopped).
 Service fixtures (PostgreSQL, the broker) are in tests/integration/conftest.py; helpers that test
 modules import are in tests/support."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,18 @@ os.environ.pop(ENV_KEY_FILE, None)
 
 TESTS = Path(__file__).resolve().parent
 SERVICE_MARKERS = frozenset({"integration", "flink"})
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (`kill`, `timeout`, a CI job cancelled) interrupts the run as Ctrl-C does: pytest
+    then tears the fixtures down, so their embedded PostgreSQL and local broker (which run in
+    sessions of their own and would outlive the run) are stopped, not left behind."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect anything: every collected test is checked

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -61,9 +62,18 @@ def test_unmigrated_database(kafka: str, pg_server) -> None:  # type: ignore[no-
     assert_one_line_error(proc, "schema version 0", "profilestream db migrate")
 
 
+@pytest.fixture
+def demo_state(tmp_path: Path) -> Iterator[Path]:
+    """The demo's state directory; the embedded PostgreSQL it leaves running (for psql, by
+    design) is stopped afterwards, also when the test fails or the run is interrupted."""
+    yield tmp_path
+    run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
+
+
 @pytest.mark.integration
 @pytest.mark.flink
-def test_demo_prints_summary_with_profiles(tmp_path: Path) -> None:
+def test_demo_prints_summary_with_profiles(demo_state: Path) -> None:
+    tmp_path = demo_state
     proc = run_cli(
         "demo",
         "--events",

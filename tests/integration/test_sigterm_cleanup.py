@@ -35,6 +35,17 @@ def _brokers(pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(pid).children(recursive=True) if "tansu" in c.name()]
 
 
+def _postmasters(under: Path) -> list[int]:
+    """The PostgreSQL servers whose data directories are under `under` (pid files complete)."""
+    pids = []
+    for pid_file in under.rglob("postmaster.pid"):
+        try:
+            pids.append(int(pid_file.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):  # being written
+            continue
+    return pids
+
+
 def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -59,16 +70,11 @@ def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path)
         deadline = time.monotonic() + 180
         services: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
-            pid_files = list(tmp_path.glob("profilestream-bench-*/pgdata/postmaster.pid"))
+            postmasters = _postmasters(tmp_path)
             brokers = _brokers(proc.pid)
-            if pid_files and brokers:
-                try:
-                    postmaster = int(pid_files[0].read_text().split()[0])
-                except (OSError, ValueError, IndexError):  # being written
-                    postmaster = 0
-                if postmaster:
-                    services = [postmaster, *brokers]
-                    break
+            if postmasters and brokers:
+                services = [*postmasters, *brokers]
+                break
             time.sleep(0.2)
         assert services, f"the bench's services did not start: {proc.poll()}"
         assert all(_alive(pid) for pid in services)
@@ -176,3 +182,48 @@ def test_a_demo_killed_while_its_job_runs_cancels_the_job(tmp_path: Path) -> Non
     assert proc.returncode == 0, out + err  # a summary of what the job wrote
     assert not left, out + err
     assert "embedded PostgreSQL stopped" in stopped
+
+
+def test_a_killed_test_run_stops_the_services_it_started(tmp_path: Path) -> None:
+    """`kill` of `make test` (a CI job cancelled, `timeout`) stops the session's PostgreSQL and
+    broker and a running demo's (tests/conftest.py, tests/support/cli.py): nothing outlives it."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/integration/test_cli.py",
+            "-k",
+            "wrong_topic or demo_prints",  # the session's services, then a demo's own
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    services: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            postmasters = _postmasters(tmp_path)
+            brokers = _brokers(proc.pid)
+            if len(postmasters) == 2 and len(brokers) == 2:
+                services = [*postmasters, *brokers]
+                break
+            time.sleep(0.2)
+        assert services, f"the run's services did not start: {proc.poll()}"
+
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = _kill_left(services)
+    assert "KeyboardInterrupt: signal 15" in out, out
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert not left, out

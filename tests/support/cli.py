@@ -1,5 +1,8 @@
 """Running `profilestream` as a user does: the venv's console script in a child process, its
-output captured, stdin closed (a prompt must not hang a test)."""
+output captured, stdin closed (a prompt must not hang a test). A command that outlives its
+timeout, or the suite being interrupted (Ctrl-C, or `kill`: tests/conftest.py), ends it as a user
+would, with SIGTERM, so it stops what it started (the demo's broker); SIGKILL only if it is still
+running 30 s later."""
 
 from __future__ import annotations
 
@@ -12,11 +15,34 @@ VENV_BIN = Path(sys.executable).parent
 CLI = str(VENV_BIN / "profilestream")
 
 
+def _run(
+    args: tuple[str, ...], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [CLI, *args]
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:  # over time, or the suite interrupted: a user's kill, then wait
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`profilestream *args` in this process's environment."""
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+    return _run(args, timeout)
 
 
 def run_cli(
@@ -32,14 +58,7 @@ def run_cli(
     for key, value in (env or {}).items():
         if value == "":  # "" unsets
             full_env.pop(key)
-    return subprocess.run(
-        [CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-    )
+    return _run(args, timeout, full_env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
