@@ -13,7 +13,8 @@ embedded PostgreSQL; bench/runner.py explains how throughput is measured):
 - ceiling   the same udfs code over the same bytes in a plain Python loop: decode, then the
             job's engine with its write-through cache and a dict for state (udfs.host)
 - ablation  floor -> + state write -> + state read -> + profile update -> + features -> + scoring
-            (-> the job)
+            (-> the job); and floor + one emitted row of the job's row type, nothing else
+            (what PyFlink's output path costs per record)
 - freshness the job running unbounded under a steady load at half its measured rate for 60 s,
             with the throughput runs' share of first events per user spread evenly (a user's
             first event costs more: state miss, reasons, pseudonym, timer): send time -> row in
@@ -72,7 +73,7 @@ from udfs.sources import SyntheticSpec, synthetic_events
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("floor", "job", "ceiling", "ablation", "freshness", "scale")
 DEFAULT_PARTS = ("floor", "job", "ceiling", "freshness", "scale")
-ABLATION = ("write", "state", "update", "features", "scoring")
+ABLATION = ("emit", "write", "state", "update", "features", "scoring")
 PARTITIONS = 2
 
 

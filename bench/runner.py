@@ -348,6 +348,7 @@ def _run_stage(variant: str, config: JobConfig, java: Any, spec: dict[str, Any],
     from pyflink.java_gateway import get_gateway
 
     from bench.stages import Stage
+    from flink_jobs.job.functions import PROFILE_ROW_TYPE
     from flink_jobs.job.pipeline import (
         by_user_key,
         create_environment,
@@ -366,7 +367,8 @@ def _run_stage(variant: str, config: JobConfig, java: Any, spec: dict[str, Any],
             int(spec.get("blob_bytes", 350)),
             config.profile_cache_entries,
         ),
-        output_type=Types.PICKLED_BYTE_ARRAY(),
+        # `emit` yields the job's rows; the others nothing
+        output_type=PROFILE_ROW_TYPE if variant == "emit" else Types.PICKLED_BYTE_ARRAY(),
     )
     keyed.name(f"{KEYED_OPERATOR} ({variant})").uid("profile-update")
     jvm = get_gateway().jvm

@@ -1,10 +1,13 @@
 """Keyed functions for the benchmark's plumbing floor and its ablation of the job's per-event cost.
 
 All run on the job's own source, key_by and decoding (`flink_jobs.job.functions.DecodingFunction`),
-emit nothing, and do the job's per-event work up to a point, so the difference between two
-stages' throughput is what the added step costs inside the running job:
+emit nothing (but `emit`), and do the job's per-event work up to a point, so the difference
+between two stages' throughput is what the added step costs inside the running job:
 
     floor     decode and validate, nothing else (no state, no output): the plumbing floor
+    emit      the floor + one row of the job's profile row type per event (a real row, the
+              first event's, made once), into a discarding sink: what PyFlink's output path
+              (`Row`, its converter, pemja, the Java side) costs per record, apart from the work
     write     + one ValueState write of a profile-sized value, no read: the least a job that keeps
               a per-key state current on every event can do (its reads served by a cache)
     state     + one ValueState read and a write of a profile-sized value
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pyflink.common import Row, RowKind
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
@@ -35,7 +39,7 @@ from udfs.features import features_and_vector
 from udfs.params import ProfileParams
 from udfs.scoring import Scorer
 
-STAGES = ("floor", "write", "state", "update", "features", "scoring")
+STAGES = ("floor", "emit", "write", "state", "update", "features", "scoring")
 
 
 class Stage(DecodingFunction):
@@ -65,6 +69,7 @@ class Stage(DecodingFunction):
         self.scorer = Scorer(self.model_dir)
         self.engine = ProfileEngine(self.params, self.scorer.score, "bench", str)
         self.cache = ProfileCache(self.cache_entries)
+        self.row: tuple[Any, ...] | None = None  # `emit`'s row
 
     def close(self) -> None:
         self.scorer.close()
@@ -74,6 +79,16 @@ class Stage(DecodingFunction):
     ) -> Iterator[Any]:
         stage = self.stage
         if stage == "floor":
+            return
+        if stage == "emit":
+            if self.row is None:
+                row = self.engine.on_event(None, event, self.topic, now_ms).row
+                if row is None:  # a valid first event always makes one
+                    raise RuntimeError(f"no row from the first event: {event!r}")
+                self.row = tuple(row)
+            out = Row(*self.row)
+            out.set_row_kind(RowKind.UPDATE_AFTER)
+            yield out
             return
         if stage == "write":
             self.state.update(self.blob)
