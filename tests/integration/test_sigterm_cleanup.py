@@ -32,7 +32,20 @@ def _alive(pid: int) -> bool:
 
 
 def _brokers(pid: int) -> list[int]:
-    return [c.pid for c in psutil.Process(pid).children(recursive=True) if "tansu" in c.name()]
+    """The local brokers among `pid`'s descendants (short-lived ones, pg_ctl or initdb, may be
+    gone before their name is read)."""
+    brokers: list[int] = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # it ended: the caller's poll() says how
+        return brokers
+    for child in children:
+        try:
+            if "tansu" in child.name():
+                brokers.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return brokers
 
 
 def _postmasters(under: Path) -> list[int]:
