@@ -6,6 +6,7 @@ cancels its job if one runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -125,7 +126,8 @@ def _kill_left(pids: list[int]) -> list[int]:
     """The processes of `pids` still running, killed: a failing run leaves nothing behind."""
     left = [pid for pid in pids if _alive(pid)]
     for pid in left:
-        psutil.Process(pid).kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # it may end meanwhile
+            psutil.Process(pid).kill()
     return left
 
 
