@@ -60,6 +60,18 @@ def _postmasters(under: Path) -> list[int]:
     return pids
 
 
+def _end(proc: subprocess.Popen[str]) -> None:
+    """A process the test gave up on (it failed before its signal) is ended as a user would,
+    SIGTERM first, so what it started stops too; SIGKILL if it is still running 60 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -96,9 +108,7 @@ def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _end(proc)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert not [pid for pid in services if _alive(pid)], out
     assert not list(tmp_path.glob("profilestream-bench-*")), out
@@ -147,9 +157,7 @@ def test_a_killed_demo_stops_its_broker(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _end(proc)
         stopped = _stop_services(tmp_path)
         left = _kill_left(children)
     assert proc.returncode == 128 + signal.SIGTERM, out + err
@@ -186,9 +194,7 @@ def test_a_demo_killed_while_its_job_runs_cancels_the_job(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _end(proc)
         stopped = _stop_services(tmp_path)
         left = _kill_left(children)
     assert "cancelled (Ctrl-C or kill)" in out, out + err
@@ -235,9 +241,7 @@ def test_a_killed_test_run_stops_the_services_it_started(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _end(proc)
         left = _kill_left(services)
     assert "KeyboardInterrupt: signal 15" in out, out
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
