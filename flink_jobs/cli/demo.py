@@ -138,8 +138,8 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
             say(f"  Kafka: external, KAFKA_BOOTSTRAP={bootstrap}, fresh topic {topic}")
         else:
             broker = LocalBroker(demo_dir() / "broker.log")
-            bootstrap = broker.start()
             stack.callback(broker.stop)
+            bootstrap = broker.start()
             topic = "user-events"
             say(f"  Kafka: embedded Tansu broker on {bootstrap} (in memory)")
         partitions = ensure_topic(bootstrap, topic, opts.partitions)

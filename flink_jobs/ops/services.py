@@ -300,18 +300,21 @@ class LocalBroker:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
-        while not port_open(self.port):
-            if self._proc.poll() is not None:
-                raise ServiceError(
-                    f"the local broker exited ({self._proc.returncode}); see {self.log_path}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServiceError(
-                    f"the local broker did not listen on {self.bootstrap} in "
-                    f"{timeout_s:.0f} s; see {self.log_path}"
-                )
-            time.sleep(0.05)
+        try:
+            while not port_open(self.port):
+                if self._proc.poll() is not None:
+                    raise ServiceError(
+                        f"the local broker exited ({self._proc.returncode}); see {self.log_path}"
+                    )
+                if time.monotonic() > deadline:
+                    raise ServiceError(
+                        f"the local broker did not listen on {self.bootstrap} in "
+                        f"{timeout_s:.0f} s; see {self.log_path}"
+                    )
+                time.sleep(0.05)
+        except BaseException:  # not up, or interrupted (Ctrl-C, kill) meanwhile: not left running
+            self.stop()
+            raise
         return self.bootstrap
 
     def stop(self) -> None:

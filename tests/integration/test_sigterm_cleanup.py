@@ -2,7 +2,8 @@
 (`flink_jobs.ops.services.exit_on_sigterm`): `make bench` stops its embedded PostgreSQL and local
 broker and removes its work directory (state, databases, the pseudonym key); `profilestream demo`
 stops its local broker (its PostgreSQL stays up for psql, by design, until `services stop`), and
-cancels its job if one runs."""
+cancels its job if one runs; a killed test run stops its fixtures' services; and a broker
+interrupted while it starts stops itself."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import psutil
 import psycopg2
 import pytest
 
+from flink_jobs.ops import services
+from flink_jobs.ops.services import LocalBroker, Terminated
 from tests.support.cli import CLI, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -246,3 +249,24 @@ def test_a_killed_test_run_stops_the_services_it_started(tmp_path: Path) -> None
     assert "KeyboardInterrupt: signal 15" in out, out
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert not left, out
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, Terminated])
+def test_a_broker_interrupted_while_starting_is_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interruption: type[BaseException]
+) -> None:
+    """Ctrl-C or kill while the local broker starts (its process up, its port not yet open):
+    the caller has no broker to stop yet, so start() stops it."""
+    started: list[int] = []
+
+    def interrupted(port: int) -> bool:
+        started.extend(_brokers(os.getpid()))
+        raise interruption(143)
+
+    monkeypatch.setattr(services, "port_open", interrupted)
+    broker = LocalBroker(tmp_path / "broker.log")
+    with pytest.raises(interruption):
+        broker.start()
+    assert started, "the broker's process was not running when start() was interrupted"
+    assert broker.pid is None
+    assert not [pid for pid in started if _alive(pid)]
