@@ -257,10 +257,11 @@ def test_a_broker_interrupted_while_starting_is_not_left_running(
 ) -> None:
     """Ctrl-C or kill while the local broker starts (its process up, its port not yet open):
     the caller has no broker to stop yet, so start() stops it."""
+    running = set(_brokers(os.getpid()))  # e.g. the session's `kafka` fixture's
     started: list[int] = []
 
     def interrupted(port: int) -> bool:
-        started.extend(_brokers(os.getpid()))
+        started.extend(pid for pid in _brokers(os.getpid()) if pid not in running)
         raise interruption(143)
 
     monkeypatch.setattr(services, "port_open", interrupted)
