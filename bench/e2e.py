@@ -56,7 +56,14 @@ from flink_jobs.io import db
 from flink_jobs.io.db import pg_counts
 from flink_jobs.io.producer import DEFAULT_LINGER_MS, EventPublisher, PublishReport, ensure_topic
 from flink_jobs.ops.runtime import install_connector_jars, install_java
-from flink_jobs.ops.services import EmbeddedPostgres, LocalBroker, exit_on_sigterm, free_port
+from flink_jobs.ops.services import (
+    TERMINATED,
+    EmbeddedPostgres,
+    LocalBroker,
+    exit_on_sigterm,
+    free_port,
+    raised_by_sigterm,
+)
 from udfs.cache import ProfileCache
 from udfs.clusters import load_segmentation
 from udfs.codec import encode_profile
@@ -885,5 +892,17 @@ def report(out: dict[str, Any]) -> None:
     say(f"  written to {path}")
 
 
+def run(argv: list[str] | None = None) -> None:
+    """`main` as `python -m bench.e2e` runs it: SIGTERM inside a C extension's call (the Kafka
+    client's) comes out as a SystemError caused by it, and still ends the bench with 143, not
+    with a traceback (the clean-up has run either way)."""
+    try:
+        main(argv)
+    except SystemError as exc:
+        if not raised_by_sigterm(exc):
+            raise
+        raise SystemExit(TERMINATED) from None
+
+
 if __name__ == "__main__":
-    main()
+    run()

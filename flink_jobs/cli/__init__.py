@@ -21,7 +21,7 @@ import logging
 import sys
 
 from flink_jobs.cli.parser import build_parser
-from flink_jobs.ops.services import Terminated, exit_on_sigterm
+from flink_jobs.ops.services import TERMINATED, Terminated, exit_on_sigterm, raised_by_sigterm
 from udfs.errors import ProfileStreamError
 
 __all__ = ["build_parser", "main"]
@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Terminated as exc:
+    except (Terminated, SystemError) as exc:  # SIGTERM, maybe wrapped by a C extension's call
+        if not raised_by_sigterm(exc):
+            raise
         print("terminated", file=sys.stderr)
-        return int(exc.code or 143)
+        return TERMINATED
 
 
 if __name__ == "__main__":

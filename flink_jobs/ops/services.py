@@ -38,13 +38,29 @@ LOOPBACK = "127.0.0.1"
 SERVER_SETTINGS: dict[str, str] = {"shared_buffers": "512MB", "max_wal_size": "4GB"}
 
 
+TERMINATED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as shells say
+
+
 class Terminated(SystemExit):
     """SIGTERM, raised in the main thread by `exit_on_sigterm`'s handler. A SystemExit, so no
     `except Exception` on the way swallows it; its code is the shell's 128 + SIGTERM."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(128 + signum)
+    raise Terminated(TERMINATED)
+
+
+def raised_by_sigterm(exc: BaseException) -> bool:
+    """Whether `exc` is SIGTERM's `Terminated` or came from it. The handler runs wherever the main
+    thread is; inside a C extension's call (the Kafka client's constructor, for one) its
+    exception comes out as a SystemError ("returned a result with an exception set") whose cause
+    is the Terminated."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Terminated):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def exit_on_sigterm() -> None:

@@ -14,10 +14,12 @@ from typing import Any, cast
 
 import pytest
 
+from bench import e2e
 from bench.cpu import postgres_cpu_seconds, process_cpu_seconds
 from bench.e2e import by_window, job_settings, thread_summary
 from bench.pg_upsert import BATCH, batches
 from bench.runner import cpu_per_event, steady_rate, task_times, thread_cpu
+from flink_jobs.ops.services import TERMINATED, Terminated
 
 
 def test_job_settings_take_numeric_job_config_fields() -> None:
@@ -199,7 +201,6 @@ def test_each_run_leaves_no_state_or_database_behind_unless_kept(
     """A full bench writes gigabytes of RocksDB state, checkpoints and rows: a run's are removed
     once its figures are read (the next run's database replaces its database), unless
     --keep-work."""
-    from bench import e2e
 
     def fake_run(cmd: list[str], **_: Any) -> Any:
         spec = json.loads(cmd[-1])
@@ -228,3 +229,25 @@ def test_each_run_leaves_no_state_or_database_behind_unless_kept(
             ("drop", "bench2"),
             ("create", "bench3"),
         ]
+
+
+def test_sigterm_inside_a_c_extension_still_ends_the_bench_with_143(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def wrapped(argv: object) -> None:
+        try:
+            raise Terminated(TERMINATED)
+        except Terminated as exc:
+            raise SystemError("<class 'Producer'> returned a result with an exception set") from exc
+
+    monkeypatch.setattr(e2e, "main", wrapped)
+    with pytest.raises(SystemExit) as ended:
+        e2e.run([])
+    assert ended.value.code == 143
+
+    def other(argv: object) -> None:
+        raise SystemError("a real one")
+
+    monkeypatch.setattr(e2e, "main", other)
+    with pytest.raises(SystemError, match="a real one"):
+        e2e.run([])

@@ -11,7 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from flink_jobs import cli
+from flink_jobs.cli import demo
 from flink_jobs.config import DEFAULT_MODEL_DIR
+from flink_jobs.ops.services import TERMINATED, Terminated, raised_by_sigterm
 from tests.support.cli import CLI, VENV_BIN, assert_one_line_error, run_cli
 
 
@@ -137,3 +142,44 @@ def test_synthetic_with_fewer_events_than_users() -> None:
         "produce", "--bootstrap", "127.0.0.1:1", "--events", "10", "--users", "1000", timeout=30
     )
     assert_one_line_error(proc, "10 events cannot cover 1000 users")
+
+
+def _wrapped_sigterm(args: object) -> int:
+    """What SIGTERM inside a C extension's call looks like: the handler's Terminated, turned by
+    the extension into a SystemError caused by it."""
+    try:
+        raise Terminated(TERMINATED)
+    except Terminated as exc:
+        raise SystemError("<class 'Producer'> returned a result with an exception set") from exc
+
+
+def test_sigterm_inside_a_c_extension_still_ends_as_terminated(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "exit_on_sigterm", lambda: None)  # keep the suite's own handler
+    monkeypatch.setattr(demo, "cmd_services", _wrapped_sigterm)
+    assert cli.main(["services", "stop"]) == TERMINATED == 143
+    assert capsys.readouterr().err.strip() == "terminated"
+
+    def other_system_error(args: object) -> int:
+        raise SystemError("a real one")
+
+    monkeypatch.setattr(demo, "cmd_services", other_system_error)
+    with pytest.raises(SystemError, match="a real one"):
+        cli.main(["services", "stop"])
+
+
+def test_raised_by_sigterm_follows_causes_and_contexts() -> None:
+    with pytest.raises(SystemError) as wrapped:
+        _wrapped_sigterm(None)
+    assert raised_by_sigterm(wrapped.value)
+    assert raised_by_sigterm(Terminated(TERMINATED))
+    assert not raised_by_sigterm(SystemError("a real one"))
+    assert not raised_by_sigterm(KeyboardInterrupt())
+    try:
+        try:
+            raise Terminated(TERMINATED)
+        except Terminated:
+            raise RuntimeError("while handling it") from None  # cause suppressed, context kept
+    except RuntimeError as exc:
+        assert raised_by_sigterm(exc)
