@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -21,7 +23,7 @@ import pytest
 
 from flink_jobs.ops import services
 from flink_jobs.ops.services import LocalBroker, Terminated
-from tests.support.cli import CLI, run_cli
+from tests.support.cli import CLI, end, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,18 +65,6 @@ def _postmasters(under: Path) -> list[int]:
     return pids
 
 
-def _end(proc: subprocess.Popen[str]) -> None:
-    """A process the test gave up on (it failed before its signal) is ended as a user would,
-    SIGTERM first, so what it started stops too; SIGKILL if it is still running 60 s later."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-
 def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -111,7 +101,7 @@ def test_a_killed_bench_stops_its_services_and_removes_its_files(tmp_path: Path)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
-        _end(proc)
+        end(proc, 60)  # a test that failed before its signal: what it started stops too
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert not [pid for pid in services if _alive(pid)], out
     assert not list(tmp_path.glob("profilestream-bench-*")), out
@@ -130,9 +120,32 @@ def _demo(tmp_path: Path, events: int) -> subprocess.Popen[str]:
     )
 
 
-def _stop_services(tmp_path: Path) -> str:
-    stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
-    return stop.stdout + stop.stderr
+@dataclass
+class Killed:
+    """A demo after its SIGTERM: its output, what `services stop` said after it, and which of
+    its processes outlived it (killed by the test)."""
+
+    out: str
+    err: str
+    stopped: str
+    left: list[int]
+
+
+def _kill_demo(proc: subprocess.Popen[str], tmp_path: Path, ready: Callable[[], None]) -> Killed:
+    """Wait for `ready()` (it asserts what it waits for), note the demo's processes, SIGTERM it
+    and read its output; whatever happened, end it, stop its PostgreSQL and kill what is left."""
+    children: list[int] = []
+    out = err = ""
+    try:
+        ready()
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        end(proc, 60)
+        stop = run_cli("services", "stop", env={"PROFILESTREAM_STATE_DIR": str(tmp_path)})
+        left = _kill_left(children)
+    return Killed(out, err, stop.stdout + stop.stderr, left)
 
 
 def _kill_left(pids: list[int]) -> list[int]:
@@ -146,34 +159,27 @@ def _kill_left(pids: list[int]) -> list[int]:
 
 def test_a_killed_demo_stops_its_broker(tmp_path: Path) -> None:
     proc = _demo(tmp_path, 2000)
-    children: list[int] = []
-    try:
-        # The broker starts after PostgreSQL, seconds before the job would.
+
+    def broker_up() -> None:  # the broker starts after PostgreSQL, seconds before the job would
         deadline = time.monotonic() + 180
         brokers: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None and not brokers:
             brokers = _brokers(proc.pid)
             time.sleep(0.1)
         assert brokers, f"the demo's broker did not start: {proc.poll()}"
-        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
 
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        _end(proc)
-        stopped = _stop_services(tmp_path)
-        left = _kill_left(children)
-    assert proc.returncode == 128 + signal.SIGTERM, out + err
-    assert err.strip().splitlines()[-1] == "terminated", err
-    assert not left, out + err
-    assert "embedded PostgreSQL stopped" in stopped
+    killed = _kill_demo(proc, tmp_path, broker_up)
+    assert proc.returncode == 128 + signal.SIGTERM, killed.out + killed.err
+    assert killed.err.strip().splitlines()[-1] == "terminated", killed.err
+    assert not killed.left, killed.out + killed.err
+    assert "embedded PostgreSQL stopped" in killed.stopped
 
 
 @pytest.mark.flink
 def test_a_demo_killed_while_its_job_runs_cancels_the_job(tmp_path: Path) -> None:
     proc = _demo(tmp_path, 200_000)  # ~25 s of job: the signal comes well before its end
-    children: list[int] = []
-    try:
+
+    def rows_written() -> None:
         assert proc.stdout is not None
         dsn = ""
         for line in proc.stdout:  # the lines before the job's progress bar
@@ -192,20 +198,15 @@ def test_a_demo_killed_while_its_job_runs_cancels_the_job(tmp_path: Path) -> Non
             except psycopg2.Error:  # the schema is being applied
                 pass
         assert written, f"the demo's job wrote no row: {proc.poll()}"
-        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
 
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        _end(proc)
-        stopped = _stop_services(tmp_path)
-        left = _kill_left(children)
-    assert "cancelled (Ctrl-C or kill)" in out, out + err
+    killed = _kill_demo(proc, tmp_path, rows_written)
+    out = killed.out
+    assert "cancelled (Ctrl-C or kill)" in out, out + killed.err
     read = int(out.split("events read")[1].split()[0].replace(",", ""))
     assert 0 < read < 200_000, out
-    assert proc.returncode == 0, out + err  # a summary of what the job wrote
-    assert not left, out + err
-    assert "embedded PostgreSQL stopped" in stopped
+    assert proc.returncode == 0, out + killed.err  # a summary of what the job wrote
+    assert not killed.left, out + killed.err
+    assert "embedded PostgreSQL stopped" in killed.stopped
 
 
 def test_a_killed_test_run_stops_the_services_it_started(tmp_path: Path) -> None:
@@ -244,7 +245,7 @@ def test_a_killed_test_run_stops_the_services_it_started(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
-        _end(proc)
+        end(proc, 60)
         left = _kill_left(services)
     assert "KeyboardInterrupt: signal 15" in out, out
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out

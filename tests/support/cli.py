@@ -29,15 +29,22 @@ def _run(
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
-        except BaseException:  # over time, or the suite interrupted: a user's kill, then wait
-            proc.terminate()
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        except BaseException:  # over time, or the suite interrupted
+            end(proc)
             raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def end(proc: subprocess.Popen[str], grace_s: float = 30) -> None:
+    """End `proc` (if it still runs) as a user would: SIGTERM, so it stops what it started;
+    SIGKILL if it is still running `grace_s` later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
